@@ -1,0 +1,1 @@
+"""Pure torch models, one file per family. Imports only torch and torchvision."""

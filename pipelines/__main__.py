@@ -1,0 +1,174 @@
+"""The fastray command line. Progress goes to stderr; the last stdout line is one JSON object.
+
+    fastray list
+    fastray sample-data NAME --out DIR [--size N]
+    fastray preprocess NAME [--data DIR] [--cache-dir DIR] [--config C] [--set k=v ...]
+    fastray run NAME [--data DIR] [--config tiny|sample|default|FILE.json] [--set k=v ...]
+                [--epochs N] [--num-workers N] [--use-gpu] [--tracking-uri URI] [--name NAME]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from preprocessing import DataError
+
+from . import config as configs
+from . import registry
+
+EXIT_USAGE, EXIT_ERROR = 2, 1
+
+
+def emit(obj: dict) -> None:
+    """The job-friendly result: one JSON object, the last line on stdout."""
+    sys.stdout.flush()
+    print(json.dumps(obj, default=str), flush=True)
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastray", description="fast.ai Part 2 models as Ray pipelines")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the pipelines")
+
+    s = sub.add_parser("sample-data", help="generate learnable sample data in the real layout")
+    s.add_argument("name", help="a data set (cifar10) or a pipeline name")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--size", type=int, default=None, help="number of items")
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("name", help="pipeline name (see `fastray list`)")
+        q.add_argument("--data", type=Path, default=None, help="the data set's folder (default: data/<dataset>)")
+        q.add_argument("--cache-dir", type=Path, default=None, help="preprocessing cache (default: ./cache)")
+        q.add_argument("--config", default=None, help="tiny | sample | default | FILE.json")
+        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+        q.add_argument("--on-bad-input", choices=("skip", "fail"), default="skip",
+                       help="an unreadable input file: skip it and count it (default) or stop")
+
+    q = sub.add_parser("preprocess", help="decode/tokenize into the cache (a second run does no work)")
+    common(q)
+
+    r = sub.add_parser("run", help="train a pipeline with Ray Train and record it in MLflow")
+    common(r)
+    r.add_argument("--epochs", type=int, default=None)
+    r.add_argument("--num-workers", type=int, default=1, help="data-parallel training workers")
+    r.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    r.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
+    r.add_argument("--name", dest="run_name", default=None, help="run name; rerunning a name resumes it from its last checkpoint")
+    r.add_argument("--storage", default=None, help="checkpoint folder (default: ./runs)")
+    return p
+
+
+def _config(pipe: registry.Pipeline, args, default_name: str):
+    cfg, label = configs.load(pipe.configs, args.config or default_name)
+    overrides = configs.parse_sets(args.set)
+    if getattr(args, "epochs", None) is not None:
+        overrides["epochs"] = str(args.epochs)
+    if overrides:
+        cfg = configs.apply(cfg, overrides)
+    return cfg, label
+
+
+def _data_dir(pipe: registry.Pipeline, args) -> tuple[Path, bool]:
+    """(folder, is_sample). With no --data: the default folder, else generated sample data."""
+    if args.data is not None:
+        return args.data, False
+    default = pipe.default_data_dir()
+    if default.is_dir() and any(default.iterdir()):
+        return default, False
+    sample = Path("data") / "samples" / pipe.dataset
+    say(f"no {pipe.dataset} data in {default}/: using generated sample data in {sample}/")
+    if not (sample / ".complete").exists():
+        info = pipe.sample_data(sample)
+        (sample / ".complete").write_text(json.dumps(info))
+        say(f"generated {info}")
+    return sample, True
+
+
+def cmd_list(args) -> dict:
+    rows = []
+    for name in registry.names():
+        pipe = registry.get(name)
+        rows.append({"name": name, "dataset": pipe.dataset, "metric": pipe.metric, "configs": list(pipe.configs)})
+        say(f"{name:24s} data={pipe.dataset:10s} metric={pipe.metric}")
+    return {"pipelines": rows}
+
+
+def cmd_sample_data(args) -> dict:
+    name = args.name
+    if name in registry.names():
+        pipe = registry.get(name)
+    else:
+        pipe = next((registry.get(n) for n in registry.names() if registry.get(n).dataset == name), None)
+        if pipe is None:
+            datasets = sorted({registry.get(n).dataset for n in registry.names()})
+            raise KeyError(f"unknown data set or pipeline {name!r}; data sets: {', '.join(datasets)}")
+    if args.size is not None and args.size < 1:
+        raise ValueError(f"--size must be >= 1, got {args.size}")
+    t0 = time.perf_counter()
+    info = pipe.sample_data(args.out, args.size)
+    return {"dataset": pipe.dataset, **info, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def cmd_preprocess(args) -> dict:
+    from preprocessing.cache import Cache
+
+    pipe = registry.get(args.name)
+    data, is_sample = _data_dir(pipe, args)
+    cfg, _ = _config(pipe, args, "sample" if is_sample else "default")
+    t0 = time.perf_counter()
+    manifest, hit = pipe.preprocess(cfg, data, Cache(args.cache_dir), args.on_bad_input)
+    seconds = time.perf_counter() - t0
+    say(f"cache {'hit' if hit else 'miss'}: {manifest['key']} ({seconds:.2f}s)")
+    return {
+        "cache": "hit" if hit else "miss", "key": manifest["key"], "rows": manifest["rows"],
+        "skipped": manifest.get("skipped", {}), "path": str(Cache(args.cache_dir).path(manifest["name"], manifest["key"])),
+        "seconds": round(seconds, 3),
+    }
+
+
+def cmd_run(args) -> dict:
+    from preprocessing.cache import Cache
+
+    from .engine import fit
+
+    pipe = registry.get(args.name)
+    data, is_sample = _data_dir(pipe, args)
+    cfg, label = _config(pipe, args, "sample" if is_sample else "default")
+    if is_sample and args.config is None:
+        say("using the 'sample' config")
+    name = args.run_name or f"{args.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return fit(
+        args.name, cfg, data_dir=data, cache=Cache(args.cache_dir), name=name,
+        num_workers=args.num_workers, use_gpu=args.use_gpu, tracking_uri=args.tracking_uri,
+        storage=args.storage, on_bad=args.on_bad_input, config_label=label,
+    )
+
+
+COMMANDS = {"list": cmd_list, "sample-data": cmd_sample_data, "preprocess": cmd_preprocess, "run": cmd_run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        emit(COMMANDS[args.command](args))
+        return 0
+    except (DataError, configs.ConfigError, KeyError, ValueError, FileNotFoundError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        say(f"fastray: error: {msg}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        say("fastray: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Lesson 12: Darknet on CIFAR-10, with lesson 13's progressive resizing under 1cycle.
+
+Data: CIFAR-10 (pickle batches or fast.ai's PNG folders) decoded and resized in Ray Data
+to every size the phases train on, cached as uint8. Augmentation (pad-4 reflect crop and
+horizontal flip) runs on the device, on whole batches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.darknet import Darknet, DarknetConfig
+from preprocessing import images, samples
+
+from .phases import one_cycle, with_data
+from .registry import Pipeline, register
+
+# CIFAR-10's per-channel statistics, in [0, 1] units
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass(frozen=True)
+class Config:
+    groups: tuple[int, ...] = (1, 2, 4, 6, 3)  # ResLayers per Darknet group (lesson 12)
+    nf: int = 32                # channels of the stem; doubles each group
+    p: float = 0.0              # dropout before the classifier (tuned, checkpoint-neutral)
+    bs: int = 256               # global batch size, split evenly across workers
+    epochs: int = 30            # of one 1cycle
+    lr: float = 1.3             # peak LR of the cycle (lesson 12: 1.3)
+    div: float = 20.0           # 1cycle: start LR = lr / div
+    pct: float = 0.2            # 1cycle: fraction of epochs in the final annealing
+    moms: tuple[float, ...] = (0.95, 0.85)  # 1cycle momentum: max, min
+    wd: float = 1e-4            # weight decay (L2 through SGD)
+    size: int = 32              # final image size, px
+    small_size: int = 24        # progressive resizing: the first phase's size, px (0: none)
+    small_frac: float = 0.25    # fraction of the epochs trained at small_size
+    pad: int = 4                # random-crop padding, px (reflect)
+    seed: int = 0               # init and the cache's row order
+    max_failures: int = 1       # Ray Train restarts of the worker group after a failure
+    bf16: bool = True           # autocast to bfloat16 on a GPU
+
+    def __post_init__(self):
+        if self.bs < 1 or self.epochs < 1 or self.lr <= 0:
+            raise ValueError(f"need bs >= 1, epochs >= 1 and lr > 0 (bs={self.bs}, epochs={self.epochs}, lr={self.lr})")
+        if len(self.moms) != 2:
+            raise ValueError(f"moms needs two values (max, min), got {self.moms}")
+        if not 0 <= self.small_frac < 1 or (self.small_size and not 4 <= self.small_size <= self.size):
+            raise ValueError(f"need 0 <= small_frac < 1 and 4 <= small_size <= size (got {self.small_frac}, {self.small_size})")
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return (self.small_size, self.size) if self.small_size and self.small_frac > 0 else (self.size,)
+
+
+CONFIGS = {
+    # seconds: a test's smoke run through every mechanism
+    "tiny": Config(groups=(1, 1), nf=8, bs=64, epochs=2, lr=0.4, small_size=16, small_frac=0.5),
+    # minutes on 2 CPU cores: >= 90% test accuracy on the generated sample
+    "sample": Config(groups=(1, 1, 1), nf=16, bs=64, epochs=12, lr=0.4, div=10, pct=0.15, small_size=24, small_frac=0.25),
+    # lesson 12 on the real CIFAR-10 (GPUs)
+    "default": Config(),
+}
+
+
+@register("cifar10-darknet")
+class Cifar10Darknet(Pipeline):
+    dataset = "cifar10"
+    Config = Config
+    configs = CONFIGS
+    metric = "accuracy"
+    mode = "max"
+
+    # ---- data
+    def sample_data(self, out: Path, size: int | None = None) -> dict:
+        return samples.cifar10(out, size=size or 6000)
+
+    def preprocess(self, cfg: Config, data_dir: Path, cache, on_bad: str = "skip"):
+        source = images.find_cifar10(data_dir)
+        return images.preprocess_images(source, cfg.sizes, cache, "cifar10", on_bad=on_bad, seed=cfg.seed)
+
+    def datasets(self, cfg: Config, cache, manifest: dict) -> dict[str, Any]:
+        out = {f"train{s}": images.read_split(cache, manifest, "train", [f"img{s}", "label"]) for s in cfg.sizes}
+        out["valid"] = images.read_split(cache, manifest, "valid", [f"img{cfg.size}", "label"])
+        return out
+
+    # ---- model
+    def build_model(self, cfg: Config) -> nn.Module:
+        return Darknet(DarknetConfig(groups=cfg.groups, nf=cfg.nf, num_classes=10, p=cfg.p))
+
+    def phases(self, cfg: Config) -> list:
+        cycle = one_cycle(
+            cfg.epochs, cfg.lr, div=cfg.div, pct=cfg.pct, moms=tuple(cfg.moms),
+            opt="sgd", opt_kwargs={"weight_decay": cfg.wd},
+        )
+        if len(cfg.sizes) == 1:
+            return with_data(cycle, [(0, f"train{cfg.size}")])
+        switch = max(1, round(cfg.epochs * cfg.small_frac))  # data changes on an epoch boundary
+        return with_data(cycle, [(0, f"train{cfg.small_size}"), (switch, f"train{cfg.size}")])
+
+    # ---- steps
+    def to_device(self, cfg: Config, batch: dict[str, torch.Tensor], train: bool):
+        key = next(k for k in batch if k.startswith("img"))
+        x = batch[key].permute(0, 3, 1, 2).float().div_(255)  # (B, H, W, 3) uint8 -> (B, 3, H, W)
+        if train:
+            x = random_crop_flip(x, cfg.pad)
+        mean = x.new_tensor(MEAN).view(1, 3, 1, 1)
+        std = x.new_tensor(STD).view(1, 3, 1, 1)
+        x = (x - mean) / std
+        if x.is_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, batch["label"]
+
+    def train_step(self, model, batch, opt, cfg) -> dict[str, torch.Tensor]:
+        x, y = batch
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach()}
+
+    def evaluate(self, model, batches: Iterable, cfg) -> dict[str, float]:
+        loss = correct = n = 0.0
+        for x, y in batches:
+            out = model(x).float()
+            loss += F.cross_entropy(out, y, reduction="sum").item()
+            correct += (out.argmax(1) == y).sum().item()
+            n += len(y)
+        return {"loss": loss / max(n, 1), "accuracy": correct / max(n, 1), "n": n}
+
+    def artifacts(self, model, batch, cfg, out_dir: Path) -> list[Path]:
+        x, y = batch
+        with torch.no_grad():
+            pred = model(x[:32]).argmax(1)
+        return [plot_predictions(x[:32], y[:32], pred, samples.CIFAR10_CLASSES, out_dir / "predictions.png")]
+
+
+def random_crop_flip(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Pad-`pad` reflect crop and a horizontal flip, drawn per image, for a whole batch
+    at once: two gathers, no Python loop over images. x: (B, C, H, W)."""
+    B, C, H, W = x.shape
+    if pad > 0:
+        xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")  # (B, C, H+2p, W+2p)
+        dy = torch.randint(0, 2 * pad + 1, (B, 1, 1, 1), device=x.device)
+        dx = torch.randint(0, 2 * pad + 1, (B, 1, 1, 1), device=x.device)
+        rows = (dy + torch.arange(H, device=x.device).view(1, 1, H, 1)).expand(B, C, H, xp.shape[3])
+        x = xp.gather(2, rows)  # (B, C, H, W+2p)
+        cols = (dx + torch.arange(W, device=x.device).view(1, 1, 1, W)).expand(B, C, H, W)
+        x = x.gather(3, cols)  # (B, C, H, W)
+    flip = torch.rand(B, 1, 1, 1, device=x.device) < 0.5
+    return torch.where(flip, x.flip(3), x)
+
+
+def plot_predictions(x: torch.Tensor, y: torch.Tensor, pred: torch.Tensor, classes, path: Path) -> Path:
+    """A grid of validation images titled predicted/true, wrong ones in red."""
+    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    mean = x.new_tensor(MEAN).view(1, 3, 1, 1)
+    std = x.new_tensor(STD).view(1, 3, 1, 1)
+    imgs = (x.float() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    n = len(imgs)
+    cols = 8
+    rows = -(-n // cols)
+    fig = Figure(figsize=(cols * 1.4, rows * 1.6))
+    FigureCanvasAgg(fig)
+    for i in range(n):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.imshow(imgs[i])
+        ok = int(pred[i]) == int(y[i])
+        ax.set_title(f"{classes[int(pred[i])]}\n({classes[int(y[i])]})", fontsize=7, color="green" if ok else "red")
+        ax.axis("off")
+    fig.suptitle("predicted (true)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return path

@@ -1,0 +1,353 @@
+"""The engine: a Ray Train driver and the one training loop every pipeline runs.
+
+    fit() ─ preprocess (cache) ─ Ray Datasets ─ MLflow run ─ TorchTrainer.fit()
+                                                                │ each worker
+    run_loop(): shard ─ phases/schedule ─ train_step ─ evaluate ─ report + checkpoint
+
+The loop takes a Session (Ray Train's here) so another runner (a Tune trial) can drive
+the same code. Resume: rerunning with the same name finds Ray Train's checkpoint of the
+last finished epoch and continues from the next one, in the same MLflow run.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from . import registry, tracking
+from .config import to_dict
+from .phases import Schedule, make_optimizer, same_optimizer, set_frozen, set_hyper
+
+CHECKPOINT_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a worker needs, sent once to every worker."""
+
+    pipeline: str
+    cfg: Any
+    name: str
+    num_workers: int
+    cpus_per_worker: int
+    use_gpu: bool
+    steps_per_epoch: int
+    tracking_uri: str
+    run_id: str
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ the session
+
+
+class RayTrainSession:
+    """The loop's view of Ray Train: rank, device, data shards, report, checkpoint."""
+
+    def __init__(self):
+        import ray.train
+
+        self.ctx = ray.train.get_context()
+        self.rank, self.world = self.ctx.get_world_rank(), self.ctx.get_world_size()
+
+    def device(self) -> torch.device:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def shard(self, name: str):
+        import ray.train
+
+        return ray.train.get_dataset_shard(name)
+
+    def checkpoint(self) -> dict | None:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+
+    def report(self, metrics: dict, state: dict | None) -> None:
+        import ray.train
+
+        if state is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state, Path(d) / CHECKPOINT_FILE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    def gather(self, obj: Any) -> list[Any]:
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+
+# ------------------------------------------------------------------ the loop
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def run_loop(spec: RunSpec, session: Any) -> None:
+    """Train `spec.pipeline` through its phases on this worker's shard."""
+    torch.set_num_threads(max(1, spec.cpus_per_worker))  # a worker owns the CPUs it holds
+    pipe, cfg = registry.get(spec.pipeline), spec.cfg
+    rank0 = session.rank == 0
+    device = session.device()
+    cuda = device.type == "cuda"
+    torch.manual_seed(getattr(cfg, "seed", 0))  # same init everywhere; DDP broadcasts rank 0's anyway
+
+    model = pipe.build_model(cfg)
+    groups = pipe.param_groups(model)
+    phases = pipe.phases(cfg)
+    sched = Schedule(phases, spec.steps_per_epoch)
+    bs = cfg.bs // session.world
+    if bs < 1:
+        raise ValueError(f"batch size {cfg.bs} is smaller than the {session.world} workers")
+
+    logger = tracking.RunLogger(spec.tracking_uri, spec.run_id) if rank0 else None
+    start_epoch, state = 0, session.checkpoint()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        start_epoch = state["epoch"]
+        if rank0:
+            log(f"[{spec.name}] resuming from the checkpoint of epoch {start_epoch}")
+            logger.tags({"fastray.resumed_from_epoch": start_epoch})
+            # the checkpoint carries its epoch's metrics: log them if MLflow missed them
+            logged = [s for s, _ in logger.history(pipe.metric)] if pipe.metric else []
+            if start_epoch not in logged:
+                logger.metrics(state["metrics"], step=start_epoch)
+
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    model = session.prepare_model(model)
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and getattr(cfg, "bf16", True)
+        else contextlib.nullcontext
+    )
+
+    opt, opt_phase, metrics = None, -1, state["metrics"] if state else {}
+    for epoch in range(start_epoch, sched.total_epochs):
+        phase = sched.phase_for_epoch(epoch)
+        data = phase.data or "train"
+        model.train()
+        t0, seen, sums = time.perf_counter(), 0, defaultdict(float)
+        step = epoch * spec.steps_per_epoch
+        for batch in _batches(session.shard(data), bs, device, train=True):
+            p_idx, _, mom = sched.at(step)
+            if opt is None or not same_optimizer(phases[p_idx], phases[opt_phase]):
+                opt = make_optimizer(phases[p_idx], groups)
+                if state is not None and state.get("opt_phase") is not None and same_optimizer(
+                    phases[p_idx], phases[state["opt_phase"]]
+                ):
+                    opt.load_state_dict(state["opt"])  # resume momentum buffers too
+                state = None if state is None else {**state, "opt_phase": None}
+                opt_phase = p_idx
+            elif p_idx != opt_phase:  # same optimizer, maybe a new frozen set
+                set_frozen(groups, phases[p_idx].frozen)
+                opt_phase = p_idx
+            set_hyper(opt, sched.lrs_for_groups(step, len(groups)), mom)
+            x = pipe.to_device(cfg, batch, train=True)
+            with autocast():
+                losses = pipe.train_step(model, x, opt, cfg)
+            for k, v in losses.items():
+                sums[k] += v.detach().float()  # summed on the device: no sync each step
+            seen += _batch_len(batch)
+            step += 1
+        steps = max(1, step - epoch * spec.steps_per_epoch)
+        train_seconds = time.perf_counter() - t0
+
+        model.eval()
+        first: list = []
+        with torch.no_grad(), autocast():
+            local = pipe.evaluate(model, _stash_first(
+                (pipe.to_device(cfg, b, train=False) for b in _batches(session.shard("valid"), bs, device, train=False)),
+                first), cfg)
+        results = pipe.combine(session.gather(local))
+        metrics = {
+            **{f"train_{k}": (v / steps).item() for k, v in sums.items()},
+            **{(k if k == pipe.metric else f"valid_{k}" if not k.startswith("valid_") else k): v for k, v in results.items()},
+            "lr": opt.param_groups[-1]["lr"],
+            "images_per_s": seen * session.world / train_seconds,
+            "epoch_seconds": time.perf_counter() - t0,
+        }
+        ckpt = {
+            "model": _unwrap(model).state_dict(), "opt": opt.state_dict(), "opt_phase": opt_phase,
+            "epoch": epoch + 1, "metrics": metrics,
+        } if rank0 else None
+        session.report({**metrics, "epoch": epoch + 1}, ckpt)
+        if rank0:
+            logger.metrics(metrics, step=epoch + 1)  # after the checkpoint is safe: never twice
+            shown = {k: metrics[k] for k in metrics if k.startswith("train_") or k == pipe.metric}
+            log(
+                f"[{spec.name}] epoch {epoch + 1}/{sched.total_epochs} data={data} "
+                + " ".join(f"{k}={v:.4f}" for k, v in shown.items())
+                + f" {metrics['images_per_s']:.0f} img/s {metrics['epoch_seconds']:.1f}s"
+            )
+
+    if start_epoch >= sched.total_epochs:  # rerun of a finished run: nothing left to train
+        session.report({**metrics, "epoch": start_epoch}, None)
+        return
+    if rank0:
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(_unwrap(model).state_dict(), Path(d) / "model.pt")
+            logger.artifact(Path(d) / "model.pt", "model")
+            if first:
+                for f in pipe.artifacts(_unwrap(model), first[0], cfg, Path(d)):
+                    logger.artifact(f, "predictions")
+
+
+def _batches(shard, bs: int, device: torch.device, train: bool) -> Iterator[dict]:
+    return shard.iter_torch_batches(
+        batch_size=bs,
+        device=device,
+        drop_last=train,
+        local_shuffle_buffer_size=max(4 * bs, 2048) if train else None,
+        prefetch_batches=4,
+    )
+
+
+def _batch_len(batch: Any) -> int:
+    first = next(iter(batch.values())) if isinstance(batch, dict) else batch[0]
+    return len(first)
+
+
+def _stash_first(it: Iterator, into: list) -> Iterator:
+    for i, b in enumerate(it):
+        if i == 0:
+            into.append(b)
+        yield b
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's entry point on each worker."""
+    run_loop(config["spec"], RayTrainSession())
+
+
+# ------------------------------------------------------------------ the driver
+
+
+def fit(
+    pipeline: str,
+    cfg: Any,
+    *,
+    data_dir: Path,
+    cache: Any,
+    name: str,
+    num_workers: int = 1,
+    use_gpu: bool = False,
+    tracking_uri: str | None = None,
+    storage: str | None = None,
+    on_bad: str = "skip",
+    config_label: str = "",
+) -> dict:
+    """Preprocess (cached), train with Ray Train, record in MLflow; the summary dict."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from preprocessing.runtime import cluster_cpus, cluster_gpus, init_ray
+
+    t_start = time.perf_counter()
+    pipe = registry.get(pipeline)
+    manifest, hit = pipe.preprocess(cfg, data_dir, cache, on_bad)
+    init_ray()
+    if num_workers < 1:
+        raise ValueError(f"--num-workers must be >= 1, got {num_workers}")
+    if use_gpu and cluster_gpus() < num_workers:
+        raise ValueError(f"--use-gpu with {num_workers} worker(s), but the cluster has {cluster_gpus()} GPU(s)")
+    # each worker holds an equal share of the CPUs and runs torch on that many threads
+    cpus_per_worker = max(1, cluster_cpus() // num_workers)
+    datasets = {k: ds.materialize() for k, ds in pipe.datasets(cfg, cache, manifest).items()}
+    rows = pipe.train_rows(manifest)
+    steps_per_epoch = (rows // num_workers) // (cfg.bs // num_workers)
+    if steps_per_epoch < 1:
+        raise ValueError(f"{rows} training rows make no batch of {cfg.bs}: lower bs")
+
+    uri = tracking.resolve_uri(tracking_uri)
+    run_id, resumed = tracking.start_run(
+        uri, pipeline, name, params={"config": to_dict(cfg)} | {"num_workers": num_workers},
+        tags={
+            "fastray.pipeline": pipeline, "fastray.config": config_label, "fastray.cache_key": manifest["key"],
+            "fastray.git_commit": tracking.git_commit(), "fastray.world_size": num_workers,
+            "fastray.device": "cuda" if use_gpu else "cpu", "fastray.ray_address": ray.get_runtime_context().gcs_address,
+        },
+    )
+    logger = tracking.RunLogger(uri, run_id)
+    if not resumed:
+        _log_plan(logger, pipe, cfg, steps_per_epoch)
+    log(f"[{name}] MLflow run {run_id} ({'resumed' if resumed else 'new'}) in {uri}")
+
+    spec = RunSpec(pipeline, cfg, name, num_workers, cpus_per_worker, use_gpu, steps_per_epoch, uri, run_id)
+    storage_path = str(Path(storage or os.environ.get("FASTRAY_STORAGE", "runs")).absolute())
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": spec},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=getattr(cfg, "max_failures", 1)),
+        ),
+        datasets=datasets,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+    )
+    t_fit = time.perf_counter()
+    try:
+        result = trainer.fit()
+    except BaseException:
+        logger.finish("FAILED")
+        raise
+    fit_seconds = time.perf_counter() - t_fit
+    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    with tempfile.TemporaryDirectory() as d:
+        if tracking.plot_curves(logger, Path(d) / "curves.png"):
+            logger.artifact(Path(d) / "curves.png", "plots")
+    logger.finish()
+    return {
+        "run_id": run_id,
+        "experiment": pipeline,
+        "name": name,
+        "metrics": metrics,
+        "world_size": num_workers,
+        "cache": "hit" if hit else "miss",
+        "resumed": resumed,
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "fit_seconds": round(fit_seconds, 2),
+        "seconds": round(time.perf_counter() - t_start, 2),
+    }
+
+
+def _log_plan(logger: tracking.RunLogger, pipe: Any, cfg: Any, steps_per_epoch: int) -> None:
+    """The config and the LR/momentum schedule, before any training."""
+    from .phases import plot_schedule
+
+    logger.json(to_dict(cfg), "config.json")
+    with tempfile.TemporaryDirectory() as d:
+        sched = Schedule(pipe.phases(cfg), steps_per_epoch)
+        logger.artifact(plot_schedule(sched, str(Path(d) / "schedule.png")), "plots")

@@ -1,0 +1,111 @@
+"""The explicit registry of pipelines, and the contract each one fulfils."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+# modules that register pipelines when imported; a new pipeline adds its module here
+PIPELINE_MODULES = ("pipelines.cifar10_darknet",)
+
+_REGISTRY: dict[str, "Pipeline"] = {}
+
+
+class Pipeline:
+    """What a lesson pipeline gives the engine. Subclass, fill in, and @register it.
+
+    A pipeline is stateless: every method takes the config it needs.
+    """
+
+    name: str = ""
+    dataset: str = ""            # the data set `sample-data` / `download` make for it
+    Config: type = object        # frozen dataclass, one comment per field
+    configs: dict[str, Any] = {}  # "tiny", "sample", "default"
+    metric: str = ""             # the lesson's metric, as evaluate() names it
+    mode: str = "max"            # whether a larger metric is better
+
+    # ---- data
+    def default_data_dir(self) -> Path:
+        return Path("data") / self.dataset
+
+    def sample_data(self, out: Path, size: int | None = None) -> dict:
+        raise NotImplementedError
+
+    def preprocess(self, cfg: Any, data_dir: Path, cache: Any, on_bad: str = "skip") -> tuple[dict, bool]:
+        """Build (or find) the cached, preprocessed data: (manifest, hit). A hit starts no Ray."""
+        raise NotImplementedError
+
+    def datasets(self, cfg: Any, cache: Any, manifest: dict) -> dict[str, Any]:
+        """The cached data as Ray Datasets, keyed by the names phases use (+ "valid")."""
+        raise NotImplementedError
+
+    def train_rows(self, manifest: dict) -> int:
+        return int(manifest["rows"]["train"])
+
+    # ---- model and training
+    def build_model(self, cfg: Any) -> nn.Module:
+        raise NotImplementedError
+
+    def param_groups(self, model: nn.Module) -> list[list[nn.Parameter]]:
+        """Groups for discriminative LRs and freezing; one group by default."""
+        return [list(model.parameters())]
+
+    def phases(self, cfg: Any) -> list:
+        raise NotImplementedError
+
+    def to_device(self, cfg: Any, batch: dict[str, torch.Tensor], train: bool) -> Any:
+        """A batch from iter_torch_batches (already on the device) -> the model's input:
+        augmentation by batch goes here."""
+        return batch
+
+    def train_step(self, model: nn.Module, batch: Any, opt: torch.optim.Optimizer, cfg: Any) -> dict[str, torch.Tensor]:
+        """One optimizer step; returns the named losses (detached or not)."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, batches: Iterable[Any], cfg: Any) -> dict[str, float]:
+        """The metric on this worker's shard, with "n" (examples seen) for combine()."""
+        raise NotImplementedError
+
+    def combine(self, results: list[dict[str, float]]) -> dict[str, float]:
+        """Merge the workers' evaluate() results: an n-weighted mean by default."""
+        n = sum(r["n"] for r in results)
+        keys = [k for k in results[0] if k != "n"]
+        return {k: sum(r[k] * r["n"] for r in results) / max(n, 1) for k in keys}
+
+    def artifacts(self, model: nn.Module, batch: Any, cfg: Any, out_dir: Path) -> list[Path]:
+        """Files for MLflow drawn from one validation batch (e.g. predictions on images)."""
+        return []
+
+    def search_space(self) -> dict[str, Any]:
+        return {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    def wrap(cls: type) -> type:
+        if name in _REGISTRY:
+            raise ValueError(f"pipeline {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls()
+        return cls
+
+    return wrap
+
+
+def _load() -> None:
+    for mod in PIPELINE_MODULES:
+        importlib.import_module(mod)
+
+
+def names() -> list[str]:
+    _load()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> Pipeline:
+    _load()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown pipeline {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]

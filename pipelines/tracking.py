@@ -1,0 +1,166 @@
+"""MLflow: where runs go, one experiment per pipeline, one run per training run.
+
+The driver creates the run (params, tags, config, schedule plot) before training, rank 0
+logs per-epoch metrics and the final model during it, and the driver adds the curves after
+it: one writer at a time for a SQLite store.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URI = "sqlite:///mlruns.db"
+
+
+def resolve_uri(cli_uri: str | None = None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///mlruns.db; a relative
+    SQLite or file path is made absolute, since Ray workers run in other folders."""
+    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).absolute())
+    elif "://" not in uri:
+        uri = Path(uri).absolute().as_uri()
+    return uri
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Artifacts of a SQLite store sit beside the database file."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    return None
+
+
+def experiment_id(uri: str, name: str) -> str:
+    client = _client(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_root(uri))
+    except Exception:  # created meanwhile by another process
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = str(v)[:6000]
+    return out
+
+
+def find_run(uri: str, exp_id: str, name: str) -> str | None:
+    """The run a training run of this --name logged to before, if any."""
+    runs = _client(uri).search_runs(
+        [exp_id], filter_string=f"tags.`fastray.name` = '{name}'", max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def start_run(uri: str, experiment: str, name: str, params: dict, tags: dict) -> tuple[str, bool]:
+    """(run_id, resumed): reopen the run of an earlier attempt with this name, or create one."""
+    from mlflow.entities import Param, RunTag
+
+    client = _client(uri)
+    exp_id = experiment_id(uri, experiment)
+    run_id = find_run(uri, exp_id, name)
+    if run_id is not None:
+        client.update_run(run_id, status="RUNNING")
+        return run_id, True
+    run = client.create_run(exp_id, run_name=name, tags={"fastray.name": name, **tags})
+    flat = flatten(params)
+    items = [Param(k, v) for k, v in flat.items()]
+    for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
+        client.log_batch(run.info.run_id, params=items[i : i + 100])
+    return run.info.run_id, False
+
+
+class RunLogger:
+    """What rank 0 and the driver log to one run."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri, self.run_id = uri, run_id
+        self.client = _client(uri)
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        ms = [Metric(k, float(v), now, step) for k, v in values.items() if isinstance(v, (int, float))]
+        self.client.log_batch(self.run_id, metrics=ms)
+
+    def tags(self, values: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in values.items()])
+
+    def artifact(self, path: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def json(self, obj: Any, name: str, folder: str | None = None) -> None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / name
+            p.write_text(json.dumps(obj, indent=1, default=str))
+            self.artifact(p, folder)
+
+    def history(self, key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, key)]
+
+    def metric_keys(self) -> list[str]:
+        return sorted(self.client.get_run(self.run_id).data.metrics)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def plot_curves(logger: RunLogger, path: Path) -> Path | None:
+    """Every per-epoch metric against epoch: losses in one panel, the rest in another."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in logger.metric_keys() if not k.startswith(("lr", "momentum", "images_per_s", "epoch_seconds"))]
+    if not keys:
+        return None
+    losses = [k for k in keys if "loss" in k]
+    others = [k for k in keys if k not in losses]
+    panels = [p for p in (losses, others) if p]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 3.2 * len(panels)), squeeze=False)
+    for ax, group in zip(axes[:, 0], panels):
+        for k in group:
+            h = sorted(logger.history(k))
+            ax.plot([s for s, _ in h], [v for _, v in h], marker="o", ms=3, label=k)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
