@@ -11,11 +11,12 @@ import torch
 from torch import nn
 
 
-def conv_layer(ni: int, nf: int, ks: int = 3, stride: int = 1) -> nn.Sequential:
-    """Conv (no bias: BatchNorm follows) -> BatchNorm -> LeakyReLU(0.1), padding ks // 2."""
+def conv_layer(ni: int, nf: int, ks: int = 3, stride: int = 1, bn_mom: float = 0.01) -> nn.Sequential:
+    """Conv (no bias: BatchNorm follows) -> BatchNorm -> LeakyReLU(0.1), padding ks // 2.
+    bn_mom 0.01 is the lesson's: slow running statistics, right for long runs."""
     return nn.Sequential(
         nn.Conv2d(ni, nf, kernel_size=ks, stride=stride, padding=ks // 2, bias=False),
-        nn.BatchNorm2d(nf, momentum=0.01),  # the lesson's slow-moving statistics
+        nn.BatchNorm2d(nf, momentum=bn_mom),
         nn.LeakyReLU(0.1, inplace=True),
     )
 
@@ -23,10 +24,10 @@ def conv_layer(ni: int, nf: int, ks: int = 3, stride: int = 1) -> nn.Sequential:
 class ResLayer(nn.Module):
     """x + conv3x3(conv1x1(x)): a bottleneck to ni // 2 channels and back."""
 
-    def __init__(self, ni: int):
+    def __init__(self, ni: int, bn_mom: float = 0.01):
         super().__init__()
-        self.conv1 = conv_layer(ni, ni // 2, ks=1)
-        self.conv2 = conv_layer(ni // 2, ni, ks=3)
+        self.conv1 = conv_layer(ni, ni // 2, ks=1, bn_mom=bn_mom)
+        self.conv2 = conv_layer(ni // 2, ni, ks=3, bn_mom=bn_mom)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(self.conv1(x))  # out of place: autograd and DDP stay simple
@@ -38,6 +39,7 @@ class DarknetConfig:
     nf: int = 32                               # channels of the stem; the head sees nf * 2**len(groups)
     num_classes: int = 10
     p: float = 0.0                             # dropout before the classifier (0: checkpoints load the same whatever p is tuned to)
+    bn_mom: float = 0.01                       # BatchNorm running-statistics momentum (lesson: 0.01)
 
 
 class Darknet(nn.Module):
@@ -48,11 +50,12 @@ class Darknet(nn.Module):
         if cfg.nf < 2 or not 0.0 <= cfg.p < 1.0:
             raise ValueError(f"need nf >= 2 and 0 <= p < 1, got nf={cfg.nf}, p={cfg.p}")
         nf = cfg.nf
-        layers: list[nn.Module] = [conv_layer(3, nf, ks=3, stride=1)]
+        m = cfg.bn_mom
+        layers: list[nn.Module] = [conv_layer(3, nf, ks=3, stride=1, bn_mom=m)]
         for i, n_blocks in enumerate(cfg.groups):
             # the lesson's stride pattern: 2, 1, 2, 2, ... (32 px -> 16, 16, 8, 4, 2)
-            layers.append(conv_layer(nf, nf * 2, stride=1 if i == 1 else 2))
-            layers += [ResLayer(nf * 2) for _ in range(n_blocks)]
+            layers.append(conv_layer(nf, nf * 2, stride=1 if i == 1 else 2, bn_mom=m))
+            layers += [ResLayer(nf * 2, bn_mom=m) for _ in range(n_blocks)]
             nf *= 2
         self.body = nn.Sequential(*layers)
         self.head = nn.Sequential(

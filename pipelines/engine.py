@@ -29,6 +29,7 @@ from .config import to_dict
 from .phases import Schedule, make_optimizer, same_optimizer, set_frozen, set_hyper
 
 CHECKPOINT_FILE = "state.pt"
+EPOCH_FILE = "epoch.txt"
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class RunSpec:
     steps_per_epoch: int
     tracking_uri: str
     run_id: str
+    run_dir: str  # storage_path/name: Ray Train's checkpoints of this run
 
 
 def log(msg: str) -> None:
@@ -77,14 +79,27 @@ class RayTrainSession:
 
         return ray.train.get_dataset_shard(name)
 
-    def checkpoint(self) -> dict | None:
+    def checkpoint(self, run_dir: str) -> dict | None:
+        """The state of the latest epoch whose checkpoint reached storage.
+
+        Ray Train restores the last checkpoint its controller registered; one uploaded
+        just before a crash may be missing from that record although rank 0 already logged
+        its epoch to MLflow. So also look at the run's folder and take the newest epoch
+        that loads: no epoch is trained, and logged, twice."""
         import ray.train
 
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as d:
-            return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        dirs = [Path(p) for p in Path(run_dir).glob("checkpoint_*")] if "://" not in run_dir else []
+        registered = ray.train.get_checkpoint()
+        ckpt_ctx = registered.as_directory() if registered else contextlib.nullcontext(None)
+        with ckpt_ctx as d:
+            if d:
+                dirs.append(Path(d))
+            for folder in sorted(dirs, key=_checkpoint_epoch, reverse=True):
+                try:
+                    return torch.load(folder / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+                except Exception:  # a half-copied checkpoint: try the one before
+                    continue
+        return None
 
     def report(self, metrics: dict, state: dict | None) -> None:
         import ray.train
@@ -94,6 +109,7 @@ class RayTrainSession:
             return
         with tempfile.TemporaryDirectory() as d:
             torch.save(state, Path(d) / CHECKPOINT_FILE)
+            (Path(d) / EPOCH_FILE).write_text(str(state["epoch"]))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     def gather(self, obj: Any) -> list[Any]:
@@ -105,6 +121,13 @@ class RayTrainSession:
 
 
 # ------------------------------------------------------------------ the loop
+
+
+def _checkpoint_epoch(folder: Path) -> int:
+    try:
+        return int((folder / EPOCH_FILE).read_text())
+    except (OSError, ValueError):
+        return -1
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -129,7 +152,7 @@ def run_loop(spec: RunSpec, session: Any) -> None:
         raise ValueError(f"batch size {cfg.bs} is smaller than the {session.world} workers")
 
     logger = tracking.RunLogger(spec.tracking_uri, spec.run_id) if rank0 else None
-    start_epoch, state = 0, session.checkpoint()
+    start_epoch, state = 0, session.checkpoint(spec.run_dir)
     if state is not None:
         model.load_state_dict(state["model"])
         start_epoch = state["epoch"]
@@ -300,8 +323,9 @@ def fit(
         _log_plan(logger, pipe, cfg, steps_per_epoch)
     log(f"[{name}] MLflow run {run_id} ({'resumed' if resumed else 'new'}) in {uri}")
 
-    spec = RunSpec(pipeline, cfg, name, num_workers, cpus_per_worker, use_gpu, steps_per_epoch, uri, run_id)
     storage_path = str(Path(storage or os.environ.get("FASTRAY_STORAGE", "runs")).absolute())
+    spec = RunSpec(pipeline, cfg, name, num_workers, cpus_per_worker, use_gpu, steps_per_epoch, uri, run_id,
+                   run_dir=str(Path(storage_path) / name))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec},

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import pickle
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -276,15 +277,19 @@ def _parquet_files(folder: Path):
 
 
 def _unwrap_data_error(e: BaseException) -> BaseException:
-    seen = e
-    while seen is not None:
-        if isinstance(seen, DataError):
-            return DataError(str(seen))
-        # Ray keeps the user's exception as the cause, or as a RayTaskError subclass
-        if "DataError" in type(seen).__name__ and str(seen):
-            return DataError(str(seen).strip().splitlines()[-1].split("DataError: ")[-1])
-        seen = seen.__cause__ or seen.__context__
-    return e
+    """Ray wraps a worker's DataError (RayTaskError -> UserCodeException -> DataError):
+    find it so the user sees one line naming the file, not Ray's stack."""
+    todo, seen = [e], set()
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, DataError):
+            return DataError(str(x))
+        todo += [getattr(x, "cause", None), x.__cause__, x.__context__]
+    m = re.search(r"DataError: (.+)", str(e))
+    return DataError(m.group(1).strip()) if m else e
 
 
 def read_split(cache: Cache, manifest: dict, split: str, columns: list[str]):

@@ -1,0 +1,78 @@
+import os
+import threading
+import time
+
+import pytest
+
+from preprocessing.cache import Cache, digest, fingerprint_files
+
+
+def _writer(payload: bytes, calls: list):
+    def make(tmp):
+        calls.append(1)
+        tmp.mkdir(parents=True)
+        (tmp / "part-0.bin").write_bytes(payload)
+        return {"rows": len(payload)}
+    return make
+
+
+def test_digest_is_stable_and_order_free():
+    assert digest({"a": 1, "b": [1, 2]}) == digest({"b": [1, 2], "a": 1})
+    assert digest({"a": 1}) != digest({"a": 2})
+
+
+def test_fingerprint_changes_when_a_file_is_touched(tmp_path):
+    f = tmp_path / "x.png"
+    f.write_bytes(b"abc")
+    before = fingerprint_files([f], tmp_path)
+    assert fingerprint_files([f], tmp_path) == before
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert fingerprint_files([f], tmp_path) != before
+
+
+def test_second_build_is_a_hit_and_does_no_work(tmp_path):
+    cache, calls = Cache(tmp_path), []
+    m1, hit1 = cache.build("d", "k1", _writer(b"x" * 10, calls))
+    m2, hit2 = cache.build("d", "k1", _writer(b"x" * 10, calls))
+    assert (hit1, hit2, len(calls)) == (False, True, 1)
+    assert m1 == m2 and m2["rows"] == 10 and m2["files"] == {"part-0.bin": 10}
+
+
+def test_a_failed_build_leaves_nothing_readable(tmp_path):
+    cache = Cache(tmp_path)
+
+    def boom(tmp):
+        tmp.mkdir()
+        (tmp / "part-0.bin").write_bytes(b"half")
+        raise RuntimeError("killed while writing")
+
+    with pytest.raises(RuntimeError):
+        cache.build("d", "k", boom)
+    assert cache.lookup("d", "k") is None
+    assert not any(p.name.startswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_a_truncated_file_is_detected_and_rebuilt(tmp_path):
+    cache, calls = Cache(tmp_path), []
+    cache.build("d", "k", _writer(b"x" * 100, calls))
+    (cache.path("d", "k") / "part-0.bin").write_bytes(b"x" * 40)  # truncated
+    assert cache.lookup("d", "k") is None
+    _, hit = cache.build("d", "k", _writer(b"x" * 100, calls))
+    assert not hit and len(calls) == 2
+
+
+def test_two_builders_of_one_key_leave_one_valid_entry(tmp_path):
+    cache, calls, results = Cache(tmp_path), [], []
+
+    def slow(tmp):
+        time.sleep(0.2)
+        return _writer(b"y" * 7, calls)(tmp)
+
+    threads = [threading.Thread(target=lambda: results.append(cache.build("d", "k", slow))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2 and all(m["rows"] == 7 for m, _ in results)
+    assert [p.name for p in tmp_path.iterdir()] == ["d-k"]

@@ -1,0 +1,125 @@
+"""The command line as users and scripts see it: exit codes, one-line errors, the JSON line."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines.__main__ import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    lines = [l for l in out.splitlines() if l.strip()]
+    return code, (json.loads(lines[-1]) if code == 0 else None), err
+
+
+def test_list(capsys):
+    code, obj, _ = run_cli(capsys, "list")
+    assert code == 0 and "cifar10-darknet" in [p["name"] for p in obj["pipelines"]]
+
+
+def test_sample_data_by_dataset_or_pipeline_name(capsys, tmp_path):
+    code, obj, _ = run_cli(capsys, "sample-data", "cifar10", "--out", str(tmp_path / "a"), "--size", "100")
+    assert code == 0 and obj["train"] + obj["test"] == 100
+    assert (tmp_path / "a" / "train" / "cat").is_dir()
+    code, obj, _ = run_cli(capsys, "sample-data", "cifar10-darknet", "--out", str(tmp_path / "b"), "--size", "50")
+    assert code == 0 and obj["dataset"] == "cifar10"
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["run", "nope"], "unknown pipeline 'nope'; known: cifar10-darknet"),
+    (["preprocess", "cifar10-darknet", "--data", "/no/such/folder"], "/no/such/folder: no such folder"),
+    (["run", "cifar10-darknet", "--data", "{empty}"], "no CIFAR-10 here"),
+    (["run", "cifar10-darknet", "--data", "{data}", "--set", "lr=fast"], "--set lr=fast: expected float"),
+    (["run", "cifar10-darknet", "--data", "{data}", "--set", "nope=1"], "unknown key(s) nope; valid keys: groups"),
+    (["run", "cifar10-darknet", "--data", "{data}", "--config", "{badjson}"], "not valid JSON"),
+    (["sample-data", "imagenet22k", "--out", "x"], "unknown data set or pipeline 'imagenet22k'"),
+])
+def test_bad_input_is_one_line_and_exit_1(argv, msg, capsys, tmp_path, cifar_small, workdir):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.json").write_text("{oops")
+    argv = [a.format(empty=tmp_path / "empty", data=cifar_small, badjson=tmp_path / "bad.json") for a in argv]
+    code, _, err = run_cli(capsys, *argv)
+    lines = [l for l in err.splitlines() if l.startswith("fastray: error:")]
+    assert code == 1 and len(lines) == 1 and msg in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_preprocess_twice_hits_the_cache(capsys, cifar_small, workdir, ray_session):
+    code, first, _ = run_cli(capsys, "preprocess", "cifar10-darknet", "--data", str(cifar_small), "--config", "tiny")
+    code2, second, _ = run_cli(capsys, "preprocess", "cifar10-darknet", "--data", str(cifar_small), "--config", "tiny")
+    assert (code, code2) == (0, 0)
+    assert (first["cache"], second["cache"]) == ("miss", "hit") and first["key"] == second["key"]
+    assert second["rows"] == {"train": 1000, "valid": 200}
+    assert second["seconds"] < first["seconds"] / 10
+    code3, third, _ = run_cli(capsys, "preprocess", "cifar10-darknet", "--data", str(cifar_small), "--config", "tiny",
+                              "--set", "small_size=20")
+    assert third["cache"] == "miss" and third["key"] != first["key"]
+
+
+def _mlflow(workdir):
+    return MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}")
+
+
+def test_run_tiny_end_to_end_records_mlflow(capsys, cifar_small, workdir, ray_session):
+    code, obj, err = run_cli(capsys, "run", "cifar10-darknet", "--data", str(cifar_small), "--config", "tiny",
+                             "--name", "e2e")
+    assert code == 0, err
+    assert {"run_id", "experiment", "metrics", "seconds"} <= set(obj)
+    assert 0.0 <= obj["metrics"]["accuracy"] <= 1.0 and obj["metrics"]["epoch"] == 2
+    client = _mlflow(workdir)
+    run = client.get_run(obj["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["config.nf"] == "8" and run.data.tags["fastray.world_size"] == "1"
+    assert run.data.tags["fastray.pipeline"] == "cifar10-darknet" and run.data.tags["fastray.cache_key"]
+    steps = [m.step for m in client.get_metric_history(obj["run_id"], "accuracy")]
+    assert steps == [1, 2]
+    files = {f.path for d in ("", "plots", "model", "predictions") for f in client.list_artifacts(obj["run_id"], d or None)}
+    assert {"config.json", "plots/schedule.png", "plots/curves.png", "model/model.pt",
+            "predictions/predictions.png"} <= files
+
+
+def test_two_workers_ddp(capsys, cifar_small, workdir, ray_session):
+    code, obj, err = run_cli(capsys, "run", "cifar10-darknet", "--data", str(cifar_small), "--config", "tiny",
+                             "--num-workers", "2", "--name", "ddp")
+    assert code == 0, err
+    assert obj["world_size"] == 2
+    run = _mlflow(workdir).get_run(obj["run_id"])
+    assert run.data.tags["fastray.world_size"] == "2" and run.data.params["num_workers"] == "2"
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(cifar_small, workdir, ray_session):
+    """SIGKILL the driver mid-run; the same --name resumes at the epoch after the last checkpoint."""
+    env = {**os.environ, "RAY_ADDRESS": ray_session, "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "pipelines", "run", "cifar10-darknet", "--data", str(cifar_small),
+            "--config", "tiny", "--epochs", "6", "--name", "killme"]
+    log = open(workdir / "first.log", "w+")
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log, cwd=workdir,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and "epoch 2/6" not in (workdir / "first.log").read_text():
+        assert proc.poll() is None, (workdir / "first.log").read_text()[-3000:]
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and anything it started
+    proc.wait()
+
+    second = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=workdir, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    m = [l for l in second.stderr.splitlines() if "resuming from the checkpoint of epoch" in l]
+    assert m, second.stderr[-3000:]
+    resumed_at = int(m[0].rsplit(" ", 1)[1])
+    assert 2 <= resumed_at < 6  # epoch 2 was logged before the kill, so it was saved
+    obj = json.loads(second.stdout.strip().splitlines()[-1])
+    assert obj["resumed"] is True and obj["metrics"]["epoch"] == 6
+    client = _mlflow(workdir)
+    run = client.get_run(obj["run_id"])
+    assert run.data.tags["fastray.resumed_from_epoch"] == str(resumed_at)
+    steps = sorted(m.step for m in client.get_metric_history(obj["run_id"], "accuracy"))
+    assert steps == [1, 2, 3, 4, 5, 6]  # no epoch lost, none counted twice
