@@ -58,7 +58,7 @@ class ImageSource:
 def find_cifar10(data_dir: str | Path) -> ImageSource:
     """CIFAR-10 in either shipped layout, at data_dir or one folder below it (as an
     archive extracts): cifar-10-batches-py/ or a folder with train/ and test/."""
-    root = Path(data_dir)
+    root = Path(data_dir).absolute()  # Ray workers run in other folders
     if not root.exists():
         raise DataError(f"{root}: no such folder")
     if not root.is_dir():

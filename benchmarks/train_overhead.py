@@ -1,0 +1,136 @@
+"""Ray Train's overhead: the same model, data, batch size and device, trained by a bare
+PyTorch loop and by fastray's engine under Ray Train with one worker.
+
+Both read the same cached parquet, run the same augmentation-by-batch and train step
+(bf16 autocast and channels_last on CUDA, as the engine does), on as many threads as the
+worker holds CPUs. Steady state = the mean images/s of the epochs after the first.
+Ray's fixed start-up = fit() wall time minus the epochs' own time.
+
+    python benchmarks/train_overhead.py                  # CPU, the sample config's model
+    python benchmarks/train_overhead.py --device cuda    # GPU, lesson 12's Darknet
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from pipelines import config as configs
+from pipelines import registry
+from preprocessing.cache import Cache
+from preprocessing.runtime import init_ray
+
+
+def bare_loop(pipe, cfg, folder: Path, device: torch.device, epochs: int, threads: int) -> list[float]:
+    """images/s of each epoch of a plain loop over tensors already on the device."""
+    torch.set_num_threads(threads)
+    table = pq.read_table(folder / "train", columns=[f"img{cfg.size}", "label"])
+    col = table.column(f"img{cfg.size}").combine_chunks()
+    # a Ray tensor column is stored as fixed-size lists of uint8: view it without copying row by row
+    flat = np.asarray(col.storage.flatten() if hasattr(col, "storage") else col.flatten(), dtype=np.uint8)
+    x_all = torch.from_numpy(flat.reshape(len(table), cfg.size, cfg.size, 3).copy()).to(device)
+    y_all = torch.as_tensor(table.column("label").to_numpy()).to(device)
+    torch.manual_seed(cfg.seed)
+    model = pipe.build_model(cfg).to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr / cfg.div, momentum=0.9, weight_decay=cfg.wd)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    n, bs, rates = len(y_all), cfg.bs, []
+    model.train()
+    for _ in range(epochs):
+        if cuda:
+            torch.cuda.synchronize()
+        t0, seen = time.perf_counter(), 0
+        perm = torch.randperm(n, device=device)
+        for i in range(0, n - bs + 1, bs):
+            idx = perm[i : i + bs]
+            batch = pipe.to_device(cfg, {f"img{cfg.size}": x_all[idx], "label": y_all[idx]}, train=True)
+            with autocast():
+                losses = pipe.train_step(model, batch, opt, cfg)
+            seen += bs
+        losses["loss"].item()  # wait for the last step
+        if cuda:
+            torch.cuda.synchronize()
+        rates.append(seen / (time.perf_counter() - t0))
+    return rates
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--images", type=int, default=None, help="sample images to generate (default: 6000 cpu, 60000 cuda)")
+    ap.add_argument("--epochs", type=int, default=None, help="default: 4 cpu, 6 cuda")
+    ap.add_argument("--config", default=None, help="pipeline config (default: sample on cpu, default on cuda)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    cuda = args.device == "cuda"
+    images = args.images or (60000 if cuda else 6000)
+    epochs = args.epochs or (6 if cuda else 4)
+    pipe = registry.get("cifar10-darknet")
+    cfg, _ = configs.load(pipe.configs, args.config or ("default" if cuda else "sample"))
+    cfg = configs.apply(cfg, {"epochs": str(epochs), "small_frac": "0", "small_size": "0", **configs.parse_sets(args.set)})
+
+    work = Path(tempfile.mkdtemp(prefix="fastray-bench-"))
+    os.chdir(work)  # runs/, cache/ and mlruns.db of this benchmark stay out of the repo
+    print(f"generating {images} sample images in {work}", file=sys.stderr)
+    pipe.sample_data(work / "cifar10", images)
+    init_ray()
+    import ray
+
+    cpus = int(ray.cluster_resources()["CPU"])
+    cache = Cache(work / "cache")
+    manifest, _ = pipe.preprocess(cfg, work / "cifar10", cache)
+    folder = cache.path(manifest["name"], manifest["key"])
+
+    # the engine under Ray Train, one worker holding every CPU (and the GPU)
+    from pipelines.engine import fit
+    from pipelines.tracking import RunLogger
+
+    t0 = time.perf_counter()
+    res = fit("cifar10-darknet", cfg, data_dir=work / "cifar10", cache=cache, name="overhead",
+              num_workers=1, use_gpu=cuda, tracking_uri=f"sqlite:///{work}/mlruns.db")
+    fit_wall = time.perf_counter() - t0
+    hist = RunLogger(f"sqlite:///{work}/mlruns.db", res["run_id"])
+    ray_rates = [v for _, v in sorted(hist.history("images_per_s"))]
+    epoch_secs = [v for _, v in sorted(hist.history("epoch_seconds"))]
+    ray.shutdown()  # the bare loop gets the machine to itself
+
+    bare_rates = bare_loop(pipe, cfg, folder, torch.device(args.device), epochs, cpus)
+    steady = lambda r: float(np.mean(r[1:])) if len(r) > 1 else float(r[0])
+    out = {
+        "device": torch.cuda.get_device_name() if cuda else f"cpu x{cpus}",
+        "model": {"groups": list(cfg.groups), "nf": cfg.nf, "image_size": cfg.size, "bs": cfg.bs},
+        "images": manifest["rows"]["train"],
+        "epochs": epochs,
+        "threads": cpus,
+        "bare_images_per_s": round(steady(bare_rates), 1),
+        "ray_train_images_per_s": round(steady(ray_rates), 1),
+        "ratio": round(steady(ray_rates) / steady(bare_rates), 3),
+        "ray_fixed_startup_seconds": round(res["fit_seconds"] - sum(epoch_secs), 1),
+        "per_epoch": {"bare": [round(r, 1) for r in bare_rates], "ray_train": [round(r, 1) for r in ray_rates]},
+        "fit_wall_seconds": round(fit_wall, 1),
+    }
+    text = json.dumps(out, indent=1)
+    print(text)
+    dest = args.out or Path(__file__).resolve().parent / "results" / f"train_overhead_{args.device}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(text + "\n")
+    print(f"wrote {dest}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
