@@ -98,13 +98,14 @@ def main() -> None:
 
     # the engine under Ray Train, one worker holding every CPU (and the GPU)
     from pipelines.engine import fit
-    from pipelines.tracking import RunLogger
+    from pipelines.tracking import RunLogger, resolve_uri
 
     t0 = time.perf_counter()
+    # MLFLOW_TRACKING_URI if set, else sqlite:///mlruns.db in the benchmark's folder
     res = fit("cifar10-darknet", cfg, data_dir=work / "cifar10", cache=cache, name="overhead",
-              num_workers=1, use_gpu=cuda, tracking_uri=f"sqlite:///{work}/mlruns.db")
+              num_workers=1, use_gpu=cuda)
     fit_wall = time.perf_counter() - t0
-    hist = RunLogger(f"sqlite:///{work}/mlruns.db", res["run_id"])
+    hist = RunLogger(resolve_uri(), res["run_id"])
     ray_rates = [v for _, v in sorted(hist.history("images_per_s"))]
     epoch_secs = [v for _, v in sorted(hist.history("epoch_seconds"))]
     ray.shutdown()  # the bare loop gets the machine to itself

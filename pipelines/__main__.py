@@ -63,6 +63,21 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
     r.add_argument("--name", dest="run_name", default=None, help="run name; rerunning a name resumes it from its last checkpoint")
     r.add_argument("--storage", default=None, help="checkpoint folder (default: ./runs)")
+
+    t = sub.add_parser("tune", help="search dropout and schedule hyperparameters with Ray Tune + ASHA")
+    common(t)
+    t.add_argument("--epochs", type=int, default=None, help="epochs of each trial (ASHA's max_t)")
+    t.add_argument("--num-samples", type=int, default=8, help="trials")
+    t.add_argument("--max-concurrent", type=int, default=None, help="default: as many as the cluster fits")
+    t.add_argument("--workers-per-trial", type=int, default=1, help=">1: each trial fits a TorchTrainer")
+    t.add_argument("--gpus-per-worker", type=float, default=0)
+    t.add_argument("--search", choices=("random", "tpe"), default="random", help="tpe needs optuna")
+    t.add_argument("--time-budget", type=float, default=None, metavar="SECONDS")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--tracking-uri", default=None)
+    t.add_argument("--name", dest="run_name", default=None,
+                   help="search name (default: derived from the command, so rerunning it resumes)")
+    t.add_argument("--storage", default=None, help="Tune's folder (default: ./runs)")
     return p
 
 
@@ -152,7 +167,27 @@ def cmd_run(args) -> dict:
     )
 
 
-COMMANDS = {"list": cmd_list, "sample-data": cmd_sample_data, "preprocess": cmd_preprocess, "run": cmd_run}
+def cmd_tune(args) -> dict:
+    from preprocessing.cache import Cache, digest
+
+    from .tuning import tune
+
+    pipe = registry.get(args.name)
+    data, is_sample = _data_dir(pipe, args)
+    cfg, label = _config(pipe, args, "sample" if is_sample else "default")
+    search = {k: getattr(args, k) for k in ("num_samples", "max_concurrent", "workers_per_trial",
+                                            "gpus_per_worker", "search", "time_budget", "seed")}
+    name = args.run_name or f"{args.name}-tune-{digest([configs.to_dict(cfg), search, str(data)])[:8]}"
+    return tune(
+        args.name, cfg, data_dir=data, cache=Cache(args.cache_dir), name=name, config_label=label,
+        num_samples=args.num_samples, max_concurrent=args.max_concurrent, workers_per_trial=args.workers_per_trial,
+        gpus_per_worker=args.gpus_per_worker, search=args.search, time_budget_s=args.time_budget, seed=args.seed,
+        tracking_uri=args.tracking_uri, storage=args.storage, on_bad=args.on_bad_input,
+    )
+
+
+COMMANDS = {"list": cmd_list, "sample-data": cmd_sample_data, "preprocess": cmd_preprocess, "run": cmd_run,
+            "tune": cmd_tune}
 
 
 def main(argv: list[str] | None = None) -> int:

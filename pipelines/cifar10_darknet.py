@@ -135,6 +135,17 @@ class Cifar10Darknet(Pipeline):
             n += len(y)
         return {"loss": loss / max(n, 1), "accuracy": correct / max(n, 1), "n": n}
 
+    def search_space(self, cfg: Config) -> dict[str, Any]:
+        """Lesson 9: tune how much to regularise; lesson 13: the schedule's shape."""
+        from ray import tune
+
+        return {
+            "p": tune.uniform(0.0, 0.5),                     # dropout before the classifier
+            "lr": tune.loguniform(cfg.lr / 4, cfg.lr * 2),   # 1cycle's peak LR
+            "div": tune.uniform(5.0, 30.0),                  # start LR = lr / div
+            "pct": tune.uniform(0.05, 0.3),                  # final annealing fraction
+        }
+
     def artifacts(self, model, batch, cfg, out_dir: Path) -> list[Path]:
         x, y = batch
         with torch.no_grad():

@@ -89,7 +89,7 @@ class RayTrainSession:
         that loads: no epoch is trained, and logged, twice."""
         import ray.train
 
-        dirs = [Path(p) for p in Path(run_dir).glob("checkpoint_*")] if "://" not in run_dir else []
+        dirs = [Path(p) for p in Path(run_dir).glob("checkpoint_*")] if run_dir and "://" not in run_dir else []
         registered = ray.train.get_checkpoint()
         ckpt_ctx = registered.as_directory() if registered else contextlib.nullcontext(None)
         with ckpt_ctx as d:
@@ -152,13 +152,15 @@ def run_loop(spec: RunSpec, session: Any) -> None:
     if bs < 1:
         raise ValueError(f"batch size {cfg.bs} is smaller than the {session.world} workers")
 
-    logger = tracking.RunLogger(spec.tracking_uri, spec.run_id) if rank0 else None
+    # rank 0 logs to MLflow; under Tune the driver does (spec.run_id is empty)
+    logger = tracking.RunLogger(spec.tracking_uri, spec.run_id) if rank0 and spec.run_id else None
     start_epoch, state = 0, session.checkpoint(spec.run_dir)
     if state is not None:
         model.load_state_dict(state["model"])
         start_epoch = state["epoch"]
         if rank0:
             log(f"[{spec.name}] resuming from the checkpoint of epoch {start_epoch}")
+        if logger:
             logger.tags({"fastray.resumed_from_epoch": start_epoch})
             # the checkpoint carries its epoch's metrics: log them if MLflow missed them
             logged = [s for s, _ in logger.history(pipe.metric)] if pipe.metric else []
@@ -223,8 +225,9 @@ def run_loop(spec: RunSpec, session: Any) -> None:
             "epoch": epoch + 1, "metrics": metrics,
         } if rank0 else None
         session.report({**metrics, "epoch": epoch + 1}, ckpt)
-        if rank0:
+        if logger:
             logger.metrics(metrics, step=epoch + 1)  # after the checkpoint is safe: never twice
+        if rank0:
             shown = {k: metrics[k] for k in metrics if k.startswith("train_") or k == pipe.metric}
             log(
                 f"[{spec.name}] epoch {epoch + 1}/{sched.total_epochs} data={data} "
@@ -235,7 +238,7 @@ def run_loop(spec: RunSpec, session: Any) -> None:
     if start_epoch >= sched.total_epochs:  # rerun of a finished run: nothing left to train
         session.report({**metrics, "epoch": start_epoch}, None)
         return
-    if rank0:
+    if logger:
         with tempfile.TemporaryDirectory() as d:
             torch.save(_unwrap(model).state_dict(), Path(d) / "model.pt")
             logger.artifact(Path(d) / "model.pt", "model")

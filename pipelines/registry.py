@@ -79,7 +79,8 @@ class Pipeline:
         """Files for MLflow drawn from one validation batch (e.g. predictions on images)."""
         return []
 
-    def search_space(self) -> dict[str, Any]:
+    def search_space(self, cfg: Any) -> dict[str, Any]:
+        """What Tune varies around `cfg`: Config field -> a ray.tune domain."""
         return {}
 
 

@@ -83,19 +83,14 @@ def find_run(uri: str, exp_id: str, name: str) -> str | None:
 
 def start_run(uri: str, experiment: str, name: str, params: dict, tags: dict) -> tuple[str, bool]:
     """(run_id, resumed): reopen the run of an earlier attempt with this name, or create one."""
-    from mlflow.entities import Param, RunTag
-
     client = _client(uri)
     exp_id = experiment_id(uri, experiment)
     run_id = find_run(uri, exp_id, name)
     if run_id is not None:
         client.update_run(run_id, status="RUNNING")
         return run_id, True
-    run = client.create_run(exp_id, run_name=name, tags={"fastray.name": name, **tags})
-    flat = flatten(params)
-    items = [Param(k, v) for k, v in flat.items()]
-    for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
-        client.log_batch(run.info.run_id, params=items[i : i + 100])
+    run = client.create_run(exp_id, run_name=name, tags={"fastray.name": name, **{k: str(v) for k, v in tags.items()}})
+    RunLogger(uri, run.info.run_id).params(params)
     return run.info.run_id, False
 
 
@@ -112,6 +107,13 @@ class RunLogger:
         now = int(time.time() * 1000)
         ms = [Metric(k, float(v), now, step) for k, v in values.items() if isinstance(v, (int, float))]
         self.client.log_batch(self.run_id, metrics=ms)
+
+    def params(self, values: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in flatten(values).items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def tags(self, values: dict[str, Any]) -> None:
         from mlflow.entities import RunTag

@@ -1,0 +1,122 @@
+"""`fastray tune`: ASHA over the search space, one MLflow parent with a child per trial,
+best config out, and resume after a kill."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from pipelines.__main__ import main
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on loopback (SQLite backend, proxied artifacts)."""
+    d = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{d}/server.db",
+         "--artifacts-destination", str(d / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=open(d / "server.log", "w"), start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if requests.get(f"{url}/health", timeout=1).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert proc.poll() is None, (d / "server.log").read_text()[-2000:]
+            time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start: " + (d / "server.log").read_text()[-2000:])
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def _last_json(out: str) -> dict:
+    return json.loads([l for l in out.splitlines() if l.strip()][-1])
+
+
+def test_search_against_an_mlflow_server(capsys, cifar_small, workdir, ray_session, mlflow_server):
+    argv = ["tune", "cifar10-darknet", "--data", str(cifar_small), "--config", "tiny", "--epochs", "4",
+            "--num-samples", "6", "--max-concurrent", "2", "--tracking-uri", mlflow_server]
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    obj = _last_json(out)
+    assert obj["trials"] == 6 and obj["errors"] == 0
+    assert obj["stopped_early"] >= 1, "ASHA stopped no trial"
+    assert set(obj["best_config"]) == {"p", "lr", "div", "pct"}
+
+    # the children, through MLflow's REST API, ordered by the metric
+    api = f"{mlflow_server}/api/2.0/mlflow"
+    exp = requests.get(f"{api}/experiments/get-by-name", params={"experiment_name": "cifar10-darknet"}).json()
+    found = requests.post(f"{api}/runs/search", json={
+        "experiment_ids": [exp["experiment"]["experiment_id"]],
+        "filter": f"tags.`mlflow.parentRunId` = '{obj['parent_run_id']}'",
+        "order_by": ["metrics.accuracy DESC"], "max_results": 100,
+    }).json()["runs"]
+    assert len(found) == 6
+    accs = [next(m["value"] for m in r["data"]["metrics"] if m["key"] == "accuracy") for r in found]
+    assert accs == sorted(accs, reverse=True)
+    assert accs[0] == pytest.approx(obj["best_metrics"]["accuracy"])
+    stopped = []
+    for r in found:
+        params = {p["key"]: p["value"] for p in r["data"]["params"]}
+        tags = {t["key"]: t["value"] for t in r["data"]["tags"]}
+        assert {"config.p", "config.lr", "config.div", "config.pct", "config.nf"} <= set(params)
+        hist = requests.get(f"{api}/metrics/get-history",
+                            params={"run_id": r["info"]["run_id"], "metric_key": "accuracy"}).json()["metrics"]
+        assert sorted(m["step"] for m in hist) == list(range(1, int(tags["fastray.epochs_trained"]) + 1))
+        stopped.append(tags["fastray.asha_stopped"] == "True")
+    assert sum(stopped) == obj["stopped_early"]
+
+    # the best config runs as it is
+    code = main(["run", "cifar10-darknet", "--data", str(cifar_small), "--config", obj["best_config_path"],
+                 "--tracking-uri", mlflow_server, "--name", "best"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    run = requests.get(f"{api}/runs/get", params={"run_id": _last_json(out)["run_id"]}).json()["run"]
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    best = json.load(open(obj["best_config_path"]))
+    for key in ("p", "lr", "div", "pct", "epochs", "nf"):
+        assert params[f"config.{key}"] == str(best[key])
+
+
+def test_killed_search_resumes_without_rerunning_finished_trials(cifar_small, workdir, ray_session):
+    env = {**os.environ, "RAY_ADDRESS": ray_session, "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "pipelines", "tune", "cifar10-darknet", "--data", str(cifar_small),
+            "--config", "tiny", "--epochs", "2", "--num-samples", "3", "--max-concurrent", "1"]
+    log = workdir / "first.log"
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"), cwd=workdir,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and " completed after " not in log.read_text():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.5)
+    first_done = [l.split()[1] for l in log.read_text().splitlines() if " completed after " in l][0]
+    time.sleep(3)  # the search saves its state every second
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    second = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=workdir, timeout=400)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming the search" in second.stderr
+    assert f"Trial {first_done} started" not in second.stderr  # finished: not rerun
+    obj = _last_json(second.stdout)
+    assert obj["trials"] == 3 and obj["errors"] == 0
