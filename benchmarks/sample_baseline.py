@@ -16,6 +16,13 @@ Prints the figures and writes them as JSON:
 
 from __future__ import annotations
 
+import os
+import sys
+
+# run as a script, this folder is sys.path[0], and its tokenize.py would shadow the
+# standard library's: put the repository root there instead
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 import argparse
 import json
 import sys

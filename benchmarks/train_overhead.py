@@ -11,6 +11,13 @@ Ray's fixed start-up = fit() wall time minus the epochs' own time.
 """
 from __future__ import annotations
 
+import os
+import sys
+
+# run as a script, this folder is sys.path[0], and its tokenize.py would shadow the
+# standard library's: put the repository root there instead
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 import argparse
 import contextlib
 import json
@@ -20,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -32,8 +38,8 @@ from preprocessing.cache import Cache
 from preprocessing.runtime import init_ray
 
 
-def bare_loop(pipe, cfg, folder: Path, device: torch.device, epochs: int, threads: int) -> list[float]:
-    """images/s of each epoch of a plain loop over tensors already on the device."""
+def bare_loop(pipe, cfg, folder: Path, device: torch.device, epochs: int, threads: int) -> tuple[list[float], float]:
+    """(images/s of each epoch, last loss) of a plain loop over tensors already on the device."""
     torch.set_num_threads(threads)
     table = pq.read_table(folder / "train", columns=[f"img{cfg.size}", "label"])
     col = table.column(f"img{cfg.size}").combine_chunks()
@@ -44,6 +50,7 @@ def bare_loop(pipe, cfg, folder: Path, device: torch.device, epochs: int, thread
     torch.manual_seed(cfg.seed)
     model = pipe.build_model(cfg).to(device)
     cuda = device.type == "cuda"
+    torch.backends.cudnn.benchmark = cuda  # as the engine does
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr / cfg.div, momentum=0.9, weight_decay=cfg.wd)
@@ -61,11 +68,11 @@ def bare_loop(pipe, cfg, folder: Path, device: torch.device, epochs: int, thread
             with autocast():
                 losses = pipe.train_step(model, batch, opt, cfg)
             seen += bs
-        losses["loss"].item()  # wait for the last step
+        last = losses["loss"].item()  # waits for the last step
         if cuda:
             torch.cuda.synchronize()
         rates.append(seen / (time.perf_counter() - t0))
-    return rates
+    return rates, last
 
 
 def main() -> None:
@@ -110,7 +117,7 @@ def main() -> None:
     epoch_secs = [v for _, v in sorted(hist.history("epoch_seconds"))]
     ray.shutdown()  # the bare loop gets the machine to itself
 
-    bare_rates = bare_loop(pipe, cfg, folder, torch.device(args.device), epochs, cpus)
+    bare_rates, bare_loss = bare_loop(pipe, cfg, folder, torch.device(args.device), epochs, cpus)
     steady = lambda r: float(np.mean(r[1:])) if len(r) > 1 else float(r[0])
     out = {
         "device": torch.cuda.get_device_name() if cuda else f"cpu x{cpus}",
@@ -124,6 +131,8 @@ def main() -> None:
         "ray_fixed_startup_seconds": round(res["fit_seconds"] - sum(epoch_secs), 1),
         "per_epoch": {"bare": [round(r, 1) for r in bare_rates], "ray_train": [round(r, 1) for r in ray_rates]},
         "fit_wall_seconds": round(fit_wall, 1),
+        "last_train_loss": {"bare": bare_loss, "ray_train": res["metrics"].get("train_loss")},
+        "config_overrides": args.set,
     }
     text = json.dumps(out, indent=1)
     print(text)

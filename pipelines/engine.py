@@ -142,6 +142,7 @@ def run_loop(spec: RunSpec, session: Any) -> None:
     rank0 = session.rank == 0
     device = session.device()
     cuda = device.type == "cuda"
+    torch.backends.cudnn.benchmark = cuda  # fixed image sizes per phase: let cuDNN pick its kernels
     torch.manual_seed(getattr(cfg, "seed", 0))  # same init everywhere; DDP broadcasts rank 0's anyway
 
     model = pipe.build_model(cfg)
