@@ -71,13 +71,14 @@ class TuneSession:
 
 
 def _trial(params: dict, *, pipeline: str, cfg: Any, datasets: dict, steps_per_epoch: int,
-           workers: int, cpus_per_worker: int, use_gpu: bool, storage: str) -> None:
+           workers: int, cpus_per_worker: float, use_gpu: bool, storage: str) -> None:
     """One trial: the base config with the sampled values, trained by the engine's loop."""
     from ray import tune
 
     cfg = dataclasses.replace(cfg, **params)
     trial = tune.get_context().get_trial_id()
-    spec = RunSpec(pipeline, cfg, trial, workers, cpus_per_worker, use_gpu, steps_per_epoch,
+    threads = max(1, round(cpus_per_worker))
+    spec = RunSpec(pipeline, cfg, trial, workers, threads, use_gpu, steps_per_epoch,
                    tracking_uri="", run_id="", run_dir="")
     if workers == 1:
         run_loop(spec, TuneSession(datasets, use_gpu))
@@ -90,7 +91,8 @@ def _trial(params: dict, *, pipeline: str, cfg: Any, datasets: dict, steps_per_e
         train_loop_per_worker,
         train_loop_config={"spec": spec},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                               resources_per_worker={"CPU": cpus_per_worker}),
+                                               resources_per_worker={"CPU": cpus_per_worker,
+                                                                     "GPU": 1 if use_gpu else 0}),
         run_config=ray.train.RunConfig(name=trial, storage_path=storage, callbacks=[TuneReportCallback()]),
         datasets=datasets,
     ).fit()
@@ -180,11 +182,14 @@ def tune(
     if max_concurrent is not None and max_concurrent < 1:
         raise ValueError(f"--max-concurrent must be >= 1, got {max_concurrent}")
     concurrent = min(max_concurrent or limit, limit)
-    cpus_per_worker = max(1, cpus // (concurrent * workers_per_trial))
     if workers_per_trial == 1:  # the trial is the worker
+        cpus_per_worker: float = max(1, cpus // concurrent)
         resources = {"CPU": cpus_per_worker, "GPU": gpus_per_worker}
-    else:  # the trial only drives a TorchTrainer whose workers hold the resources
-        resources = {"CPU": 0}
+    else:  # the trial only drives a TorchTrainer: a sliver of a CPU; its workers share the rest
+        driver_cpu = 0.01
+        # (a little slack: bundles of exactly the free CPUs were never placed on Ray 2.60)
+        cpus_per_worker = max(0.5, 0.9 * (cpus - driver_cpu * concurrent) / (concurrent * workers_per_trial))
+        resources = {"CPU": driver_cpu}
 
     datasets = {k: ds.materialize() for k, ds in pipe.datasets(cfg, cache, manifest).items()}
     rows = pipe.train_rows(manifest)
@@ -201,7 +206,7 @@ def tune(
     )
     parent = tracking.RunLogger(uri, parent_id)
     log(f"[{name}] MLflow parent run {parent_id} ({'resumed' if resumed else 'new'}) in {uri}; "
-        f"{concurrent} concurrent trial(s) x {workers_per_trial} worker(s) x {cpus_per_worker} CPU")
+        f"{concurrent} concurrent trial(s) x {workers_per_trial} worker(s) x {cpus_per_worker:.2f} CPU")
 
     trainable = rt.with_resources(
         rt.with_parameters(_trial, pipeline=pipeline, cfg=cfg, datasets=datasets, steps_per_epoch=steps_per_epoch,
