@@ -30,7 +30,7 @@ from .phases import Schedule, make_optimizer, same_optimizer, set_frozen, set_hy
 
 CHECKPOINT_FILE = "state.pt"
 EPOCH_FILE = "epoch.txt"
-FETCH_ROWS = 1024  # rows per Ray Data batch; the loop slices them into training batches
+FETCH_ROWS = 4096  # rows per Ray Data batch; the loop slices them into training batches
 
 
 @dataclass(frozen=True)
