@@ -146,6 +146,7 @@ def run_loop(spec: RunSpec, session: Any) -> None:
     torch.manual_seed(getattr(cfg, "seed", 0))  # same init everywhere; DDP broadcasts rank 0's anyway
 
     model = pipe.build_model(cfg)
+    pipe.init_model(model, cfg, spec.tracking_uri)
     groups = pipe.param_groups(model)
     phases = pipe.phases(cfg)
     sched = Schedule(phases, spec.steps_per_epoch)
@@ -171,6 +172,9 @@ def run_loop(spec: RunSpec, session: Any) -> None:
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     model = session.prepare_model(model)
+    # DDP registers the parameters that require grad when it wraps: re-wrap when the frozen set changes
+    wrapped_frozen: tuple[int, ...] = ()
+    reset = getattr(_unwrap(model), "reset", None)  # RNNs: forget the hidden state
     autocast = (
         (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and getattr(cfg, "bf16", True)
         else contextlib.nullcontext
@@ -183,7 +187,9 @@ def run_loop(spec: RunSpec, session: Any) -> None:
         model.train()
         t0, seen, sums = time.perf_counter(), 0, defaultdict(float)
         step = epoch * spec.steps_per_epoch
-        for batch in _batches(session.shard(data), bs, device, train=True):
+        if reset:
+            reset()
+        for batch in pipe.batches(cfg, session.shard(data), bs, device, True, steps=spec.steps_per_epoch, epoch=epoch):
             p_idx, _, mom = sched.at(step)
             if opt is None or not same_optimizer(phases[p_idx], phases[opt_phase]):
                 opt = make_optimizer(phases[p_idx], groups)
@@ -196,6 +202,9 @@ def run_loop(spec: RunSpec, session: Any) -> None:
             elif p_idx != opt_phase:  # same optimizer, maybe a new frozen set
                 set_frozen(groups, phases[p_idx].frozen)
                 opt_phase = p_idx
+            if session.world > 1 and phases[p_idx].frozen != wrapped_frozen:
+                model = session.prepare_model(_unwrap(model))
+                wrapped_frozen = phases[p_idx].frozen
             set_hyper(opt, sched.lrs_for_groups(step, len(groups)), mom)
             x = pipe.to_device(cfg, batch, train=True)
             with autocast():
@@ -208,16 +217,20 @@ def run_loop(spec: RunSpec, session: Any) -> None:
         train_seconds = time.perf_counter() - t0
 
         model.eval()
+        if reset:
+            reset()
         first: list = []
         with torch.no_grad(), autocast():
             local = pipe.evaluate(model, _stash_first(
-                (pipe.to_device(cfg, b, train=False) for b in _batches(session.shard("valid"), bs, device, train=False)),
+                (pipe.to_device(cfg, b, train=False) for b in pipe.batches(cfg, session.shard("valid"), bs, device, False, epoch=epoch)),
                 first), cfg)
         results = pipe.combine(session.gather(local))
         metrics = {
             **{f"train_{k}": (v / steps).item() for k, v in sums.items()},
             **{(k if k == pipe.metric else f"valid_{k}" if not k.startswith("valid_") else k): v for k, v in results.items()},
             "lr": opt.param_groups[-1]["lr"],
+            **({f"lr_group{i}": g["lr"] for i, g in enumerate(opt.param_groups)} if len(opt.param_groups) > 1 else {}),
+            **({"frozen_groups": len(phases[opt_phase].frozen)} if len(groups) > 1 else {}),
             "images_per_s": seen * session.world / train_seconds,
             "epoch_seconds": time.perf_counter() - t0,
         }
@@ -246,6 +259,9 @@ def run_loop(spec: RunSpec, session: Any) -> None:
             if first:
                 for f in pipe.artifacts(_unwrap(model), first[0], cfg, Path(d)):
                     logger.artifact(f, "predictions")
+            for folder, files in pipe.final_artifacts(_unwrap(model), cfg, Path(d)).items():
+                for f in files:
+                    logger.artifact(f, folder)
 
 
 def _batches(shard, bs: int, device: torch.device, train: bool) -> Iterator[dict]:
@@ -318,17 +334,19 @@ def fit(
     cpus_per_worker = max(1, cluster_cpus() // num_workers)
     datasets = {k: ds.materialize() for k, ds in pipe.datasets(cfg, cache, manifest).items()}
     rows = pipe.train_rows(manifest)
-    steps_per_epoch = (rows // num_workers) // (cfg.bs // num_workers)
+    steps_per_epoch = pipe.steps_per_epoch(cfg, manifest, num_workers)
     if steps_per_epoch < 1:
         raise ValueError(f"{rows} training rows make no batch of {cfg.bs}: lower bs")
 
     uri = tracking.resolve_uri(tracking_uri)
+    init_tags = pipe.init_source(cfg, manifest, uri)
     run_id, resumed = tracking.start_run(
         uri, pipeline, name, params={"config": to_dict(cfg)} | {"num_workers": num_workers},
         tags={
             "fastray.pipeline": pipeline, "fastray.config": config_label, "fastray.cache_key": manifest["key"],
             "fastray.git_commit": tracking.git_commit(), "fastray.world_size": num_workers,
             "fastray.device": "cuda" if use_gpu else "cpu", "fastray.ray_address": ray.get_runtime_context().gcs_address,
+            **init_tags,
         },
     )
     logger = tracking.RunLogger(uri, run_id)

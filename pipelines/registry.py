@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 # modules that register pipelines when imported; a new pipeline adds its module here
-PIPELINE_MODULES = ("pipelines.cifar10_darknet",)
+PIPELINE_MODULES = ("pipelines.cifar10_darknet", "pipelines.imdb_ulmfit")
 
 _REGISTRY: dict[str, "Pipeline"] = {}
 
@@ -45,6 +45,27 @@ class Pipeline:
     def train_rows(self, manifest: dict) -> int:
         return int(manifest["rows"]["train"])
 
+    def steps_per_epoch(self, cfg: Any, manifest: dict, world: int) -> int:
+        """Optimizer steps each worker takes per epoch (the Schedule's unit). Every worker
+        must take exactly this many (DDP deadlocks on unequal counts): batches() sees to it."""
+        return (self.train_rows(manifest) // world) // (cfg.bs // world)
+
+    def batches(self, cfg: Any, shard: Any, bs: int, device: torch.device, train: bool,
+                steps: int | None = None, epoch: int = 0) -> Iterable[Any]:
+        """This worker's batches of its shard, on `device`, fed to to_device(). `steps`: the
+        number of training batches each worker must yield (None for evaluation)."""
+        from .engine import _batches
+
+        return _batches(shard, bs, device, train=train)
+
+    def init_source(self, cfg: Any, manifest: dict, tracking_uri: str) -> dict[str, str]:
+        """On the driver, before training: check where initial weights come from (a clear
+        error if they cannot be used) and say so on stderr; tags for the MLflow run."""
+        return {}
+
+    def init_model(self, model: nn.Module, cfg: Any, tracking_uri: str) -> None:
+        """On each worker, after build_model: load initial weights (pretrained, transferred)."""
+
     # ---- model and training
     def build_model(self, cfg: Any) -> nn.Module:
         raise NotImplementedError
@@ -78,6 +99,10 @@ class Pipeline:
     def artifacts(self, model: nn.Module, batch: Any, cfg: Any, out_dir: Path) -> list[Path]:
         """Files for MLflow drawn from one validation batch (e.g. predictions on images)."""
         return []
+
+    def final_artifacts(self, model: nn.Module, cfg: Any, out_dir: Path) -> dict[str, list[Path]]:
+        """Files for MLflow at the end of training, by artifact folder (rank 0 only)."""
+        return {}
 
     def search_space(self, cfg: Any) -> dict[str, Any]:
         """What Tune varies around `cfg`: Config field -> a ray.tune domain."""

@@ -192,8 +192,7 @@ def tune(
         resources = {"CPU": driver_cpu}
 
     datasets = {k: ds.materialize() for k, ds in pipe.datasets(cfg, cache, manifest).items()}
-    rows = pipe.train_rows(manifest)
-    steps_per_epoch = (rows // workers_per_trial) // (cfg.bs // workers_per_trial)
+    steps_per_epoch = pipe.steps_per_epoch(cfg, manifest, workers_per_trial)
 
     uri = tracking.resolve_uri(tracking_uri)
     storage_path = str(Path(storage or os.environ.get("FASTRAY_STORAGE", "runs")).absolute())

@@ -244,6 +244,9 @@ def preprocess_images(
             chunks = _chunks(source, split, cluster_cpus(), seed)
             fn = _DecodeChunk(source, split, chunks, sizes, on_bad)
             ds = ray.data.range(len(chunks), override_num_blocks=len(chunks)).map_batches(fn, batch_size=1)
+            # Ray Data reserves part of the CPUs for each operator: on 2 CPUs that ran this
+            # map one task at a time; the chunks are the only work, so let it use them all
+            ds.context.op_resource_reservation_enabled = False
             try:
                 ds.write_parquet(str(tmp / split))
             except Exception as e:  # Ray wraps the worker's DataError: surface its message

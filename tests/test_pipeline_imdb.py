@@ -1,0 +1,101 @@
+"""ULMFiT (lesson 10) through the command line: imdb-lm, then imdb-clas on its encoder."""
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines import registry
+from pipelines.__main__ import main
+from pipelines.phases import Schedule
+from preprocessing import samples
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    lines = [l for l in out.splitlines() if l.strip()]
+    return code, (json.loads(lines[-1]) if code == 0 else None), err
+
+
+@pytest.fixture(scope="module")
+def imdb_small(tmp_path_factory) -> Path:
+    """600 labelled reviews (300 train, 300 test) and 600 unlabelled ones."""
+    out = tmp_path_factory.mktemp("data") / "aclImdb"
+    samples.imdb(out, size=600, seed=1)
+    return out
+
+
+def test_registered_with_phases_of_gradual_unfreezing():
+    lm, clas = registry.get("imdb-lm"), registry.get("imdb-clas")
+    assert (lm.dataset, lm.metric, lm.mode) == ("imdb", "perplexity", "min")
+    assert (clas.dataset, clas.metric, clas.mode) == ("imdb", "accuracy", "max")
+    cfg = clas.configs["tiny"]
+    phases = clas.phases(cfg)
+    n = cfg.n_layers + 2
+    sched = Schedule(phases, 10)
+    frozen = [sched.phase_for_epoch(e).frozen for e in range(sched.total_epochs)]
+    assert frozen == [tuple(range(n - 1)), tuple(range(n - 2)), ()]
+    mults = phases[0].lr_mults
+    assert len(mults) == n and all(abs(mults[i + 1] / mults[i] - 2.6) < 1e-9 for i in range(n - 1))
+    assert set(clas.search_space(cfg)) >= {"drop_mult", "lr", "div", "pct"}
+    assert set(lm.search_space(lm.configs["tiny"])) >= {"drop_mult", "lr", "div", "pct"}
+
+
+def test_sample_data_by_dataset_name(capsys, tmp_path):
+    code, obj, _ = run_cli(capsys, "sample-data", "imdb", "--out", str(tmp_path / "a"), "--size", "20")
+    assert code == 0 and obj["dataset"] == "imdb" and obj["train"] + obj["test"] == 20
+    assert (tmp_path / "a" / "train" / "unsup").is_dir()
+
+
+def test_bad_encoder_is_one_line_and_exit_1(capsys, imdb_small, workdir):
+    code, _, err = run_cli(capsys, "run", "imdb-clas", "--data", str(imdb_small), "--config", "tiny",
+                           "--set", "encoder=/no/such/encoder.pt")
+    lines = [l for l in err.splitlines() if l.startswith("fastray: error:")]
+    assert code == 1 and len(lines) == 1 and "encoder /no/such/encoder.pt: no such file" in lines[0], err
+    assert "Traceback" not in err
+    code, _, err = run_cli(capsys, "run", "imdb-lm", "--data", str(imdb_small), "--config", "tiny",
+                           "--set", "pretrained=/no/wt103.pt")
+    assert code == 1 and "pretrained /no/wt103.pt: no such file" in err and "Traceback" not in err
+
+
+def test_lm_then_classifier_on_its_encoder(capsys, imdb_small, workdir, ray_session):
+    # the LM: perplexity, its encoder logged as an artifact
+    code, p1, _ = run_cli(capsys, "preprocess", "imdb-lm", "--data", str(imdb_small), "--config", "tiny")
+    assert code == 0 and p1["cache"] == "miss" and set(p1["rows"]) == {"train", "valid", "unsup"}
+    code, lm, err = run_cli(capsys, "run", "imdb-lm", "--data", str(imdb_small), "--config", "tiny", "--name", "lm")
+    assert code == 0, err
+    assert "random init" in err
+    assert lm["cache"] == "hit" and 1 < lm["metrics"]["perplexity"] < 300  # vocab 300: random is ~300
+    assert 0 < lm["metrics"]["valid_accuracy"] <= 1
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}")
+    assert "encoder.pt" in [Path(a.path).name for a in client.list_artifacts(lm["run_id"], "encoder")]
+
+    # the same tokenization: the classifier's preprocess hits the LM's cache
+    code, p2, _ = run_cli(capsys, "preprocess", "imdb-clas", "--data", str(imdb_small), "--config", "tiny")
+    assert code == 0 and p2["cache"] == "hit" and p2["key"] == p1["key"]
+
+    code, clas, err = run_cli(capsys, "run", "imdb-clas", "--data", str(imdb_small), "--config", "tiny",
+                              "--name", "clas", "--set", f"encoder={lm['run_id']}")
+    assert code == 0, err
+    assert f"encoder loaded from the imdb-lm run {lm['run_id']}" in err
+    assert 0 <= clas["metrics"]["accuracy"] <= 1 and clas["metrics"]["epoch"] == 3
+    run = client.get_run(clas["run_id"])
+    assert run.data.tags["fastray.init"] == f"encoder:run:{lm['run_id']}"
+    # discriminative LRs, one metric per layer group, each 2.6x the one before
+    n = registry.get("imdb-clas").configs["tiny"].n_layers + 2
+    lrs = [[m.value for m in client.get_metric_history(clas["run_id"], f"lr_group{i}")] for i in range(n)]
+    assert all(len(h) == 3 for h in lrs)
+    for epoch in range(3):
+        for i in range(n - 1):
+            assert lrs[i + 1][epoch] / lrs[i][epoch] == pytest.approx(2.6)
+    # gradual unfreezing: all but the head, all but the last two groups, nothing frozen
+    frozen = [m.value for m in client.get_metric_history(clas["run_id"], "frozen_groups")]
+    assert frozen == [n - 1, n - 2, 0]
+
+    # a file path works too, and a vocabulary that differs is a clear error
+    enc = Path(client.download_artifacts(lm["run_id"], "encoder/encoder.pt", str(workdir)))
+    code, _, err = run_cli(capsys, "run", "imdb-clas", "--data", str(imdb_small), "--config", "tiny",
+                           "--set", f"encoder={enc}", "--set", "vocab_size=200", "--set", "sample_docs=200")
+    lines = [l for l in err.splitlines() if l.startswith("fastray: error:")]
+    assert code == 1 and len(lines) == 1 and "vocabulary has 300 tokens" in lines[0], err
