@@ -25,6 +25,7 @@ import torch
 
 from . import registry, tracking
 from .config import to_dict
+from .phases import Schedule
 from .engine import CHECKPOINT_FILE, RunSpec, log, run_loop, train_loop_per_worker
 
 from ray.tune import Callback  # noqa: E402  (tuning is imported only by `fastray tune`)
@@ -193,6 +194,7 @@ def tune(
 
     datasets = {k: ds.materialize() for k, ds in pipe.datasets(cfg, cache, manifest).items()}
     steps_per_epoch = pipe.steps_per_epoch(cfg, manifest, workers_per_trial)
+    max_epochs = Schedule(pipe.phases(cfg), steps_per_epoch).total_epochs  # ASHA's max_t
 
     uri = tracking.resolve_uri(tracking_uri)
     storage_path = str(Path(storage or os.environ.get("FASTRAY_STORAGE", "runs")).absolute())
@@ -213,7 +215,7 @@ def tune(
                            storage=str(Path(storage_path) / name / "trainers")),
         resources,
     )
-    callback = MlflowTrials(uri, pipeline, parent_id, to_dict(cfg), cfg.epochs, pipe.metric)
+    callback = MlflowTrials(uri, pipeline, parent_id, to_dict(cfg), max_epochs, pipe.metric)
     exp_path = Path(storage_path) / name
     # save the search's state at least every second (Tune's "auto" may wait minutes), so a
     # killed search loses no finished trial
@@ -222,7 +224,7 @@ def tune(
         log(f"[{name}] resuming the search in {exp_path}: finished trials are kept")
         tuner = rt.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
     else:
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.epochs, grace_period=1, reduction_factor=2)
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=1, reduction_factor=2)
         tuner = rt.Tuner(
             trainable,
             param_space=space,
@@ -249,7 +251,7 @@ def tune(
     with tempfile.TemporaryDirectory() as d:
         parent.artifact(_plot_trials(results, pipe.metric, Path(d) / "trials.png"), "plots")
     parent.finish()
-    n_stopped = sum(int(r.metrics.get("epoch", 0)) < cfg.epochs for r in results if r.metrics)
+    n_stopped = sum(int(r.metrics.get("epoch", 0)) < max_epochs for r in results if r.metrics)
     return {
         "parent_run_id": parent_id,
         "experiment": pipeline,

@@ -120,3 +120,17 @@ def test_killed_search_resumes_without_rerunning_finished_trials(cifar_small, wo
     assert f"Trial {first_done} started" not in second.stderr  # finished: not rerun
     obj = _last_json(second.stdout)
     assert obj["trials"] == 3 and obj["errors"] == 0
+
+
+def test_text_search_varies_drop_mult(capsys, tmp_path, workdir, ray_session):
+    """The classifier's space holds AWD-LSTM's drop_mult; its epochs come from its stages."""
+    from preprocessing import samples
+
+    samples.imdb(tmp_path / "imdb", size=300, seed=3)
+    code = main(["tune", "imdb-clas", "--data", str(tmp_path / "imdb"), "--config", "tiny",
+                 "--num-samples", "2", "--max-concurrent", "2"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    obj = _last_json(out)
+    assert obj["trials"] == 2 and obj["errors"] == 0
+    assert 0.2 <= obj["best_config"]["drop_mult"] <= 1.0
