@@ -1,0 +1,78 @@
+"""Cold image preprocessing against its limit: a plain one-process loop that decodes the
+same PNGs (and resizes them to the same sizes), times the cores Ray may use.
+
+DESIGN.md's target: a cold preprocess reaches at least 0.5 of (plain loop x cores) on a data
+set of CIFAR-10's size, Ray's start-up reported apart; a warm one starts no Ray.
+
+    python benchmarks/preprocess_images.py [--images 60000]
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+# run as a script, this folder is sys.path[0], and its tokenize.py would shadow the
+# standard library's: put the repository root there instead
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from preprocessing import samples
+from preprocessing.cache import Cache
+from preprocessing.images import decode_image, find_cifar10, preprocess_images, resize_all
+from preprocessing.runtime import cluster_cpus, init_ray
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=60000, help="CIFAR-10's size by default")
+    ap.add_argument("--sizes", default="24,32")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "preprocess_images.json")
+    args = ap.parse_args()
+    sizes = tuple(int(s) for s in args.sizes.split(","))
+    work = Path(tempfile.mkdtemp(prefix="fastray-prep-"))
+    print(f"generating {args.images} sample PNGs in {work}", file=sys.stderr)
+    samples.cifar10(work / "cifar10", size=args.images)
+    source = find_cifar10(work / "cifar10")
+    files = [p for items in source.splits.values() for p, _ in items]
+
+    t0 = time.perf_counter()  # (a) the plain loop: decode + resize every file, one process
+    for p in files:
+        resize_all(decode_image(p), sizes)
+    plain = len(files) / (time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    init_ray()
+    ray_start = time.perf_counter() - t0
+    cores = cluster_cpus()
+    cache = Cache(work / "cache")
+    t0 = time.perf_counter()  # (b) cold: Ray already up
+    manifest, hit = preprocess_images(source, sizes, cache, "cifar10")
+    cold_s = time.perf_counter() - t0
+    assert not hit
+    t0 = time.perf_counter()  # (c) warm
+    _, hit = preprocess_images(find_cifar10(work / "cifar10"), sizes, cache, "cifar10")
+    warm_s = time.perf_counter() - t0
+    assert hit
+    cold = len(files) / cold_s
+    out = {
+        "images": len(files), "sizes": list(sizes), "cores": cores,
+        "plain_loop_img_per_s": round(plain, 1),
+        "cold_img_per_s": round(cold, 1),
+        "cold_vs_plain_x_cores": round(cold / (plain * cores), 3),
+        "cold_seconds": round(cold_s, 2), "warm_seconds": round(warm_s, 3),
+        "warm_speedup": round(cold_s / warm_s, 1),
+        "ray_start_seconds_apart": round(ray_start, 2),
+    }
+    text = json.dumps(out, indent=1)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
