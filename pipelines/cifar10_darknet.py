@@ -19,6 +19,7 @@ from preprocessing import images, samples
 
 from .phases import one_cycle, with_data
 from .registry import Pipeline, register
+from .steps import classification_metrics, optimizer_step
 
 # CIFAR-10's per-channel statistics, in [0, 1] units
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -121,19 +122,11 @@ class Cifar10Darknet(Pipeline):
     def train_step(self, model, batch, opt, cfg) -> dict[str, torch.Tensor]:
         x, y = batch
         loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimizer_step(opt, loss)
         return {"loss": loss.detach()}
 
     def evaluate(self, model, batches: Iterable, cfg) -> dict[str, float]:
-        loss = correct = n = 0.0
-        for x, y in batches:
-            out = model(x).float()
-            loss += F.cross_entropy(out, y, reduction="sum").item()
-            correct += (out.argmax(1) == y).sum().item()
-            n += len(y)
-        return {"loss": loss / max(n, 1), "accuracy": correct / max(n, 1), "n": n}
+        return classification_metrics((model(x), y) for x, y in batches)
 
     def search_space(self, cfg: Config) -> dict[str, Any]:
         """Lesson 9: tune how much to regularise; lesson 13: the schedule's shape."""

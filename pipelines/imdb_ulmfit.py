@@ -27,6 +27,7 @@ from preprocessing import samples, text
 
 from .phases import discriminative, one_cycle, with_frozen
 from .registry import Pipeline, register
+from .steps import classification_metrics, optimizer_step
 
 ENCODER_ARTIFACT = "encoder/encoder.pt"
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -291,26 +292,14 @@ class ImdbLM(_ImdbBase):
         x, y = batch
         logits, raw, dropped = model(x, return_activations=True)
         ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
-        loss = ce + ar_tar(raw, dropped, cfg.alpha, cfg.beta)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.clip)
-        opt.step()
+        optimizer_step(opt, ce + ar_tar(raw, dropped, cfg.alpha, cfg.beta), cfg.clip)
         return {"loss": ce.detach()}
 
     def evaluate(self, model, batches: Iterable, cfg) -> dict[str, float]:
         m = self._core(model)
         m.reset()
-        loss = correct = n = 0.0
-        for x, y in batches:
-            out = m(x).float().reshape(-1, m.cfg.vocab_size)
-            y = y.reshape(-1)
-            loss += F.cross_entropy(out, y, reduction="sum").item()
-            correct += (out.argmax(1) == y).sum().item()
-            n += len(y)
-        loss = loss / max(n, 1)
-        return {"loss": loss, "accuracy": correct / max(n, 1), "perplexity": math.exp(min(loss, 50)), "n": n}
+        res = classification_metrics((m(x).reshape(-1, m.cfg.vocab_size), y.reshape(-1)) for x, y in batches)
+        return {**res, "perplexity": math.exp(min(res["loss"], 50))}
 
     def combine(self, results: list[dict[str, float]]) -> dict[str, float]:
         out = super().combine(results)
@@ -405,19 +394,9 @@ class ImdbClas(_ImdbBase):
     def train_step(self, model, batch, opt, cfg: ClasConfig) -> dict[str, torch.Tensor]:
         x, y = batch
         loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.clip)
-        opt.step()
+        optimizer_step(opt, loss, cfg.clip)
         return {"loss": loss.detach()}
 
     def evaluate(self, model, batches: Iterable, cfg) -> dict[str, float]:
         m = self._core(model)
-        loss = correct = n = 0.0
-        for x, y in batches:
-            out = m(x).float()
-            loss += F.cross_entropy(out, y, reduction="sum").item()
-            correct += (out.argmax(1) == y).sum().item()
-            n += len(y)
-        return {"loss": loss / max(n, 1), "accuracy": correct / max(n, 1), "n": n}
+        return classification_metrics((m(x), y) for x, y in batches)
