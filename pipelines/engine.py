@@ -70,10 +70,10 @@ class RayTrainSession:
 
         return ray.train.torch.get_device()
 
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+    def prepare_model(self, model: torch.nn.Module, ddp_kwargs: dict | None = None) -> torch.nn.Module:
         import ray.train.torch
 
-        return ray.train.torch.prepare_model(model)
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp_kwargs or None)
 
     def shard(self, name: str):
         import ray.train
@@ -97,7 +97,7 @@ class RayTrainSession:
                 dirs.append(Path(d))
             for folder in sorted(dirs, key=_checkpoint_epoch, reverse=True):
                 try:
-                    return torch.load(folder / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+                    return load_state(folder)
                 except Exception:  # a half-copied checkpoint: try the one before
                     continue
         return None
@@ -122,6 +122,34 @@ class RayTrainSession:
 
 
 # ------------------------------------------------------------------ the loop
+
+
+def load_state(folder: Path) -> dict:
+    """A checkpoint's state: tensors and plain containers only (weights_only: no pickled code)."""
+    return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+
+
+def check_resumable(pipeline: str, model: torch.nn.Module, run_dir: Path, name: str) -> None:
+    """Refuse, before any training, a run folder whose checkpoint another pipeline or an
+    incompatible config (other shapes) wrote: resuming from it would fail on every worker."""
+    folders = sorted(Path(run_dir).glob("checkpoint_*"), key=_checkpoint_epoch, reverse=True) if run_dir else []
+    for folder in folders:
+        try:
+            state = load_state(folder)
+        except Exception:
+            continue
+        hint = f"use another --name, or delete {run_dir} to start over"
+        if state.get("pipeline", pipeline) != pipeline:
+            raise ValueError(f"run {name!r}: its checkpoint {folder} is from pipeline {state['pipeline']!r}, "
+                             f"not {pipeline!r}; {hint}")
+        want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        have = {k: tuple(v.shape) for k, v in state["model"].items()}
+        if want != have:
+            diff = sorted(set(want) ^ set(have)) or [k for k in want if want[k] != have[k]]
+            what = diff[0] + (f" {have.get(diff[0])} in the checkpoint, {want.get(diff[0])} now" if diff[0] in want and diff[0] in have else "")
+            raise ValueError(f"run {name!r}: its checkpoint {folder} does not fit this config ({len(diff)} "
+                             f"tensor(s) differ, e.g. {what}); {hint}")
+        return
 
 
 def _checkpoint_epoch(folder: Path) -> int:
@@ -149,6 +177,10 @@ def run_loop(spec: RunSpec, session: Any) -> None:
     pipe.init_model(model, cfg, spec.tracking_uri)
     groups = pipe.param_groups(model)
     phases = pipe.phases(cfg)
+    owned = pipe.optimizers(model, cfg)  # several optimizers (GANs), or None: one from the phases
+    for o in (owned or {}).values():
+        for g in o.param_groups:
+            g.setdefault("base_lr", g["lr"])
     sched = Schedule(phases, spec.steps_per_epoch)
     bs = cfg.bs // session.world
     if bs < 1:
@@ -159,6 +191,8 @@ def run_loop(spec: RunSpec, session: Any) -> None:
     start_epoch, state = 0, session.checkpoint(spec.run_dir)
     if state is not None:
         model.load_state_dict(state["model"])
+        for k, o in (owned or {}).items():
+            o.load_state_dict(state["opts"][k])
         start_epoch = state["epoch"]
         if rank0:
             log(f"[{spec.name}] resuming from the checkpoint of epoch {start_epoch}")
@@ -171,7 +205,7 @@ def run_loop(spec: RunSpec, session: Any) -> None:
 
     if cuda:
         model = model.to(memory_format=torch.channels_last)
-    model = session.prepare_model(model)
+    model = session.prepare_model(model, pipe.ddp_kwargs)
     # DDP registers the parameters that require grad when it wraps: re-wrap when the frozen set changes
     wrapped_frozen: tuple[int, ...] = ()
     reset = getattr(_unwrap(model), "reset", None)  # RNNs: forget the hidden state
@@ -190,8 +224,13 @@ def run_loop(spec: RunSpec, session: Any) -> None:
         if reset:
             reset()
         for batch in pipe.batches(cfg, session.shard(data), bs, device, True, steps=spec.steps_per_epoch, epoch=epoch):
-            p_idx, _, mom = sched.at(step)
-            if opt is None or not same_optimizer(phases[p_idx], phases[opt_phase]):
+            p_idx, lr_now, mom = sched.at(step)
+            if owned:  # the pipeline's optimizers: the schedule is a factor on their own LRs
+                for o in owned.values():
+                    for g in o.param_groups:
+                        g["lr"] = g["base_lr"] * lr_now
+                opt, opt_phase = owned, p_idx
+            elif opt is None or not same_optimizer(phases[p_idx], phases[opt_phase]):
                 opt = make_optimizer(phases[p_idx], groups)
                 if state is not None and state.get("opt_phase") is not None and same_optimizer(
                     phases[p_idx], phases[state["opt_phase"]]
@@ -203,9 +242,10 @@ def run_loop(spec: RunSpec, session: Any) -> None:
                 set_frozen(groups, phases[p_idx].frozen)
                 opt_phase = p_idx
             if session.world > 1 and phases[p_idx].frozen != wrapped_frozen:
-                model = session.prepare_model(_unwrap(model))
+                model = session.prepare_model(_unwrap(model), pipe.ddp_kwargs)
                 wrapped_frozen = phases[p_idx].frozen
-            set_hyper(opt, sched.lrs_for_groups(step, len(groups)), mom)
+            if not owned:
+                set_hyper(opt, sched.lrs_for_groups(step, len(groups)), mom)
             x = pipe.to_device(cfg, batch, train=True)
             with autocast():
                 losses = pipe.train_step(model, x, opt, cfg)
@@ -228,15 +268,15 @@ def run_loop(spec: RunSpec, session: Any) -> None:
         metrics = {
             **{f"train_{k}": (v / steps).item() for k, v in sums.items()},
             **{(k if k == pipe.metric else f"valid_{k}" if not k.startswith("valid_") else k): v for k, v in results.items()},
-            "lr": opt.param_groups[-1]["lr"],
-            **({f"lr_group{i}": g["lr"] for i, g in enumerate(opt.param_groups)} if len(opt.param_groups) > 1 else {}),
+            **_lr_metrics(opt),
             **({"frozen_groups": len(phases[opt_phase].frozen)} if len(groups) > 1 else {}),
             "images_per_s": seen * session.world / train_seconds,
             "epoch_seconds": time.perf_counter() - t0,
         }
         ckpt = {
-            "model": _unwrap(model).state_dict(), "opt": opt.state_dict(), "opt_phase": opt_phase,
-            "epoch": epoch + 1, "metrics": metrics,
+            "pipeline": spec.pipeline, "model": _unwrap(model).state_dict(), "epoch": epoch + 1, "metrics": metrics,
+            **({"opts": {k: o.state_dict() for k, o in owned.items()}} if owned else
+               {"opt": opt.state_dict(), "opt_phase": opt_phase}),
         } if rank0 else None
         session.report({**metrics, "epoch": epoch + 1}, ckpt)
         if logger:
@@ -262,6 +302,16 @@ def run_loop(spec: RunSpec, session: Any) -> None:
             for folder, files in pipe.final_artifacts(_unwrap(model), cfg, Path(d)).items():
                 for f in files:
                     logger.artifact(f, folder)
+
+
+def _lr_metrics(opt: Any) -> dict[str, float]:
+    """The last group's LR as "lr", and every group's when there are several (discriminative
+    LRs), or each owned optimizer's as lr_<name>."""
+    if isinstance(opt, dict):
+        return {"lr": next(iter(opt.values())).param_groups[-1]["lr"],
+                **{f"lr_{k}": o.param_groups[-1]["lr"] for k, o in opt.items()}}
+    groups = opt.param_groups
+    return {"lr": groups[-1]["lr"], **({f"lr_group{i}": g["lr"] for i, g in enumerate(groups)} if len(groups) > 1 else {})}
 
 
 def _batches(shard, bs: int, device: torch.device, train: bool) -> Iterator[dict]:
@@ -355,6 +405,8 @@ def fit(
     log(f"[{name}] MLflow run {run_id} ({'resumed' if resumed else 'new'}) in {uri}")
 
     storage_path = str(Path(storage or os.environ.get("FASTRAY_STORAGE", "runs")).absolute())
+    torch.manual_seed(getattr(cfg, "seed", 0))
+    check_resumable(pipeline, pipe.build_model(cfg), Path(storage_path) / name, name)
     spec = RunSpec(pipeline, cfg, name, num_workers, cpus_per_worker, use_gpu, steps_per_epoch, uri, run_id,
                    run_dir=str(Path(storage_path) / name))
     trainer = TorchTrainer(

@@ -77,6 +77,17 @@ class Pipeline:
     def phases(self, cfg: Any) -> list:
         raise NotImplementedError
 
+    def optimizers(self, model: nn.Module, cfg: Any) -> dict[str, torch.optim.Optimizer] | None:
+        """Optimizers the pipeline owns, by name (GANs: generator and critic), built on the
+        unwrapped model. train_step then gets this dict instead of one optimizer; the phases'
+        LR curve becomes a factor on each param group's own LR (phases use lr=1.0), and the
+        engine checkpoints and restores every optimizer. None: one optimizer from the phases."""
+        return None
+
+    # DDP options: a model whose train_step runs several forward calls, each using only part
+    # of the model (a generator step, a critic step), needs find_unused_parameters=True.
+    ddp_kwargs: dict[str, Any] = {}
+
     def to_device(self, cfg: Any, batch: dict[str, torch.Tensor], train: bool) -> Any:
         """A batch from iter_torch_batches (already on the device) -> the model's input:
         augmentation by batch goes here."""

@@ -26,7 +26,7 @@ import torch
 from . import registry, tracking
 from .config import to_dict
 from .phases import Schedule
-from .engine import CHECKPOINT_FILE, RunSpec, log, run_loop, train_loop_per_worker
+from .engine import CHECKPOINT_FILE, RunSpec, load_state, log, run_loop, train_loop_per_worker
 
 from ray.tune import Callback  # noqa: E402  (tuning is imported only by `fastray tune`)
 
@@ -42,8 +42,8 @@ class TuneSession:
     def device(self) -> torch.device:
         return torch.device("cuda" if self.use_gpu and torch.cuda.is_available() else "cpu")
 
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model.to(self.device())
+    def prepare_model(self, model: torch.nn.Module, ddp_kwargs: dict | None = None) -> torch.nn.Module:
+        return model.to(self.device())  # one process: nothing to wrap
 
     def shard(self, name: str):
         return self.datasets[name]
@@ -55,7 +55,7 @@ class TuneSession:
         if ckpt is None:
             return None
         with ckpt.as_directory() as d:
-            return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            return load_state(Path(d))
 
     def report(self, metrics: dict, state: dict | None) -> None:
         from ray import tune
