@@ -2,21 +2,41 @@
 
 A key hashes everything that decides the output: the input files (path, size, mtime),
 the transform's parameters and a version string of the transform code. Same key: the
-cached folder is used as it is and no work is done. A cache is built in a temporary
-folder and renamed into place when complete, so a half-written cache is never read;
-its manifest records every file's size, so a truncated or altered file is detected.
+cached folder is used as it is and no work is done.
+
+Integrity, for caches that hours of training depend on:
+
+- an entry is built in a temporary folder and renamed into place only when complete, with
+  its manifest written last: a build that crashes or is killed (SIGKILL included) leaves a
+  ``.tmp-*`` folder that no lookup reads, removed by the next build of that key;
+- the manifest records every file's size, sha256 and mtime. A lookup checks each size and
+  rehashes a file whose mtime changed (``FASTRAY_CACHE_VERIFY=full``, or
+  ``Cache(verify="full")``: every file): a truncated, missing or altered file makes the
+  entry a miss, and the next build replaces it. A warm lookup reads no data file;
+- builders of one key take a lock file (``flock``; the kernel drops it when a process
+  dies, so there is no stale lock): two ``fastray preprocess`` runs at once build once,
+  the second waits and then reads the first one's entry. Where no lock can be taken the
+  rename still decides: the first complete entry stays and the other is thrown away.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator, Literal
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: builders race on the rename instead
+    fcntl = None
 
 MANIFEST = "manifest.json"
+Verify = Literal["fast", "full"]
 
 
 def digest(obj: Any) -> str:
@@ -35,56 +55,180 @@ def fingerprint_files(paths: Iterable[Path], root: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("FASTRAY_CACHE", "cache")).absolute()
+
+
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
 class Cache:
     """root/<name>-<key>/ holds one complete cache entry and its manifest.json."""
 
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, verify: Verify | None = None):
         self.root = Path(root).absolute() if root else default_cache_dir()
+        self.verify = verify or os.environ.get("FASTRAY_CACHE_VERIFY", "fast")
+        if self.verify not in ("fast", "full"):
+            raise ValueError(f"cache verify must be 'fast' or 'full', got {self.verify!r}")
 
     def path(self, name: str, key: str) -> Path:
         return self.root / f"{name}-{key}"
 
+    # ---------------------------------------------------------------- reading
+
     def lookup(self, name: str, key: str) -> dict | None:
-        """The manifest of a complete, intact entry, or None (a damaged entry is removed)."""
+        """The manifest of a complete, intact entry, or None. A damaged entry is left
+        where it is (another process may be replacing it) and reported; build() removes it."""
+        manifest, problem = self._inspect(name, key)
+        if problem:
+            _warn(f"cache {self.path(name, key)}: {problem}; it will be rebuilt")
+        return manifest
+
+    def _inspect(self, name: str, key: str) -> tuple[dict | None, str | None]:
+        """(manifest, None) for an intact entry; (None, None) for none; (None, why) for a damaged one."""
         folder = self.path(name, key)
+        if not folder.exists():
+            return None, None
         try:
             manifest = json.loads((folder / MANIFEST).read_text())
-        except (OSError, ValueError):
-            return None
-        for rel, size in manifest["files"].items():
+            files = manifest["files"]
+            if not isinstance(files, dict):
+                raise ValueError("files is not an object")
+        except FileNotFoundError:
+            return None, f"no {MANIFEST}"
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return None, f"{MANIFEST} unreadable ({type(e).__name__}: {e})"
+        sums, mtimes = manifest.get("sha256", {}), manifest.get("mtime_ns", {})
+        for rel, size in files.items():
             f = folder / rel
-            if not f.is_file() or f.stat().st_size != size:
-                # a truncated or altered file: drop the entry so it is rebuilt
-                shutil.rmtree(folder, ignore_errors=True)
-                return None
-        return manifest
+            try:
+                st = f.stat()
+            except OSError:
+                return None, f"{rel} is missing"
+            if st.st_size != size:
+                return None, f"{rel} is {st.st_size} bytes, its manifest says {size}"
+            if rel in sums and (self.verify == "full" or st.st_mtime_ns != mtimes.get(rel)):
+                if sha256_file(f) != sums[rel]:
+                    return None, f"{rel} was altered (its sha256 differs from the manifest's)"
+        return manifest, None
+
+    # ---------------------------------------------------------------- building
 
     def build(self, name: str, key: str, make: Callable[[Path], dict]) -> tuple[dict, bool]:
         """Return (manifest, hit). On a miss, `make(tmp_folder)` writes the data and
-        returns the manifest's info; the folder is then renamed into place."""
-        manifest = self.lookup(name, key)
+        returns the manifest's info; the folder is then renamed into place. A process
+        that waited for another builder of the same key gets its entry as a hit."""
+        manifest, problem = self._inspect(name, key)
         if manifest is not None:
             return manifest, True
         self.root.mkdir(parents=True, exist_ok=True)
+        with self._lock(name, key):
+            manifest, problem = self._inspect(name, key)  # built while we waited?
+            if manifest is not None:
+                return manifest, True
+            if problem:
+                _warn(f"cache {self.path(name, key)}: {problem}; rebuilding it")
+                self._discard(self.path(name, key))
+            self._remove_leftovers(name, key)
+            return self._make(name, key, make), False
+
+    def _make(self, name: str, key: str, make: Callable[[Path], dict]) -> dict:
         tmp = self.root / f".tmp-{name}-{key}-{uuid.uuid4().hex[:8]}"
         try:
             info = make(tmp)
-            files = {
-                str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()
-            }
-            manifest = {"name": name, "key": key, **info, "files": files}
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+            tmp.mkdir(parents=True, exist_ok=True)
+            files, sums, mtimes = {}, {}, {}
+            for f in sorted(tmp.rglob("*")):
+                if f.is_file() and not f.is_symlink():
+                    rel = f.relative_to(tmp).as_posix()
+                    st = f.stat()
+                    files[rel], sums[rel], mtimes[rel] = st.st_size, sha256_file(f), st.st_mtime_ns
+            manifest = {"name": name, "key": key, **info, "files": files, "sha256": sums, "mtime_ns": mtimes}
+            with open(tmp / MANIFEST, "w") as fh:  # written last: its presence means complete
+                fh.write(json.dumps(manifest, indent=1))
+                fh.flush()
+                os.fsync(fh.fileno())
             final = self.path(name, key)
             try:
                 os.rename(tmp, final)
             except OSError:
-                # another process finished the same key first: keep its entry
-                if self.lookup(name, key) is None:
+                # no lock here and another process finished the same key first: keep its entry
+                theirs, _ = self._inspect(name, key)
+                if theirs is None:
                     raise
-            return self.lookup(name, key) or manifest, False
+                return theirs
+            _fsync_dir(self.root)
+            return manifest
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _discard(self, folder: Path) -> None:
+        """Move a damaged entry out of the way at once (a rename), then delete it."""
+        trash = self.root / f".trash-{folder.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(folder, trash)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _remove_leftovers(self, name: str, key: str) -> None:
+        """Temporary folders of this key's builders that died (we hold the key's lock, so
+        none of them is running)."""
+        for pattern in (f".tmp-{name}-{key}-*", f".trash-{name}-{key}-*"):
+            for p in self.root.glob(pattern):
+                shutil.rmtree(p, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _lock(self, name: str, key: str) -> Iterator[None]:
+        """An exclusive lock on root/.lock-<name>-<key>, removed on release. After taking it,
+        check that the path still names the file we locked: the previous holder unlinks it."""
+        if fcntl is None:
+            yield
+            return
+        path = self.root / f".lock-{name}-{key}"
+        told = False
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if not told:
+                        print(f"waiting for another process building cache {name}-{key}", file=sys.stderr, flush=True)
+                        told = True
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    same = os.path.samestat(os.fstat(fd), os.stat(path))
+                except FileNotFoundError:
+                    same = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if same:
+                break
+            os.close(fd)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (a power cut after it keeps the new name)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -113,8 +113,9 @@ def _folder(data_dir: str | Path) -> Path:
 
 
 def find_imdb(data_dir: str | Path) -> TextSource:
-    """IMDb's aclImdb/ at data_dir or one folder below it (as the archive extracts):
-    {train,test}/{pos,neg}/*.txt are required, train/unsup/*.txt is optional."""
+    """IMDb's aclImdb/ (or fast.ai's imdb/) at data_dir or one folder below it (as the archive
+    extracts): {train,test}/{pos,neg}/*.txt are required, train/unsup/*.txt (fast.ai's copy:
+    unsup/*.txt) is optional."""
     root = _folder(data_dir)
     candidates = [root] + sorted(p for p in root.iterdir() if p.is_dir())
     found = next((c for c in candidates if (c / "train").is_dir() and (c / "test").is_dir()), None)
@@ -132,8 +133,9 @@ def find_imdb(data_dir: str | Path) -> TextSource:
                 raise DataError(f"{d}: no reviews (expected {d}/*.txt)")
             items += [(f, label) for f in files]
         splits[split] = items
-    unsup = found / "train" / "unsup"
-    if unsup.is_dir():
+    # aclImdb keeps the unlabelled reviews in train/unsup/, fast.ai's imdb.tgz in unsup/
+    unsup = next((d for d in (found / "train" / "unsup", found / "unsup") if d.is_dir()), None)
+    if unsup is not None:
         files = _txt_files(unsup)
         if files:
             splits["unsup"] = [(f, -1) for f in files]

@@ -1,0 +1,624 @@
+"""`fastray download NAME --out DIR`: the data sets the pipelines read, from their public
+addresses, checked and extracted safely.
+
+- Addresses: fast.ai's S3 copies where the pipeline's reader reads their layout, else the
+  publisher's own archive (each data set lists both where both exist: ``--source``).
+  Carvana has no public address (Kaggle only): the command says how to get it and then
+  checks and extracts the files given with ``--url``.
+- Checksums: the MD5 and size fast.ai publishes (fastai/data/checks.txt) or torchvision /
+  torchtext publish for the original archives; where none is published the result reports
+  the sha256 it computed so that a user can pin it with ``--checksum sha256:HEX``.
+- Resumable: a download goes to ``DIR/.downloads/<file>.part`` and continues from its size
+  with an HTTP Range request (after a dropped connection, up to ``--retries`` times, and
+  on the next run of the command); a server that ignores Range is read from the start.
+- Progress on stderr; the result (the last stdout line) is one JSON object.
+- ``--url`` names a mirror or a local copy (a path or file:// URL) of each file, in order,
+  or one folder / base URL ending in ``/`` that holds them all under their own names.
+- Safe extraction: every member of an archive is checked before anything is written, and
+  an archive with an absolute path, a ``..`` that leaves the target, a symlink or hard link
+  pointing out of it, a path through a symlink, or a device file is refused whole. The
+  archive is extracted into a temporary folder inside DIR and moved into place at the end,
+  so a refused or interrupted extraction leaves no member behind.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import stat
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from . import DataError
+
+CHUNK = 1 << 20  # bytes read and written at a time
+USER_AGENT = "fastray-download/0.1"
+
+
+@dataclass(frozen=True)
+class Remote:
+    """One file of a data set: where it is and what it must hash to."""
+
+    name: str                     # the file's name on disk
+    url: str = ""                 # "" = no public address (see Dataset.manual)
+    size: int | None = None       # bytes, where published
+    md5: str | None = None
+    sha256: str | None = None
+    checksum_by: str = ""         # who published the checksum
+
+
+@dataclass(frozen=True)
+class Source:
+    files: tuple[Remote, ...]
+    layout: str                   # what the files extract to, and what the readers make of it
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    about: str
+    sources: dict[str, Source]
+    default: str                  # the source the pipelines' readers read
+    aliases: tuple[str, ...] = ()
+    manual: str = ""              # how to get it when there is no public address
+    data: str = ""                # the folder to pass as --data, relative to DIR ("" = DIR)
+
+
+_FASTAI = "fast.ai (fastai/data/checks.txt)"
+DATASETS: dict[str, Dataset] = {d.name: d for d in [
+    Dataset(
+        "cifar10", "CIFAR-10, 60,000 32x32 images in 10 classes (lesson 12: Darknet)",
+        {
+            "fastai": Source((Remote("cifar10.tgz", "https://s3.amazonaws.com/fast-ai-sample/cifar10.tgz",
+                                     168168549, "a5f8c31371b63a406b23368042812d3c", checksum_by=_FASTAI),),
+                             "cifar10/{train,test}/<class>/*.png and labels.txt: read by images.find_cifar10"),
+            "original": Source((Remote("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                                       170498071, "c58f30108f718f92721af3b95e74349a", checksum_by="torchvision"),),
+                               "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}: read by images.find_cifar10"),
+        }, "fastai", data="cifar10"),
+    Dataset(
+        "imdb", "IMDb Large Movie Review Dataset, 50,000 labelled and 50,000 unlabelled reviews (lesson 10: ULMFiT)",
+        {
+            "fastai": Source((Remote("imdb.tgz", "https://s3.amazonaws.com/fast-ai-nlp/imdb.tgz",
+                                     144440600, "90f9b1c4ff43a90d67553c9240dc0249", checksum_by=_FASTAI),),
+                             "imdb/{train,test}/{pos,neg}/*.txt and imdb/unsup/*.txt: read by text.find_imdb"),
+            "original": Source((Remote("aclImdb_v1.tar.gz", "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
+                                       84125825, "7c2ac02c03563afcf9b574c7e56c153a", checksum_by="torchtext"),),
+                               "aclImdb/{train,test}/{pos,neg}/*.txt and aclImdb/train/unsup/*.txt: read by text.find_imdb"),
+        }, "fastai", data="imdb"),
+    Dataset(
+        "wikitext-103", "WikiText-103, 103M tokens of Wikipedia articles (the ULMFiT language model's pretraining)",
+        {
+            "original": Source((Remote("wikitext-103-v1.zip", "https://wikitext.smerity.com/wikitext-103-v1.zip",
+                                       None, "9ddaacaf6af0710eda8c456decff7832", checksum_by="torchtext"),),
+                               "wikitext-103/wiki.{train,valid,test}.tokens: read by text.find_wikitext"),
+            "fastai": Source((Remote("wikitext-103.tgz", "https://s3.amazonaws.com/fast-ai-nlp/wikitext-103.tgz",
+                                     190200704, "2dd8cf8693b3d27e9c8f0a7df054b2c7", checksum_by=_FASTAI),),
+                             "wikitext-103/{train,test}.csv, one article a row without a header: not the token "
+                             "files text.find_wikitext reads (text.find_table needs a header row)"),
+        }, "original", aliases=("wt103", "wikitext"), data="wikitext-103"),
+    Dataset(
+        "pascal", "Pascal VOC 2007, 9,963 images with boxes of 20 classes (lessons 8 and 9: detection)",
+        {
+            "original": Source((
+                Remote("VOCtrainval_06-Nov-2007.tar", "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtrainval_06-Nov-2007.tar",
+                       None, "c52e279531787c972589f7e41ab4ae64", checksum_by="torchvision"),
+                Remote("VOCtest_06-Nov-2007.tar", "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtest_06-Nov-2007.tar",
+                       None, "b6e924de25625d8de591ea690078ad9f", checksum_by="torchvision"),
+            ), "VOCdevkit/VOC2007/{JPEGImages,Annotations,ImageSets/Main}: read by voc.find_pascal "
+               "(a mirror of the same tars: --url https://pjreddie.com/media/files/)"),
+            "fastai": Source((Remote("pascal_2007.tgz", "https://s3.amazonaws.com/fast-ai-imagelocal/pascal_2007.tgz",
+                                     1637796771, "433b4706eb7c42bd74e7f784e3fdf244", checksum_by=_FASTAI),),
+                             "pascal_2007/{train,test}/*.jpg with {train,valid,test}.json (COCO style): not the "
+                             "names voc.find_pascal looks for (pascal_train2007.json beside JPEGImages/)"),
+        }, "original", aliases=("pascal_2007", "voc2007"), data="VOCdevkit"),
+    Dataset(
+        "giga-fren", "WMT's French-English giga-fren corpus, 22.5M sentence pairs (lesson 11: translation)",
+        {
+            "fastai": Source((Remote("giga-fren.tgz", "https://s3.amazonaws.com/fast-ai-nlp/giga-fren.tgz",
+                                     2598183296, "69573f58e2c850b90f2f954077041d8c", checksum_by=_FASTAI),),
+                             "giga-fren/giga-fren.release2.fixed.{en,fr}, aligned by line"),
+            "original": Source((Remote("training-giga-fren.tar", "https://www.statmt.org/wmt10/training-giga-fren.tar"),),
+                               "giga-fren.release2.{en,fr}.gz (gunzip them; no checksum published)"),
+        }, "fastai", aliases=("translate", "giga_fren"), data="giga-fren"),
+    Dataset(
+        "carvana", "Kaggle's Carvana Image Masking Challenge, 5,088 car photos with masks (lesson 14: U-Net)",
+        {"kaggle": Source((Remote("train.zip"), Remote("train_masks.zip")),
+                          "train/<car>_<view>.jpg and train_masks/<car>_<view>_mask.gif: read by imagery.find_carvana")},
+        "kaggle",
+        manual=("carvana is on Kaggle only: accept the rules of the competition carvana-image-masking-challenge on "
+                "kaggle.com, then `kaggle competitions download -c carvana-image-masking-challenge -f train.zip` "
+                "and `-f train_masks.zip`, and check and extract them with "
+                "`fastray download carvana --out DIR --url train.zip --url train_masks.zip`"),
+    ),
+    Dataset(
+        "horse2zebra", "CycleGAN's horse2zebra, unpaired horse and zebra photos (lesson 14: CycleGAN)",
+        {"original": Source((Remote("horse2zebra.zip",
+                                    "https://people.eecs.berkeley.edu/~taesung_park/CycleGAN/datasets/horse2zebra.zip"),),
+                            "horse2zebra/{trainA,trainB,testA,testB}/*.jpg (no checksum published)")},
+        "original", data="horse2zebra"),
+    Dataset(
+        "bedroom", "fast.ai's 20% sample of LSUN bedrooms as JPEG files (lesson 12: WGAN)",
+        {"fastai": Source((Remote("bedroom.tgz", "https://s3.amazonaws.com/fast-ai-imageclas/bedroom.tgz",
+                                  4579163978, "35d84f38f8a15fe47e66e460c8800d68", checksum_by=_FASTAI),),
+                          "bedroom/**/*.jpg: an image folder")},
+        "fastai", aliases=("lsun",), data="bedroom"),
+    Dataset(
+        "imagenette", "Imagenette (10 ImageNet classes, 320 px): an ImageNet-style folder for super-resolution "
+                      "and style transfer (lessons 13 and 14)",
+        {"fastai": Source((Remote("imagenette2-320.tgz", "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-320.tgz",
+                                  341663724, "1f1f74f133caff120e575856659b87a2", checksum_by=_FASTAI),),
+                          "imagenette2-320/{train,val}/<wnid>/*.JPEG: an image folder")},
+        "fastai", aliases=("images", "imagenet-sample"), data="imagenette2-320"),
+]}
+
+
+def resolve(name: str, pipelines: dict[str, str] | None = None) -> Dataset:
+    """A data set by its name or alias, or by a pipeline's name (`pipelines`: pipeline ->
+    the data set it reads; the CLI passes the registry's, preprocessing imports no pipeline)."""
+    for d in DATASETS.values():
+        if name == d.name or name in d.aliases:
+            return d
+    if pipelines and name in pipelines and pipelines[name] != name:
+        try:
+            return resolve(pipelines[name])
+        except KeyError:
+            raise KeyError(f"pipeline {name!r} reads {pipelines[name]!r}, which has no download entry; "
+                           f"data sets: {', '.join(DATASETS)}") from None
+    raise KeyError(f"unknown data set or pipeline {name!r}; data sets: {', '.join(DATASETS)}")
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    d = subparsers.add_parser("download", help="download a data set from its public address, check and extract it",
+                              description="Data sets: " + "; ".join(
+                                  f"{k}{' (' + ', '.join(v.aliases) + ')' if v.aliases else ''}" for k, v in DATASETS.items()))
+    d.add_argument("name", help="a data set (cifar10, imdb, wikitext-103, pascal, giga-fren, carvana, ...) or a pipeline name")
+    d.add_argument("--out", required=True, type=Path, help="folder to extract into (pass it, or the folder the result names, as --data)")
+    d.add_argument("--source", default=None, help="fastai | original: which copy (default: the one the pipeline's reader reads)")
+    d.add_argument("--url", action="append", default=[], metavar="URL_OR_PATH",
+                   help="a mirror or local copy of each file, in order, or one folder / base URL ending in /")
+    d.add_argument("--checksum", action="append", default=[], metavar="md5:HEX|sha256:HEX|none",
+                   help="expected checksum of each file, in order (default: the published one)")
+    d.add_argument("--retries", type=int, default=3, help="resumes after a dropped connection, per file")
+    d.add_argument("--keep-archive", action="store_true", help="keep the archives in DIR/.downloads/ after extracting")
+    return d
+
+
+def cmd_download(args, pipelines: dict[str, str] | None = None) -> dict:
+    """Download, check and extract NAME into --out; the result the CLI prints as JSON.
+    `pipelines` maps pipeline names to the data set each reads (NAME may be one)."""
+    t0 = time.perf_counter()
+    ds = resolve(args.name, pipelines)
+    src_name = args.source or ds.default
+    if src_name not in ds.sources:
+        raise ValueError(f"--source {src_name}: {ds.name} comes from {', '.join(ds.sources)}")
+    src = ds.sources[src_name]
+    remotes = _with_urls(ds, src, list(args.url))
+    checks = _with_checksums(remotes, list(args.checksum), bool(args.url))
+    if args.retries < 0:
+        raise ValueError(f"--retries must be >= 0, got {args.retries}")
+    out = Path(args.out).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / f".fastray-download-{ds.name}.json"
+    if marker.is_file():
+        try:
+            done = json.loads(marker.read_text())
+        except ValueError:
+            done = {}
+        if done.get("source") == src_name and done.get("extracted") and all((out / e).exists() for e in done["extracted"]):
+            _say(f"{ds.name}: already in {out} (remove {marker.name} to download it again)")
+            return {**done, "status": "present", "seconds": round(time.perf_counter() - t0, 3)}
+
+    downloads = out / ".downloads"
+    downloads.mkdir(exist_ok=True)
+    files = []
+    for remote, check in zip(remotes, checks):
+        path, info = fetch(remote.url, downloads / remote.name, check, retries=args.retries)
+        files.append({"name": remote.name, "url": remote.url, **info})
+    extracted: list[str] = []
+    staging = out / f".extract-{ds.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        for f in files:
+            extract(downloads / f["name"], staging)
+        extracted = sorted(p.name for p in staging.iterdir()) if staging.exists() else []
+        _merge(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if not args.keep_archive:
+        for f in files:
+            (downloads / f["name"]).unlink(missing_ok=True)
+        if not any(downloads.iterdir()):
+            downloads.rmdir()
+    data = out / ds.data if ds.data and (out / ds.data).exists() else out
+    result = {"dataset": ds.name, "source": src_name, "out": str(out), "data": str(data), "layout": src.layout,
+              "files": files, "extracted": extracted}
+    marker.write_text(json.dumps(result, indent=1))
+    _say(f"{ds.name}: {len(extracted)} top-level entr{'y' if len(extracted) == 1 else 'ies'} in {out}; use --data {data}")
+    return {**result, "status": "downloaded", "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _with_urls(ds: Dataset, src: Source, urls: list[str]) -> list[Remote]:
+    """The files to fetch: the source's, or the same files at the --url addresses."""
+    if not urls:
+        if any(not r.url for r in src.files):
+            raise DataError(ds.manual or f"{ds.name}: no public address; give each file with --url")
+        return list(src.files)
+    if len(urls) == 1 and (urls[0].endswith("/") or Path(urls[0]).is_dir()):
+        base = urls[0] if urls[0].endswith("/") else urls[0] + "/"
+        return [Remote(r.name, _join(base, r.name), r.size, r.md5, r.sha256, r.checksum_by) for r in src.files]
+    if len(urls) != len(src.files):
+        raise ValueError(f"{ds.name}: {len(urls)} --url given for {len(src.files)} file(s) "
+                         f"({', '.join(r.name for r in src.files)}); or give one folder ending in /")
+    return [Remote(r.name, u, r.size, r.md5, r.sha256, r.checksum_by) for r, u in zip(src.files, urls)]
+
+
+def _join(base: str, name: str) -> str:
+    if "://" in base:
+        return urllib.parse.urljoin(base, urllib.parse.quote(name))
+    return str(Path(base) / name)
+
+
+def _with_checksums(remotes: list[Remote], given: list[str], mirror: bool) -> list[dict]:
+    """Per file: {"size", "md5", "sha256", "by"} to check; --checksum replaces the published one."""
+    if given and len(given) != len(remotes):
+        raise ValueError(f"{len(given)} --checksum given for {len(remotes)} file(s)")
+    out = []
+    for i, r in enumerate(remotes):
+        if not given:
+            out.append({"size": r.size, "md5": r.md5, "sha256": r.sha256,
+                        "by": r.checksum_by + (" (for the original address: a mirror must serve the same file)" if mirror and r.checksum_by else "")})
+            continue
+        spec = given[i].strip().lower()
+        if spec == "none":
+            out.append({"size": None, "md5": None, "sha256": None, "by": ""})
+            continue
+        algo, _, hexd = spec.partition(":")
+        width = {"md5": 32, "sha256": 64}.get(algo)
+        if width is None or not re.fullmatch(f"[0-9a-f]{{{width}}}", hexd):
+            raise ValueError(f"--checksum {given[i]}: expected md5:<32 hex digits>, sha256:<64 hex digits> or none")
+        out.append({"size": None, "md5": hexd if algo == "md5" else None, "sha256": hexd if algo == "sha256" else None,
+                    "by": "--checksum"})
+    return out
+
+
+def _say(msg: str, end: str = "\n") -> None:
+    print(msg, file=sys.stderr, end=end, flush=True)
+
+
+# ---------------------------------------------------------------- fetching
+
+
+def fetch(url: str, dest: Path, check: dict, retries: int = 3) -> tuple[Path, dict]:
+    """Download `url` (http(s), file:// or a local path) to `dest`, resuming from
+    dest.part, and check its size and checksum. Returns (dest, info for the result)."""
+    part = dest.with_name(dest.name + ".part")
+    if dest.is_file():
+        info = _verify(dest, check)
+        _say(f"{dest.name}: already downloaded")
+        return dest, {**info, "resumed_from": None}
+    resumed_from = part.stat().st_size if part.exists() else 0
+    attempt = 0
+    while True:
+        try:
+            _transfer(url, part, check.get("size"))
+            break
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as e:
+            if isinstance(e, urllib.error.HTTPError) and e.code not in (408, 429, 500, 502, 503, 504):
+                raise DataError(f"{url}: HTTP {e.code} {e.reason}") from None
+            attempt += 1
+            have = part.stat().st_size if part.exists() else 0
+            if attempt > retries:
+                raise DataError(f"{url}: download failed after {retries} retr{'y' if retries == 1 else 'ies'} "
+                                f"({type(e).__name__}: {e}); {have} bytes kept in {part}: run the command again "
+                                "to resume") from None
+            _say(f"\n{dest.name}: {type(e).__name__}: {e}; resuming at byte {have} ({attempt}/{retries})")
+            time.sleep(min(2.0 ** (attempt - 1), 10.0))
+    try:
+        info = _verify(part, check)
+    except DataError:
+        part.unlink(missing_ok=True)  # a wrong prefix cannot be resumed into the right file
+        raise
+    os.replace(part, dest)
+    return dest, {**info, "resumed_from": resumed_from or None}
+
+
+def _transfer(url: str, part: Path, size: int | None) -> None:
+    """Append the rest of `url` to `part` (from its current size), printing progress."""
+    start = part.stat().st_size if part.exists() else 0
+    if size is not None and start == size:
+        return  # complete already, not yet checked
+    stream, total, start = _open(url, start, part)
+    with stream, open(part, "ab" if start else "wb") as f:
+        progress = _Progress(part.name[: -len(".part")], start, total)
+        while block := stream.read(CHUNK):
+            f.write(block)
+            progress.update(len(block))
+        f.flush()
+        os.fsync(f.fileno())
+    have = part.stat().st_size
+    if total is not None and have < total:
+        raise ConnectionError(f"connection closed at byte {have} of {total}")
+    progress.done()
+
+
+def _open(url: str, start: int, part: Path) -> tuple[BinaryIO, int | None, int]:
+    """(stream from byte `start` or 0, total size or None, where the stream starts)."""
+    scheme = urllib.parse.urlparse(url).scheme
+    if scheme in ("", "file") or re.match(r"^[A-Za-z]:[\\/]", url):
+        path = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path) if scheme == "file" else url)
+        if not path.is_file():
+            raise DataError(f"{path}: no such file")
+        total = path.stat().st_size
+        f = open(path, "rb")
+        start = start if start <= total else 0
+        f.seek(start)
+        return f, total, start
+    if scheme not in ("http", "https"):
+        raise DataError(f"{url}: not an http(s) or file address")
+    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
+    if start:
+        req.add_header("Range", f"bytes={start}-")
+    try:
+        resp = urllib.request.urlopen(req, timeout=60)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and start:  # nothing after `start`: the part is complete (or wrong: the checksum says)
+            return _Empty(), start, start
+        raise
+    length = resp.headers.get("Content-Length")
+    if start and resp.status == 206:
+        m = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", resp.headers.get("Content-Range", ""))
+        if not m or int(m.group(1)) != start:
+            resp.close()
+            raise DataError(f"{url}: the server answered a resume at byte {start} with the range {resp.headers.get('Content-Range')!r}")
+        return resp, (int(m.group(3)) if m.group(3) != "*" else None), start
+    if start:
+        _say(f"{part.name}: the server does not resume downloads: starting again from byte 0")
+    return resp, (int(length) if length else None), 0
+
+
+class _Empty:
+    def read(self, n: int = -1) -> bytes:
+        return b""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+class _Progress:
+    """`name: 12.3 / 160.4 MB (8%) 5.1 MB/s` on stderr: rewritten in place on a terminal,
+    a line every 5 s otherwise."""
+
+    def __init__(self, name: str, start: int, total: int | None):
+        self.name, self.have, self.total = name, start, total
+        self.t0 = self.last = time.monotonic()
+        self.start = start
+        self.tty = sys.stderr.isatty()
+
+    def text(self) -> str:
+        mb = self.have / 1e6
+        rate = (self.have - self.start) / 1e6 / max(time.monotonic() - self.t0, 1e-6)
+        of = f" / {self.total / 1e6:.1f} MB ({100 * self.have / self.total:.0f}%)" if self.total else " MB"
+        return f"{self.name}: {mb:.1f}{of} {rate:.1f} MB/s"
+
+    def update(self, n: int) -> None:
+        self.have += n
+        now = time.monotonic()
+        if now - self.last >= (0.5 if self.tty else 5.0):
+            self.last = now
+            _say(("\r" if self.tty else "") + self.text(), end="" if self.tty else "\n")
+
+    def done(self) -> None:
+        _say(("\r" if self.tty else "") + self.text())
+
+
+def _verify(path: Path, check: dict) -> dict:
+    """Size and checksum against `check`; the file's size, md5, sha256 and what was checked."""
+    size = path.stat().st_size
+    if check.get("size") is not None and size != check["size"]:
+        raise DataError(f"{path.name}: {size} bytes, expected {check['size']} (published by {check['by']}); "
+                        "deleted: run the command again to download it anew")
+    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            md5.update(block)
+            sha.update(block)
+    got = {"md5": md5.hexdigest(), "sha256": sha.hexdigest()}
+    checked = []
+    for algo in ("md5", "sha256"):
+        want = check.get(algo)
+        if want:
+            if got[algo] != want:
+                raise DataError(f"{path.name}: {algo} {got[algo]}, expected {want} (published by {check['by']}); "
+                                "deleted: run the command again to download it anew, or pass --checksum "
+                                "for a file you trust")
+            checked.append(algo)
+    if not checked:
+        _say(f"{path.name}: no checksum published; its sha256 is {got['sha256']}")
+    return {"bytes": size, **got, "checked": "+".join(checked) or "none", "checksum_by": check["by"] if checked else ""}
+
+
+# ---------------------------------------------------------------- safe extraction
+
+
+class UnsafeArchive(DataError):
+    """An archive with a member that would land outside the target folder."""
+
+
+def extract(archive: Path, dest: Path) -> list[str]:
+    """Extract a tar (any compression) or zip archive into `dest`, refusing the whole
+    archive if any member is unsafe (checked before anything is written); a file that
+    is not an archive is copied. Returns the member names."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if zipfile.is_zipfile(archive):
+        return _extract_zip(archive, dest)
+    if _is_tar(archive):
+        return _extract_tar(archive, dest)
+    shutil.copyfile(archive, dest / archive.name)
+    return [archive.name]
+
+
+def _is_tar(path: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(path)
+    except (OSError, EOFError, tarfile.TarError):
+        return False
+
+
+def _parts(name: str, archive: Path, member: str) -> list[str]:
+    """A member path as components, refusing an absolute or drive path and a `..` that
+    leaves the root; "." components are dropped."""
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        raise UnsafeArchive(f"{archive}: refused: member {member!r} has an absolute path; nothing was extracted")
+    out: list[str] = []
+    for p in PurePosixPath(name.replace("\\", "/")).parts:
+        if p in ("", "."):
+            continue
+        if p == "..":
+            if not out:
+                raise UnsafeArchive(f"{archive}: refused: member {member!r} leaves the target folder (..); "
+                                    "nothing was extracted")
+            out.pop()
+        else:
+            out.append(p)
+    return out
+
+
+def check_members(archive: Path, members: list[tuple[str, str, str]]) -> None:
+    """members: (name, kind, link target) with kind file | dir | symlink | hardlink | other.
+    Raises UnsafeArchive for the first member that is absolute, leaves the root with `..`,
+    passes through a symlink of the archive, is a link pointing out of the root, or is a
+    device file or fifo."""
+    symlinks = {"/".join(_parts(n, archive, n)) for n, kind, _ in members if kind == "symlink"}
+
+    def through_link(parts: list[str], member: str, what: str) -> None:
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in symlinks:
+                raise UnsafeArchive(f"{archive}: refused: {what} of member {member!r} passes through the symlink "
+                                    f"{'/'.join(parts[:i])!r}; nothing was extracted")
+
+    for name, kind, target in members:
+        parts = _parts(name, archive, name)
+        if kind == "other":
+            raise UnsafeArchive(f"{archive}: refused: member {name!r} is a device file or fifo; nothing was extracted")
+        through_link(parts, name, "the path")
+        if kind == "symlink":
+            if target.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", target):
+                raise UnsafeArchive(f"{archive}: refused: symlink {name!r} points to the absolute path {target!r}; "
+                                    "nothing was extracted")
+            walk = parts[:-1]
+            tparts = PurePosixPath(target.replace("\\", "/")).parts
+            for i, p in enumerate(tparts):
+                if p in ("", "."):
+                    continue
+                if p == "..":
+                    if not walk:
+                        raise UnsafeArchive(f"{archive}: refused: symlink {name!r} -> {target!r} points out of the "
+                                            "target folder; nothing was extracted")
+                    walk.pop()
+                else:
+                    walk.append(p)
+                    if "/".join(walk) in symlinks and i < len(tparts) - 1:
+                        raise UnsafeArchive(f"{archive}: refused: symlink {name!r} -> {target!r} passes through the "
+                                            f"symlink {'/'.join(walk)!r}; nothing was extracted")
+        elif kind == "hardlink":
+            if target.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", target):
+                raise UnsafeArchive(f"{archive}: refused: hard link {name!r} points to the absolute path {target!r}; "
+                                    "nothing was extracted")
+            link_parts = _parts(target, archive, name)
+            if not link_parts:
+                raise UnsafeArchive(f"{archive}: refused: hard link {name!r} -> {target!r} points out of the "
+                                    "target folder; nothing was extracted")
+            through_link(link_parts, name, "the hard link's target")
+
+
+def _extract_tar(archive: Path, dest: Path) -> list[str]:
+    try:
+        with tarfile.open(archive) as tf:
+            members = tf.getmembers()
+            kinds = []
+            for m in members:
+                kind = ("file" if m.isreg() else "dir" if m.isdir() else "symlink" if m.issym()
+                        else "hardlink" if m.islnk() else "other")
+                kinds.append((m.name, kind, m.linkname))
+            check_members(archive, kinds)
+            if hasattr(tarfile, "data_filter"):  # Python's own check, the same rules, a second time
+                tf.extractall(dest, members=members, filter="data")
+            else:
+                tf.extractall(dest, members=members)
+    except (tarfile.TarError, EOFError, OSError, zipfile.BadZipFile) as e:
+        if isinstance(e, tarfile.FilterError):
+            raise UnsafeArchive(f"{archive}: refused by tarfile's data filter ({e}); nothing was extracted") from None
+        raise DataError(f"{archive}: not a readable tar archive ({type(e).__name__}: {e})") from None
+    _check_inside(archive, dest)
+    return [m.name for m in members]
+
+
+def _extract_zip(archive: Path, dest: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            infos = zf.infolist()
+            kinds = []
+            for i in infos:
+                mode = i.external_attr >> 16
+                if stat.S_ISLNK(mode):
+                    kinds.append((i.filename, "symlink", zf.read(i).decode("utf-8", "replace")))
+                elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+                    kinds.append((i.filename, "other", ""))
+                else:
+                    kinds.append((i.filename, "dir" if i.is_dir() else "file", ""))
+            check_members(archive, kinds)
+            zf.extractall(dest)  # zipfile writes a symlink entry as a small file holding its target
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as e:
+        raise DataError(f"{archive}: not a readable zip archive ({type(e).__name__}: {e})") from None
+    _check_inside(archive, dest)
+    return [i.filename for i in infos]
+
+
+def _check_inside(archive: Path, dest: Path) -> None:
+    """After extraction: every path resolves inside dest (the member checks already
+    guarantee it; this guards against a rule they miss)."""
+    root = os.path.realpath(dest)
+    for dirpath, dirnames, filenames in os.walk(dest):
+        for n in dirnames + filenames:
+            p = os.path.join(dirpath, n)
+            real = os.path.realpath(p)
+            if real != root and not real.startswith(root + os.sep):
+                raise UnsafeArchive(f"{archive}: refused: {os.path.relpath(p, dest)!r} resolves to {real}, outside the "
+                                    "target folder")
+
+
+def _merge(src: Path, dest: Path) -> None:
+    """Move everything in src into dest; folders present in both are merged (two VOC
+    tars both fill VOCdevkit/VOC2007/), a file or link present in both is replaced."""
+    if not src.exists():
+        return
+    for entry in src.iterdir():
+        target = dest / entry.name
+        if entry.is_dir() and not entry.is_symlink() and target.is_dir() and not target.is_symlink():
+            _merge(entry, target)
+            continue
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.is_dir():
+            shutil.rmtree(target)
+        os.rename(entry, target)
