@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,18 @@ def parse_value(key: str, text: str, tp: Any) -> Any:
         if tp is int:
             return int(text)
         if tp is float:
-            return float(text)
+            value = float(text)
+            if not math.isfinite(value):  # nan or inf is never a usable hyperparameter
+                raise ConfigError(f"--set {key}={text}: expected float (nan and inf are refused)")
+            return value
         if tp is str:
             return text
         if origin is tuple:
             items = [t for t in text.strip("()[] ").split(",") if t.strip()]
             inner = args[0] if args else str
             return tuple(parse_value(key, t.strip(), inner) for t in items)
+    except ConfigError:
+        raise
     except (ValueError, StopIteration):
         pass
     else:
@@ -101,7 +107,7 @@ def load(configs: dict[str, Any], spec: str) -> tuple[Any, str]:
     if not isinstance(data, dict):
         raise ConfigError(f"--config {spec}: expected a JSON object of config fields")
     base = data.pop("base", "default")
-    if base not in configs:
+    if not isinstance(base, str) or base not in configs:
         raise ConfigError(f"--config {spec}: base {base!r} is not one of {', '.join(configs)}")
     return apply(configs[base], data, source=f"--config {spec}"), str(path)
 

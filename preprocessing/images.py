@@ -86,9 +86,12 @@ def _pickle_source(folder: Path) -> ImageSource:
     if meta.is_file():
         try:
             with open(meta, "rb") as f:
-                classes = [n.decode() for n in pickle.load(f, encoding="bytes")[b"label_names"]]
+                names = [n.decode() if isinstance(n, bytes) else str(n) for n in _unpickle(f)[b"label_names"]]
+            if len(names) != 10:
+                raise ValueError(f"{len(names)} label names, expected 10")
+            classes = names
         except Exception as e:  # a damaged meta file only costs the names
-            print(f"warning: {meta}: unreadable ({e}); classes are numbered", file=sys.stderr)
+            print(f"warning: {meta}: unreadable ({type(e).__name__}: {e}); classes are numbered", file=sys.stderr)
     return ImageSource(folder, "pickle", classes, {"train": train, "valid": test})
 
 
@@ -121,13 +124,41 @@ def image_folders(root: Path, splits: tuple[str, str] = ("train", "test")) -> Im
     return ImageSource(root, "folders", dirs, out)
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """CIFAR's python batches hold a dict of bytes, ints, lists and numpy arrays: rebuild
+    only those. Plain pickle.load runs whatever a crafted file names (os.system ...);
+    this refuses every other global, so a damaged or hostile batch is a DataError."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"), ("codecs", "encode"),  # how protocol 2 stores bytes
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name} (a CIFAR batch holds only arrays and lists)")
+
+
+def _unpickle(f) -> dict:
+    d = _BatchUnpickler(f, encoding="bytes").load()
+    if not isinstance(d, dict):
+        raise ValueError(f"a {type(d).__name__}, not a dict")
+    return d
+
+
 def _load_batch(path: Path) -> tuple[np.ndarray, list[int]]:
     """One CIFAR pickle batch -> (N, 32, 32, 3) uint8 images and N labels."""
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-        data = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = list(d[b"labels"])
+            d = _unpickle(f)
+        raw = np.asarray(d[b"data"])
+        if raw.dtype == object or not (np.issubdtype(raw.dtype, np.integer) and raw.size % 3072 == 0):
+            raise ValueError(f"data is {raw.dtype} of shape {raw.shape}, expected uint8 rows of 3072")
+        data = raw.astype(np.uint8).reshape(-1, 3, 32, 32)
+        labels = [int(x) for x in d[b"labels"]]
     except Exception as e:
         raise DataError(f"{path}: not a CIFAR-10 pickle batch ({type(e).__name__}: {e})") from None
     if len(labels) != len(data):
@@ -152,6 +183,9 @@ def resize_all(img: np.ndarray, sizes: tuple[int, ...]) -> dict[int, np.ndarray]
     return out
 
 
+MAX_PIXELS = 89_478_485  # PIL's decompression-bomb threshold, as an error: a 60-byte PNG may claim 30000x30000
+
+
 def decode_image(path: Path) -> np.ndarray:
     """File -> (H, W, 3) uint8; raises DataError naming the file if it does not decode."""
     from PIL import Image
@@ -161,6 +195,9 @@ def decode_image(path: Path) -> np.ndarray:
         if not data:
             raise ValueError("empty file")
         with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w * h > MAX_PIXELS or w < 1 or h < 1:  # before load() allocates it
+                raise ValueError(f"claims {w}x{h} pixels (at most {MAX_PIXELS:,} are decoded)")
             im.load()  # decode now: a truncated file fails here, not later
             return np.asarray(im.convert("RGB"))
     except Exception as e:

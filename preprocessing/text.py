@@ -237,7 +237,14 @@ def _load_table(path: Path, text_col: str, label_col: str | None):
     import pyarrow as pa
 
     if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
-        texts = texts.cast(pa.string())
+        kind = texts.type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+                or pa.types.is_null(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
+            raise DataError(f"{path}: column {text_col!r} is {kind}; expected text")
+        try:
+            texts = texts.cast(pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:  # binary that is not UTF-8
+            raise DataError(f"{path}: column {text_col!r} is {kind} that is not UTF-8 text ({e})") from None
     labels = table.column(label_col) if label_col else None
     return texts.to_pylist(), labels
 
@@ -255,7 +262,11 @@ def _table_labels(source: TextSource) -> tuple[dict[str, list], dict[str, np.nda
         return texts, {s: np.full(len(t), -1, np.int64) for s, t in texts.items()}, []
     kinds = {str(r.type) for r in raw.values()}
     if all(pa.types.is_integer(r.type) or pa.types.is_boolean(r.type) or pa.types.is_null(r.type) for r in raw.values()):
-        labels = {s: np.asarray(pc.fill_null(r.cast(pa.int64()), -1).to_numpy(), np.int64) for s, r in raw.items()}
+        try:
+            labels = {s: np.asarray(pc.fill_null(r.cast(pa.int64()), -1).to_numpy(), np.int64) for s, r in raw.items()}
+        except pa.ArrowInvalid as e:  # uint64 beyond int64
+            paths = ", ".join(str(items[0][0]) for items in source.splits.values())
+            raise DataError(f"{paths}: label column {opts['label_col']!r} does not fit int64 ({e})") from None
         return texts, labels, []
     if all(pa.types.is_string(r.type) or pa.types.is_large_string(r.type) or pa.types.is_null(r.type) for r in raw.values()):
         values = {s: r.to_pylist() for s, r in raw.items()}

@@ -261,6 +261,91 @@ def test_an_alteration_that_keeps_size_and_mtime_needs_full_verify(tmp_path):
     assert not hit and f.read_bytes() == b"0123456789"
 
 
+# ---------------------------------------------------------------- bad input through the command line
+
+
+def _error_lines(err: str) -> list[str]:
+    assert "Traceback" not in err, err[-3000:]
+    return [l for l in err.splitlines() if l.startswith("fastray: error:")]
+
+
+def test_bad_images_are_counted_skips_or_one_line_errors(cifar_tiny, tmp_path, workdir, ray_session, capsys):
+    import shutil
+
+    data = tmp_path / "cifar10"
+    shutil.copytree(cifar_tiny, data)
+    dogs = sorted((data / "train" / "dog").iterdir())
+    dogs[0].write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # corrupt
+    dogs[1].write_bytes(dogs[1].read_bytes()[:50])  # truncated
+    dogs[2].write_bytes(b"")  # zero bytes
+    argv = ["preprocess", "cifar10-darknet", "--data", str(data), "--config", "tiny", "--cache-dir", str(workdir / "c")]
+    code, _, err = run_cli(capsys, *argv, "--on-bad-input", "fail")
+    [line] = _error_lines(err)
+    assert code == 1 and "/train/dog/" in line and ": not a readable image (" in line
+    assert not list((workdir / "c").glob("cifar10-*"))
+    code, obj, err = run_cli(capsys, *argv)  # the default policy: skip and count
+    assert code == 0 and obj["skipped"] == {"train": 3, "valid": 0} and obj["rows"]["train"] == 247
+    assert "skipped 3 unreadable image(s) of 250" in err
+
+
+def test_bad_reviews_are_counted_skips_or_one_line_errors(tmp_path, workdir, ray_session, capsys):
+    data = tmp_path / "aclImdb"
+    samples.imdb(data, size=80, unsup=0, seed=3)
+    review = sorted((data / "train" / "pos").iterdir())[0]
+    review.write_bytes(b"caf\xe9 au lait \xff")  # not UTF-8
+    sorted((data / "test" / "neg").iterdir())[0].write_text(" <br /><br /> ")  # empty once cleaned
+    argv = ["preprocess", "imdb-lm", "--data", str(data), "--config", "tiny", "--cache-dir", str(workdir / "c")]
+    code, _, err = run_cli(capsys, *argv, "--on-bad-input", "fail")
+    [line] = _error_lines(err)
+    assert code == 1 and (f"{review}: not UTF-8 text (byte 0xe9 at offset 3)" in line or ": empty document" in line)
+    code, obj, err = run_cli(capsys, *argv)
+    assert code == 0 and obj["skipped"] == {"train": 1, "valid": 1}
+
+
+@pytest.mark.parametrize("case", ["cifar-class-folder", "imdb-label-folder", "hostile-pickle", "not-a-batch"])
+def test_bad_layouts_are_one_line_errors(case, cifar_tiny, tmp_path, workdir, ray_session, capsys):
+    import pickle
+    import shutil
+
+    import numpy as np
+
+    if case == "cifar-class-folder":
+        data = tmp_path / "cifar10"
+        shutil.copytree(cifar_tiny, data)
+        (data / "test" / "zebra").mkdir()  # a label folder that train/ lacks
+        argv, want = ["cifar10-darknet"], "test/zebra: class folder not in"
+    elif case == "imdb-label-folder":
+        data = tmp_path / "aclImdb"
+        samples.imdb(data, size=20, unsup=0, seed=3)
+        shutil.rmtree(data / "test" / "pos")
+        argv, want = ["imdb-lm"], "test/pos: missing (expected"
+    else:
+        data = tmp_path / "cifar-10-batches-py"
+        data.mkdir()
+        good = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}
+        for name in ("data_batch_1", "test_batch"):
+            (data / name).write_bytes(pickle.dumps(good))
+        hostile = pickle.dumps({b"data": _RunsCode(str(tmp_path / "pwned")), b"labels": [0]})
+        (data / "data_batch_1").write_bytes(hostile if case == "hostile-pickle" else b"\x80\x04K\x01.")
+        argv, want = ["cifar10-darknet"], ("data_batch_1: not a CIFAR-10 pickle batch (UnpicklingError: refused to load posix.system"
+                                            if case == "hostile-pickle" else "data_batch_1: not a CIFAR-10 pickle batch (ValueError: a int, not a dict)")
+    code, _, err = run_cli(capsys, "preprocess", *argv, "--data", str(data), "--config", "tiny",
+                           "--cache-dir", str(workdir / "c"))
+    [line] = _error_lines(err)
+    assert code == 1 and want in line, line
+    assert not (tmp_path / "pwned").exists()
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command (what a hostile CIFAR batch could do)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
 # ---------------------------------------------------------------- downloads
 
 

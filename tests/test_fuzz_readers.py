@@ -1,0 +1,362 @@
+"""Property-based tests: random bytes and random valid-looking files fed to every reader.
+Whatever the input, a reader returns well-formed data or raises DataError (a counted skip
+under --on-bad-input skip); configs raise ConfigError. No other exception escapes.
+
+Runs are derandomized (the same examples every run, so CI is repeatable); set
+FASTRAY_FUZZ_EXAMPLES=500 to explore that many fresh random examples per test."""
+import io
+import json
+import os
+import pickle
+import shutil
+import struct
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from pipelines import config as configs
+from pipelines import registry
+from preprocessing import DataError, text
+from preprocessing.images import _DecodeChunk, _load_batch, decode_image, find_cifar10
+
+N = int(os.environ.get("FASTRAY_FUZZ_EXAMPLES", "60"))
+FUZZ = settings(max_examples=N, deadline=None, derandomize="FASTRAY_FUZZ_EXAMPLES" not in os.environ, database=None,
+                suppress_health_check=list(HealthCheck))
+
+
+@pytest.fixture(scope="module")
+def scratch():
+    d = Path(tempfile.mkdtemp(prefix="fuzz-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _file(folder: Path, name: str, data: bytes) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    p = folder / name
+    p.write_bytes(data)
+    return p
+
+
+# ---------------------------------------------------------------- images
+
+
+def _encoded(fmt: str, h: int, w: int, seed: int) -> bytes:
+    from PIL import Image
+
+    arr = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(arr).save(out, fmt)
+    return out.getvalue()
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR that claim width x height, with one tiny IDAT after them."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+
+
+@st.composite
+def image_bytes(draw):
+    """Random bytes, or a real PNG/JPEG/GIF/BMP/WEBP that is truncated, has bytes
+    flipped, junk inserted, or is whole."""
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=600))
+    fmt = draw(st.sampled_from(["PNG", "JPEG", "GIF", "BMP", "WEBP"]))
+    data = bytearray(_encoded(fmt, draw(st.integers(1, 24)), draw(st.integers(1, 24)), draw(st.integers(0, 99))))
+    how = draw(st.sampled_from(["whole", "truncate", "flip", "insert"]))
+    if how == "truncate":
+        return bytes(data[: draw(st.integers(0, len(data) - 1))])
+    if how == "flip":
+        for i in draw(st.lists(st.integers(0, len(data) - 1), min_size=1, max_size=8)):
+            data[i] ^= draw(st.integers(1, 255))
+    if how == "insert":
+        at = draw(st.integers(0, len(data)))
+        data[at:at] = draw(st.binary(min_size=1, max_size=64))
+    return bytes(data)
+
+
+@FUZZ
+@given(data=image_bytes())
+@example(data=b"")
+@example(data=_png_header(30000, 30000))  # a 900-megapixel claim in 60 bytes
+@example(data=_png_header(0, 5))
+def test_decode_image_returns_rgb_or_a_data_error(scratch, data):
+    p = _file(scratch / "img", "x.png", data)
+    try:
+        img = decode_image(p)
+    except DataError as e:
+        assert str(e).startswith(f"{p}: ") and "\n" not in str(e)
+        return
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 and min(img.shape[:2]) >= 1
+
+
+@FUZZ
+@given(files=st.lists(image_bytes(), min_size=1, max_size=4), on_bad=st.sampled_from(["skip", "fail"]))
+def test_the_decode_task_skips_and_counts_or_fails_with_a_data_error(scratch, files, on_bad):
+    folder = scratch / "chunk"
+    shutil.rmtree(folder, ignore_errors=True)
+    paths = [(str(_file(folder, f"{i}.png", b)), i) for i, b in enumerate(files)]
+    fn = _DecodeChunk("folders", (8, 16), on_bad)
+    try:
+        out = fn({"chunk": [pickle.dumps(paths)]})
+    except DataError:
+        assert on_bad == "fail"
+        return
+    n = len(out["label"])
+    assert n <= len(files) and out["img8"].shape == (n, 8, 8, 3) and out["img16"].shape == (n, 16, 16, 3)
+    assert out["img16"].dtype == np.uint8
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/fastray-fuzz-pwned",))
+
+
+def _batch_pickle(draw) -> bytes:
+    """A pickle shaped like a CIFAR batch, or not quite."""
+    n = draw(st.integers(0, 4))
+    kind = draw(st.sampled_from(["good", "short-data", "labels-mismatch", "no-labels", "wrong-types", "code",
+                                 "numpy-object"]))
+    data = np.random.default_rng(n).integers(0, 256, (n, 3072), dtype=np.uint8)
+    labels = list(range(n))
+    if kind == "short-data":
+        data = data[:, :100]
+    if kind == "labels-mismatch":
+        labels = labels + [1]
+    batch = {b"data": data, b"labels": labels}
+    if kind == "no-labels":
+        del batch[b"labels"]
+    if kind == "wrong-types":
+        batch = {b"data": "pixels", b"labels": {"a": 1}}
+    if kind == "code":
+        batch = {b"data": _RunsCode(), b"labels": []}
+    if kind == "numpy-object":
+        batch = {b"data": np.array([_RunsCode()], dtype=object), b"labels": [0]}
+    return pickle.dumps(batch, protocol=draw(st.integers(2, 5)))
+
+
+@FUZZ
+@given(data=st.one_of(st.binary(max_size=400), st.composite(_batch_pickle)()))
+def test_a_pickle_batch_loads_or_is_a_data_error_and_never_runs_code(scratch, data):
+    marker = Path("/tmp/fastray-fuzz-pwned")
+    marker.unlink(missing_ok=True)
+    p = _file(scratch / "pickle", "data_batch_1", data)
+    try:
+        imgs, labels = _load_batch(p)
+    except DataError as e:
+        assert str(e).startswith(f"{p}: ")
+    else:
+        assert imgs.dtype == np.uint8 and imgs.shape[1:] == (32, 32, 3) and len(labels) == len(imgs)
+    assert not marker.exists(), "unpickling a batch ran code"
+
+
+NAMES = ["train", "test", "cat", "dog", "x.png", "y.jpg", "labels.txt", "data_batch_1", "test_batch", "batches.meta",
+         "cifar10", "pos", "neg", "unsup", "a.txt", "aclImdb", "wiki.train.tokens", "wiki.valid.tokens"]
+
+
+@st.composite
+def folder_tree(draw, depth=0):
+    """{name: bytes (a file) or a sub-tree (a folder)} from names the readers look for."""
+    names = draw(st.lists(st.sampled_from(NAMES), max_size=5, unique=True))
+    tree = {}
+    for n in names:
+        if depth < 3 and draw(st.booleans()):
+            tree[n] = draw(folder_tree(depth + 1))
+        else:
+            tree[n] = draw(st.one_of(st.binary(max_size=64), st.just(_encoded("PNG", 4, 4, 0)), st.just(b"a review\n")))
+    return tree
+
+
+def _make_tree(root: Path, tree: dict) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, v in tree.items():
+        if isinstance(v, dict):
+            _make_tree(root / name, v)
+        else:
+            (root / name).write_bytes(v)
+
+
+@FUZZ
+@given(tree=folder_tree())
+def test_finding_cifar10_imdb_or_wikitext_in_any_tree(scratch, tree):
+    root = scratch / "tree"
+    shutil.rmtree(root, ignore_errors=True)
+    _make_tree(root, tree)
+    for find in (find_cifar10, text.find_imdb, text.find_wikitext):
+        try:
+            src = find(root)
+        except DataError as e:
+            assert "\n" not in str(e)
+            continue
+        files = src.input_files()
+        assert files and all(Path(f).is_file() for f in files)
+
+
+# ---------------------------------------------------------------- text
+
+
+@FUZZ
+@given(data=st.one_of(st.binary(max_size=400), st.text(max_size=200).map(str.encode),
+                      st.sampled_from([b"", b"   \n\t ", b"<br /><br />", b"&#39;", b"\xef\xbb\xbf", b"caf\xe9"])))
+def test_an_imdb_review_is_text_or_a_data_error(scratch, data):
+    p = _file(scratch / "imdb", "0_1.txt", data)
+    [(doc, label)] = list(text._docs("imdb", [(str(p), 1)]))
+    assert label == 1
+    if isinstance(doc, DataError):
+        assert str(doc).startswith(f"{p}: ")
+    else:
+        assert isinstance(doc, str) and doc.strip()
+
+
+@st.composite
+def wikitext_bytes(draw):
+    """Token-file look-alikes: title and section lines, text lines, random bytes."""
+    lines = draw(st.lists(st.one_of(
+        st.text(max_size=12).map(lambda t: f" = {t} = \n"),
+        st.text(max_size=12).map(lambda t: f" = = {t} = = \n"),
+        st.text(max_size=40).map(lambda t: t + "\n"),
+        st.binary(max_size=20),
+    ), max_size=12))
+    return b"".join(l if isinstance(l, bytes) else l.encode() for l in lines)
+
+
+@FUZZ
+@given(data=wikitext_bytes(), cpus=st.integers(1, 4))
+def test_wikitext_articles_are_text_or_data_errors(scratch, data, cpus):
+    root = scratch / "wt"
+    shutil.rmtree(root, ignore_errors=True)
+    _file(root, "wiki.train.tokens", data)
+    try:
+        src = text.find_wikitext(root)
+    except DataError as e:
+        assert not data and "empty file" in str(e)
+        return
+    seen = 0
+    for chunk in text._chunks(src, "train", cpus, 0, None):
+        for doc, label in text._docs("wikitext", chunk):
+            assert label == -1 and isinstance(doc, (str, DataError))
+            seen += 1
+    titles = sum(1 for l in data.split(b"\n") if text._is_title(l + b"\n"))
+    assert seen <= titles + 1
+
+
+COLUMN_VALUES = {
+    "string": st.lists(st.one_of(st.none(), st.text(max_size=20)), min_size=1, max_size=5),
+    "int": st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=5),
+    "uint64": st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=5),
+    "float": st.lists(st.floats(allow_nan=True), min_size=1, max_size=5),
+    "bool": st.lists(st.booleans(), min_size=1, max_size=5),
+    "binary": st.lists(st.binary(max_size=8), min_size=1, max_size=5),
+    "list": st.lists(st.lists(st.integers(0, 9), max_size=3), min_size=1, max_size=5),
+    "null": st.lists(st.none(), min_size=1, max_size=5),
+}
+ARROW = {"string": pa.string(), "int": pa.int64(), "uint64": pa.uint64(), "float": pa.float64(), "bool": pa.bool_(),
+         "binary": pa.binary(), "list": pa.list_(pa.int64()), "null": pa.null()}
+
+
+@st.composite
+def table_file(draw):
+    """(suffix, bytes): a CSV/TSV with a plausible header and random rows, random bytes, or
+    a parquet file whose text and label columns have random types."""
+    kind = draw(st.sampled_from(["csv", "tsv", "parquet", "junk"]))
+    if kind == "junk":
+        return draw(st.sampled_from([".csv", ".parquet", ".tsv"])), draw(st.binary(max_size=200))
+    if kind in ("csv", "tsv"):
+        sep = "," if kind == "csv" else "\t"
+        header = draw(st.sampled_from([f"text{sep}label", f"label{sep}text", "text", f"body{sep}label", ""]))
+        rows = draw(st.lists(st.text(max_size=30), max_size=6))
+        return f".{kind}", (header + "\n" + "\n".join(rows)).encode("utf-8", "surrogatepass")
+    text_t, label_t = draw(st.sampled_from(list(ARROW))), draw(st.sampled_from(list(ARROW)))
+    texts, labels = draw(COLUMN_VALUES[text_t]), draw(COLUMN_VALUES[label_t])
+    n = min(len(texts), len(labels))
+    table = pa.table({"text": pa.array(texts[:n], ARROW[text_t]), "label": pa.array(labels[:n], ARROW[label_t])})
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    return ".parquet", out.getvalue()
+
+
+@FUZZ
+@given(f=table_file())
+def test_a_table_is_read_or_is_a_data_error(scratch, f):
+    suffix, data = f
+    p = _file(scratch / "table", f"corpus{suffix}", data)
+    try:
+        src = text.find_table(p)
+        texts, labels, classes = text._table_labels(src)
+    except DataError as e:
+        assert str(p) in str(e) and "\n" not in str(e)
+        return
+    assert len(texts["train"]) == len(labels["train"]) and labels["train"].dtype == np.int64
+    chunks = text._chunks(src, "train", 2, 0, {"texts": texts, "labels": labels})
+    for chunk in chunks:
+        for doc, label in text._docs("table", chunk):
+            assert isinstance(doc, (str, DataError)) and isinstance(label, int)
+
+
+# ---------------------------------------------------------------- configs
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+                           lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+                           max_leaves=6)
+
+
+def _pipeline_configs():
+    return [registry.get(n).configs for n in registry.names()]
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_json_config_loads_or_is_a_config_error(scratch, data):
+    cfgs = data.draw(st.sampled_from(_pipeline_configs()))
+    fields = list(configs.fields(type(cfgs["default"])))
+    raw = data.draw(st.one_of(
+        st.binary(max_size=80),
+        JSON_VALUES.map(lambda v: json.dumps(v).encode()),
+        st.dictionaries(st.sampled_from(fields + ["base", "nope"]), JSON_VALUES, max_size=4).map(lambda d: json.dumps(d).encode()),
+    ))
+    p = _file(scratch / "cfg", "c.json", raw)
+    try:
+        cfg, label = configs.load(cfgs, str(p))
+    except configs.ConfigError as e:
+        assert "\n" not in str(e)
+        return
+    assert type(cfg) is type(cfgs["default"]) and label == str(p)
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_set_override_applies_or_is_a_config_error(data):
+    cfgs = data.draw(st.sampled_from(_pipeline_configs()))
+    fields = list(configs.fields(type(cfgs["default"])))
+    items = data.draw(st.lists(st.one_of(
+        st.tuples(st.sampled_from(fields), st.text(max_size=12)).map(lambda kv: f"{kv[0]}={kv[1]}"),
+        st.text(max_size=12),
+    ), max_size=3))
+    try:
+        cfg = configs.apply(cfgs["tiny"], configs.parse_sets(items))
+    except configs.ConfigError as e:
+        assert "\n" not in str(e)
+        return
+    assert type(cfg) is type(cfgs["tiny"])
+
+
+@pytest.mark.parametrize("text", ['{"base": [1]}', '{"base": null}', '{"base": {"a": 1}}', '{"bs": [1, 2]}',
+                                  '{"groups": {"a": 1}}', '{"lr": Infinity}', '{"lr": NaN}', '{"epochs": 1e400}',
+                                  '{"epochs": 10000000000000000000000}', '{"moms": "0.9"}', '"tiny"', 'null'])
+def test_json_config_edge_cases_are_config_errors_or_configs(tmp_path, text):
+    from pipelines.cifar10_darknet import CONFIGS
+
+    p = _file(tmp_path, "c.json", text.encode())
+    try:
+        configs.load(CONFIGS, str(p))
+    except configs.ConfigError as e:
+        assert "\n" not in str(e)
