@@ -132,8 +132,10 @@ class _BatchUnpickler(pickle.Unpickler):
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5
         ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("_codecs", "encode"), ("codecs", "encode"),  # how protocol 2 stores bytes
+        ("_codecs", "encode"), ("codecs", "encode"),  # how protocols 0-2 store bytes
+        ("__builtin__", "bytes"), ("builtins", "bytes"),  # protocol 0's empty bytes
     }
 
     def find_class(self, module: str, name: str):
