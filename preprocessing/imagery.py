@@ -1,0 +1,311 @@
+"""Image-to-image data (lessons 13 and 14) through Ray Data, cached as uint8 parquet.
+
+Readers:
+- any folder tree of JPEG/PNG images (ImageNet-style, for super-resolution and style
+  training): with train/ and valid/ (or val/) sub-folders those are the splits, else
+  every image under the folder, split by a seeded hash of its path;
+- a style image by path;
+- Carvana: train/*.jpg with train_masks/*_mask.gif, split by car id (the part of the
+  name before the last "_"), never by image: a car's 16 views look alike, and one car in
+  both splits would grade the model on what it trained on.
+
+Each image is decoded once and resized to every size the pipeline asks for: for super-
+resolution the low-resolution inputs and the high-resolution targets are resizes of the
+same square crop (antialiased bicubic), one column per size; for Carvana the image and its
+mask (mask resized as grey levels, then thresholded at half). As preprocessing/images.py
+does, each Ray Data task takes a chunk of files.
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from . import DataError
+from .cache import Cache, digest, fingerprint_files
+from .images import _parquet_files, _unwrap_data_error, decode_image
+
+TRANSFORM_VERSION = "imagery-v1"  # bump when the decode/resize code changes its output
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+MASK_EXTS = (".gif", ".png")
+BadInput = Literal["skip", "fail"]
+
+
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class ImageSet:
+    """What a reader found. kind "folder": items are image paths; kind "carvana": items
+    are (image, mask) path pairs."""
+
+    root: Path
+    kind: Literal["folder", "carvana"]
+    splits: dict[str, list] = field(default_factory=dict)
+    missing: int = 0  # images left out at listing (Carvana: no mask), counted as skipped
+
+    def input_files(self) -> list[Path]:
+        out = []
+        for items in self.splits.values():
+            for it in items:
+                out += list(it) if isinstance(it, tuple) else [it]
+        return out
+
+
+# ---------------------------------------------------------------- readers
+
+
+def _images_under(folder: Path, exclude: set[Path] = frozenset()) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts) and p not in exclude)
+
+
+def _in_valid(rel: str, valid_frac: float, seed: int) -> bool:
+    """A stable per-file draw: adding files never moves another file between splits."""
+    h = int(hashlib.sha256(f"{seed}\0{rel}".encode()).hexdigest()[:8], 16)
+    return h / 0xFFFFFFFF < valid_frac
+
+
+def find_image_folder(data_dir: str | Path, valid_frac: float = 0.2, seed: int = 0,
+                      exclude: tuple[Path, ...] = ()) -> ImageSet:
+    """Any folder tree of JPEG/PNG images. `exclude`: files that are not training images
+    (a style image kept in the same folder)."""
+    root = Path(data_dir).absolute()  # Ray workers run in other folders
+    if not root.exists():
+        raise DataError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    skip = {Path(p).absolute() for p in exclude}
+    valid_dir = next((root / v for v in ("valid", "val") if (root / v).is_dir()), None)
+    if (root / "train").is_dir() and valid_dir is not None:
+        splits = {"train": _images_under(root / "train", skip), "valid": _images_under(valid_dir, skip)}
+        for name, d in (("train", root / "train"), ("valid", valid_dir)):
+            if not splits[name]:
+                raise DataError(f"{d}: no JPEG or PNG images")
+        return ImageSet(root, "folder", splits)
+    files = _images_under(root, skip)
+    if not files:
+        raise DataError(f"{root}: no JPEG or PNG images in this folder or below")
+    if len(files) < 2:
+        raise DataError(f"{root}: one image only; need at least two (a training and a validation one)")
+    if not 0 < valid_frac < 1:
+        raise ValueError(f"valid_frac must be in (0, 1), got {valid_frac}")
+    valid = [p for p in files if _in_valid(str(p.relative_to(root)), valid_frac, seed)]
+    if not valid:  # a small folder: hold out one image rather than none
+        valid = [files[-1]]
+    vs = set(valid)
+    return ImageSet(root, "folder", {"train": [p for p in files if p not in vs], "valid": valid})
+
+
+def car_id(image: Path) -> str:
+    """Carvana names images <car id>_<view>.jpg (view 01..16)."""
+    stem = Path(image).stem
+    return stem.rsplit("_", 1)[0] if "_" in stem else stem
+
+
+def find_carvana(data_dir: str | Path, valid_frac: float = 0.2, seed: int = 0, on_bad: BadInput = "skip") -> ImageSet:
+    """Carvana's layout at data_dir or one folder below it: train/<car>_<view>.jpg and
+    train_masks/<car>_<view>_mask.gif. The validation cars are a seeded draw of car ids."""
+    root = Path(data_dir).absolute()
+    if not root.exists():
+        raise DataError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    candidates = [root] + sorted(p for p in root.iterdir() if p.is_dir())
+    top = next((c for c in candidates if (c / "train").is_dir() and (c / "train_masks").is_dir()), None)
+    if top is None:
+        raise DataError(f"{root}: no Carvana data here (expected train/<car>_<view>.jpg and "
+                        "train_masks/<car>_<view>_mask.gif)")
+    images = sorted(p for p in (top / "train").iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    if not images:
+        raise DataError(f"{top / 'train'}: no JPEG or PNG images")
+    pairs, missing = [], []
+    for img in images:
+        mask = next((m for ext in MASK_EXTS if (m := top / "train_masks" / f"{img.stem}_mask{ext}").is_file()), None)
+        if mask is None:
+            msg = f"{img}: no mask (expected {top / 'train_masks' / (img.stem + '_mask.gif')})"
+            if on_bad == "fail":
+                raise DataError(msg)
+            missing.append(msg)
+            continue
+        pairs.append((img, mask))
+    if missing:
+        _warn(f"skipped {len(missing)} image(s) without a mask, e.g. {missing[0]} "
+              "(--on-bad-input fail stops at the first)")
+    if not pairs:
+        raise DataError(f"{top / 'train_masks'}: no mask for any image in {top / 'train'}")
+    if not 0 < valid_frac < 1:
+        raise ValueError(f"valid_frac must be in (0, 1), got {valid_frac}")
+    cars = sorted({car_id(i) for i, _ in pairs})
+    if len(cars) < 2:
+        raise DataError(f"{top / 'train'}: images of one car only; the split by car needs at least two")
+    random.Random(seed).shuffle(cars)
+    valid_cars = set(cars[: max(1, round(len(cars) * valid_frac))])
+    splits = {"train": [p for p in pairs if car_id(p[0]) not in valid_cars],
+              "valid": [p for p in pairs if car_id(p[0]) in valid_cars]}
+    return ImageSet(top, "carvana", splits, missing=len(missing))
+
+
+# ---------------------------------------------------------------- decode
+
+
+def center_square(img: np.ndarray) -> np.ndarray:
+    """The largest centred square of an (H, W, C) image."""
+    h, w = img.shape[:2]
+    s = min(h, w)
+    y, x = (h - s) // 2, (w - s) // 2
+    return img[y : y + s, x : x + s]
+
+
+def resize(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """(H, W[, 3]) uint8 -> (size, size[, 3]) (or (h, w) for a pair), antialiased bicubic."""
+    from PIL import Image
+
+    h, w = (size, size) if isinstance(size, int) else size
+    if img.shape[:2] == (h, w):
+        return img
+    return np.asarray(Image.fromarray(img).resize((w, h), Image.BICUBIC, reducing_gap=None))
+
+
+def decode_mask(path: Path) -> np.ndarray:
+    """A mask file (Carvana: a palette GIF of 0/1) -> (H, W) bool."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            grey = np.asarray(im.convert("L"))
+    except Exception as e:
+        raise DataError(f"{path}: not a readable mask ({type(e).__name__}: {e})") from None
+    # a palette that maps 1 to white gives 0/255; one that keeps the raw 0/1 gives 0/1
+    return grey > (127 if grey.max() > 1 else 0)
+
+
+def decode_pair(image: Path, mask: Path) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its mask, which must have the same size."""
+    img, m = decode_image(image), decode_mask(mask)
+    if img.shape[:2] != m.shape:
+        raise DataError(f"{mask}: mask is {m.shape[1]}x{m.shape[0]} px but its image {Path(image).name} is "
+                        f"{img.shape[1]}x{img.shape[0]} px")
+    return img, m
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) bool -> (size, size) uint8 0/1: resized as grey levels, thresholded at half."""
+    grey = resize((mask.astype(np.uint8) * 255), size)
+    return (grey >= 128).astype(np.uint8)
+
+
+def load_style(path: str | Path, size: int) -> np.ndarray:
+    """A style image by path -> (size, size, 3) uint8 (centre square, resized)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"style image {p}: no such file")
+    return resize(center_square(decode_image(p)), size)
+
+
+class _DecodeChunk:
+    """Ray Data map_batches function: each row holds one pickled chunk of items -> their
+    images at every size (and Carvana's masks and car ids)."""
+
+    def __init__(self, kind: str, sizes: tuple[int, ...], on_bad: BadInput):
+        self.kind, self.sizes, self.on_bad = kind, sizes, on_bad
+
+    def __call__(self, batch: dict) -> dict:
+        cols: dict[str, list] = {f"img{s}": [] for s in self.sizes}
+        if self.kind == "carvana":
+            cols |= {f"mask{s}": [] for s in self.sizes} | {"car": []}
+        for blob in batch["chunk"]:
+            for item in pickle.loads(blob):
+                try:
+                    self._add(item, cols)
+                except DataError as e:
+                    if self.on_bad == "fail":
+                        raise
+                    _warn(f"skipped {e}")
+        out = {}
+        for k, v in cols.items():
+            if k == "car":
+                out[k] = np.asarray(v, dtype=object)
+            else:
+                s = int(k[3:] if k.startswith("img") else k[4:])
+                shape = (s, s, 3) if k.startswith("img") else (s, s)
+                out[k] = np.stack(v) if v else np.zeros((0, *shape), np.uint8)
+        return out
+
+    def _add(self, item, cols: dict) -> None:
+        if self.kind == "folder":
+            img = center_square(decode_image(Path(item)))
+            for s in self.sizes:
+                cols[f"img{s}"].append(resize(img, s))
+            return
+        image, mask = Path(item[0]), Path(item[1])
+        img, m = decode_pair(image, mask)
+        for s in self.sizes:  # Carvana: the whole frame squashed to a square, as lesson 14 did
+            cols[f"img{s}"].append(resize(img, s))
+            cols[f"mask{s}"].append(resize_mask(m, s))
+        cols["car"].append(car_id(image))
+
+
+def _chunks(items: list, n_cpus: int, seed: int) -> list[list]:
+    """A few chunks per CPU, shuffled once so the cached rows are in random order."""
+    items = [tuple(str(p) for p in it) if isinstance(it, tuple) else str(it) for it in items]
+    random.Random(seed).shuffle(items)
+    size = max(16, min(500, -(-len(items) // (4 * n_cpus))))
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def preprocess(source: ImageSet, sizes: tuple[int, ...], cache: Cache, name: str,
+               on_bad: BadInput = "skip", seed: int = 0) -> tuple[dict, bool]:
+    """Decode every split and resize to each size; (manifest, hit). A hit starts no Ray."""
+    sizes = tuple(sorted(set(int(s) for s in sizes)))
+    if not sizes or min(sizes) < 4:
+        raise ValueError(f"image sizes must be >= 4 px, got {sizes}")
+    rel = lambda items: [[str(Path(p).relative_to(source.root)) for p in (it if isinstance(it, tuple) else (it,))]
+                         for it in items]
+    key = digest({
+        "inputs": fingerprint_files(source.input_files(), source.root),
+        "splits": {k: rel(v) for k, v in source.splits.items()},  # which file went where
+        "kind": source.kind, "sizes": sizes, "seed": seed, "version": TRANSFORM_VERSION,
+    })
+
+    def make(tmp: Path) -> dict:
+        import ray
+
+        from .runtime import cluster_cpus, init_ray
+
+        init_ray()
+        t0, rows, skipped = time.perf_counter(), {}, {}
+        for split, items in source.splits.items():
+            rows_in = [{"chunk": pickle.dumps(c, protocol=5)} for c in _chunks(items, cluster_cpus(), seed)]
+            ds = ray.data.from_items(rows_in, override_num_blocks=len(rows_in)).map_batches(
+                _DecodeChunk(source.kind, sizes, on_bad), batch_size=1)
+            ds.context.op_resource_reservation_enabled = False  # see images.preprocess_images
+            try:
+                ds.write_parquet(str(tmp / split))
+            except Exception as e:  # Ray wraps the worker's DataError: surface its message
+                raise _unwrap_data_error(e) from None
+            rows[split] = sum(f.num_rows for f in _parquet_files(tmp / split))
+            skipped[split] = len(items) - rows[split]
+            if skipped[split]:
+                _warn(f"{split}: skipped {skipped[split]} unreadable item(s) of {len(items)} "
+                      "(--on-bad-input fail stops at the first)")
+            if rows[split] == 0:
+                raise DataError(f"{source.root}: no readable images in split {split!r}")
+        out = {
+            "rows": rows, "skipped": skipped, "missing": source.missing, "sizes": list(sizes),
+            "source": str(source.root), "kind": source.kind, "seconds": round(time.perf_counter() - t0, 3),
+        }
+        if source.kind == "carvana":
+            out["cars"] = {s: sorted({car_id(Path(i)) for i, _ in items}) for s, items in source.splits.items()}
+        return out
+
+    return cache.build(name, key, make)
