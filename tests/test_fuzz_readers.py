@@ -233,6 +233,7 @@ def wikitext_bytes(draw):
 
 @FUZZ
 @given(data=wikitext_bytes(), cpus=st.integers(1, 4))
+@example(data=b"", cpus=1)
 def test_wikitext_articles_are_text_or_data_errors(scratch, data, cpus):
     root = scratch / "wt"
     shutil.rmtree(root, ignore_errors=True)
@@ -362,3 +363,61 @@ def test_json_config_edge_cases_are_config_errors_or_configs(tmp_path, text):
         configs.load(CONFIGS, str(p))
     except configs.ConfigError as e:
         assert "\n" not in str(e)
+
+
+# ---------------------------------------------------------------- the README's rows, pinned
+
+
+@pytest.mark.filterwarnings("ignore:Image size")
+def test_an_image_claiming_100_megapixels_is_refused_before_decoding(tmp_path):
+    p = _file(tmp_path, "big.png", _png_header(10000, 10000))  # PIL itself only warns at this size
+    with pytest.raises(DataError, match=r"big.png: not a readable image \(ValueError: claims 10000x10000 pixels"):
+        decode_image(p)
+
+
+def test_a_damaged_batches_meta_costs_only_the_class_names(tmp_path, capsys):
+    d = tmp_path / "cifar-10-batches-py"
+    batch = pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]})
+    for name in ("data_batch_1", "test_batch"):
+        _file(d, name, batch)
+    _file(d, "batches.meta", b"\x80\x04garbage")
+    src = find_cifar10(tmp_path)
+    assert src.classes == [f"class{i}" for i in range(10)]
+    assert "batches.meta: unreadable" in capsys.readouterr().err
+
+
+def test_a_non_utf8_wikitext_article_is_one_counted_skip(tmp_path):
+    p = _file(tmp_path, "wiki.train.tokens", b" = Good = \n fine text \n = Bad = \n caf\xe9 \n")
+    docs = list(text._docs("wikitext", (str(p), 0, p.stat().st_size)))
+    assert [type(d) for d, _ in docs] == [str, DataError]
+    assert str(docs[1][0]) == f"{p}: article at byte 23: not UTF-8 text (byte 0xe9 at offset 14)"
+
+
+@pytest.mark.parametrize("column, msg", [
+    ({"text": pa.array([[1, 2]]), "label": pa.array([0])}, r"column 'text' is list<\w+: int64>; expected text"),
+    ({"text": pa.array([b"\xff"], pa.binary()), "label": pa.array([0])}, "column 'text' is binary that is not UTF-8"),
+    ({"text": pa.array(["a"]), "label": pa.array([0.5])}, "label column 'label' is double; expected integers or strings"),
+    ({"text": pa.array(["a"]), "label": pa.array([2**64 - 1], pa.uint64())}, "label column 'label' does not fit int64"),
+])
+def test_a_table_column_of_the_wrong_type_is_a_data_error(tmp_path, column, msg):
+    p = tmp_path / "t.parquet"
+    pq.write_table(pa.table(column), p)
+    with pytest.raises(DataError, match=msg):
+        text._table_labels(text.find_table(p))
+
+
+def test_empty_table_rows_are_counted_skips(tmp_path):
+    p = _file(tmp_path, "t.csv", b'text,label\n"good one",1\n"",0\n"   ",1\n')
+    src = text.find_table(p)
+    texts, labels, _ = text._table_labels(src)
+    [chunk] = text._chunks(src, "train", 1, 0, {"texts": texts, "labels": labels})
+    docs = [d for d, _ in text._docs("table", chunk)]
+    assert docs[0] == "good one" and [str(d) for d in docs[1:]] == [f"{p}: row 1: empty document", f"{p}: row 2: empty document"]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_non_finite_float_is_refused(value):
+    from pipelines.cifar10_darknet import CONFIGS
+
+    with pytest.raises(configs.ConfigError, match=rf"--set lr={value}: expected float \(nan and inf are refused\)"):
+        configs.apply(CONFIGS["tiny"], configs.parse_sets([f"lr={value}"]))
