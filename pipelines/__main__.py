@@ -2,25 +2,38 @@
 
     fastray list
     fastray sample-data NAME --out DIR [--size N]
-    fastray preprocess NAME [--data DIR] [--cache-dir DIR] [--config C] [--set k=v ...]
+    fastray preprocess NAME [--data DIR] [--cache-dir DIR] [--config C] [--set k=v ...] [--storage S]
     fastray run NAME [--data DIR] [--config tiny|sample|default|FILE.json] [--set k=v ...]
                 [--epochs N] [--num-workers N] [--use-gpu] [--tracking-uri URI] [--name NAME]
+                [--storage PATH_OR_URI] [--placement pack|spread]
+    fastray tune NAME ... [--storage PATH_OR_URI]
+
+--storage (or $FASTRAY_STORAGE) is where a run keeps what outlives it, laid out like the
+local defaults: ROOT/runs (Ray Train checkpoints), ROOT/cache (the preprocessing cache)
+and ROOT/mlartifacts (MLflow artifacts). On a cluster it must be a path every node sees
+(NFS, EFS, Lustre ...); a run on several hosts refuses a path on the driver's own disk
+before it starts. (s3:// and gs:// URIs are laid out the same way, but run and tune refuse
+them until the engine hands them to Ray Train unchanged.)
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from preprocessing import DataError
 
 from . import config as configs
-from . import registry
+from . import registry, tracking
 
 EXIT_USAGE, EXIT_ERROR = 2, 1
+PLACEMENTS = ("pack", "spread")
 
 
 def emit(obj: dict) -> None:
@@ -31,6 +44,168 @@ def emit(obj: dict) -> None:
 
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ storage
+
+
+# file systems that other machines mount too; FUSE ones (s3fs, gcsfuse, sshfs, juicefs ...)
+# reach a remote store. Anything else (ext4, xfs, tmpfs, overlay ...) is this machine's own.
+SHARED_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "ceph", "glusterfs", "beegfs", "afs",
+    "orangefs", "pvfs2", "wekafs", "panfs", "ocfs2", "gfs2",
+})
+
+
+def is_uri(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where a run keeps what outlives it, laid out like the local defaults under one root:
+    runs/ (Ray Train checkpoints), cache/ (the preprocessing cache), mlartifacts/ (MLflow
+    artifacts). root None: the local defaults themselves."""
+
+    root: str | None  # an absolute path or an s3:// / gs:// URI
+
+    @classmethod
+    def resolve(cls, cli: str | None) -> "Storage":
+        root = cli or os.environ.get("FASTRAY_STORAGE") or None
+        if root is None:
+            return cls(None)
+        if root.startswith("file://"):
+            root = urlparse(root).path
+        if is_uri(root):
+            return cls(root.rstrip("/"))
+        return cls(str(Path(root).expanduser().absolute()))
+
+    def join(self, name: str) -> str | None:
+        if self.root is None:
+            return None
+        return f"{self.root}/{name}" if is_uri(self.root) else str(Path(self.root) / name)
+
+    def checkpoints(self) -> str | None:
+        """Ray Train's storage_path: None leaves the engine's default (./runs)."""
+        return self.join("runs")
+
+    def cache_dir(self, cli: Path | None) -> Path | None:
+        """--cache-dir wins; the cache is a file system's (it renames and locks), so a URI
+        storage leaves it at its default."""
+        if cli is not None or self.root is None or is_uri(self.root):
+            return cli
+        return Path(self.join("cache"))
+
+    def artifacts(self) -> str | None:
+        """New MLflow experiments' artifact location (a URI)."""
+        where = self.join("mlartifacts")
+        return where if where is None or is_uri(where) else Path(where).as_uri()
+
+
+def checkpoint_storage(storage: Storage) -> str | None:
+    """Ray Train's storage_path for run and tune. Ray Train takes s3:// and gs:// URIs, but
+    engine.fit and tuning.tune make their storage an absolute local path (a URI would become
+    ./s3:/bucket/...): refused until they pass URIs through as they are."""
+    where = storage.checkpoints()
+    if where is not None and is_uri(where):
+        raise ValueError(f"--storage {storage.root}: checkpoints on object storage are not supported yet (the "
+                         "engine takes a file system path); give a shared file system path (NFS, EFS, Lustre ...)")
+    return where
+
+
+def filesystem_type(path: str | Path, mounts: str | None = None) -> str:
+    """The type of the file system that holds (or would hold) `path`, from the mount table
+    (/proc/mounts unless given); "unknown" where there is none."""
+    p, missing = Path(path).absolute(), []
+    while not p.exists() and p != p.parent:  # not made yet: where it would be made
+        p, missing = p.parent, [p.name, *missing]
+    p = p.resolve().joinpath(*missing)  # symlinks followed to the real file system
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return "unknown"
+    best, fstype = -1, "unknown"
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = Path(fields[1].replace("\\040", " ").replace("\\011", "\t"))
+        if (p == point or point in p.parents) and len(point.parts) > best:
+            best, fstype = len(point.parts), fields[2]
+    return fstype
+
+
+def is_shared_filesystem(fstype: str) -> bool:
+    return fstype in SHARED_FILESYSTEMS or (fstype.startswith("fuse.") and fstype != "fuse.lxcfs")
+
+
+def cluster_hosts() -> set[str]:
+    """The addresses of the machines whose Ray nodes are alive (several nodes may share one)."""
+    import ray
+
+    return {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
+
+
+def check_shared(storage: Storage, cache_root: Path, tracking_uri: str, hosts: set[str],
+                 data: Path | None = None, mounts: str | None = None) -> None:
+    """On a cluster of several machines, refuse a local path that other nodes must read or
+    write: checkpoints (Ray Train's workers), the cache and the data (Ray Data's tasks), a
+    SQLite MLflow store (rank 0 logs from its node). FASTRAY_SHARED_STORAGE=1 vouches for
+    paths this cannot recognise as shared."""
+    if len(hosts) < 2 or os.environ.get("FASTRAY_SHARED_STORAGE") == "1":
+        return
+    where = f"the cluster's nodes sit on {len(hosts)} machines"
+    fix = "give --storage (or $FASTRAY_STORAGE) a shared file system path (NFS, EFS, Lustre ...)"
+    places = []
+    ckpt = storage.checkpoints()
+    if ckpt is None or not is_uri(ckpt):
+        places.append(("checkpoints", Path(ckpt or "runs").absolute(), fix))
+    cache_fix = (f"the cache needs a file system: give --cache-dir on a shared one (--storage {storage.root} holds the rest)"
+                 if storage.root and is_uri(storage.root) else fix)
+    places.append(("the preprocessing cache", cache_root, cache_fix))
+    if data is not None:
+        places.append(("the data folder", Path(data).absolute(), "put the data on a shared file system"))
+    if tracking_uri.startswith("sqlite:///"):
+        places.append(("the MLflow store", Path(tracking_uri[len("sqlite:///"):]),
+                       "run `mlflow server` on the head and set MLFLOW_TRACKING_URI=http://HEAD_IP:5000 "
+                       "(README: Cluster)"))
+    for what, path, how in places:
+        fstype = filesystem_type(path, mounts)
+        if not is_shared_filesystem(fstype):
+            raise ValueError(f"{what} {path} is on this machine's own disk ({fstype}), but {where}: "
+                             f"the others cannot see it; {how}; or set FASTRAY_SHARED_STORAGE=1 if it is shared")
+
+
+def _check_cluster(storage: Storage, cache, tracking_uri: str | None, data: Path | None = None) -> None:
+    """Check the storage against the cluster this command runs on: the one RAY_ADDRESS names
+    (a submitted job always has it), joined now, or the Ray this process already joined.
+    Otherwise the command starts a local Ray, one machine: nothing to check, and no Ray
+    started for it (a warm preprocess starts none at all)."""
+    if os.environ.get("RAY_ADDRESS"):
+        from preprocessing.runtime import init_ray
+
+        init_ray()
+    elif "ray" not in sys.modules or not sys.modules["ray"].is_initialized():
+        return
+    check_shared(storage, cache.root, tracking.resolve_uri(tracking_uri), cluster_hosts(), data=data)
+
+
+@contextlib.contextmanager
+def _placement(choice: str | None):
+    """The engine's ScalingConfig reads FASTRAY_PLACEMENT; set it for this run only."""
+    value = (choice or os.environ.get("FASTRAY_PLACEMENT") or "pack").lower()
+    if value not in PLACEMENTS:
+        raise ValueError(f"FASTRAY_PLACEMENT={value!r}: expected one of {', '.join(PLACEMENTS)}")
+    before = os.environ.get("FASTRAY_PLACEMENT")
+    os.environ["FASTRAY_PLACEMENT"] = value.upper()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("FASTRAY_PLACEMENT", None)
+        else:
+            os.environ["FASTRAY_PLACEMENT"] = before
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +226,10 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
         q.add_argument("--on-bad-input", choices=("skip", "fail"), default="skip",
                        help="an unreadable input file: skip it and count it (default) or stop")
+        q.add_argument("--storage", default=None, metavar="PATH_OR_URI",
+                       help="shared storage for checkpoints (runs/), the cache (cache/) and MLflow artifacts "
+                            "(mlartifacts/): a path every node sees; default $FASTRAY_STORAGE, "
+                            "else ./runs, ./cache and artifacts beside mlruns.db")
 
     q = sub.add_parser("preprocess", help="decode/tokenize into the cache (a second run does no work)")
     common(q)
@@ -62,7 +241,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     r.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
     r.add_argument("--name", dest="run_name", default=None, help="run name; rerunning a name resumes it from its last checkpoint")
-    r.add_argument("--storage", default=None, help="checkpoint folder (default: ./runs)")
+    r.add_argument("--placement", choices=PLACEMENTS, default=None,
+                   help="pack the workers on few nodes (default) or spread them one a node where they fit; "
+                        "default $FASTRAY_PLACEMENT or pack")
 
     t = sub.add_parser("tune", help="search dropout and schedule hyperparameters with Ray Tune + ASHA")
     common(t)
@@ -77,7 +258,6 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--tracking-uri", default=None)
     t.add_argument("--name", dest="run_name", default=None,
                    help="search name (default: derived from the command, so rerunning it resumes)")
-    t.add_argument("--storage", default=None, help="Tune's folder (default: ./runs)")
     return p
 
 
@@ -136,15 +316,19 @@ def cmd_preprocess(args) -> dict:
     from preprocessing.cache import Cache
 
     pipe = registry.get(args.name)
+    storage = Storage.resolve(args.storage)
+    cache = Cache(storage.cache_dir(args.cache_dir))
     data, is_sample = _data_dir(pipe, args)
     cfg, _ = _config(pipe, args, "sample" if is_sample else "default")
+    # a cold build on a cluster reads and writes from many nodes: check that they see the folders
+    _check_cluster(storage, cache, None, data=data)
     t0 = time.perf_counter()
-    manifest, hit = pipe.preprocess(cfg, data, Cache(args.cache_dir), args.on_bad_input)
+    manifest, hit = pipe.preprocess(cfg, data, cache, args.on_bad_input)
     seconds = time.perf_counter() - t0
     say(f"cache {'hit' if hit else 'miss'}: {manifest['key']} ({seconds:.2f}s)")
     return {
         "cache": "hit" if hit else "miss", "key": manifest["key"], "rows": manifest["rows"],
-        "skipped": manifest.get("skipped", {}), "path": str(Cache(args.cache_dir).path(manifest["name"], manifest["key"])),
+        "skipped": manifest.get("skipped", {}), "path": str(cache.path(manifest["name"], manifest["key"])),
         "seconds": round(seconds, 3),
     }
 
@@ -155,16 +339,22 @@ def cmd_run(args) -> dict:
     from .engine import fit
 
     pipe = registry.get(args.name)
-    data, is_sample = _data_dir(pipe, args)
-    cfg, label = _config(pipe, args, "sample" if is_sample else "default")
-    if is_sample and args.config is None:
-        say("using the 'sample' config")
-    name = args.run_name or f"{args.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return fit(
-        args.name, cfg, data_dir=data, cache=Cache(args.cache_dir), name=name,
-        num_workers=args.num_workers, use_gpu=args.use_gpu, tracking_uri=args.tracking_uri,
-        storage=args.storage, on_bad=args.on_bad_input, config_label=label,
-    )
+    storage = Storage.resolve(args.storage)
+    checkpoints = checkpoint_storage(storage)
+    cache = Cache(storage.cache_dir(args.cache_dir))
+    with _placement(args.placement):  # a bad $FASTRAY_PLACEMENT fails before any work
+        data, is_sample = _data_dir(pipe, args)
+        cfg, label = _config(pipe, args, "sample" if is_sample else "default")
+        _check_cluster(storage, cache, args.tracking_uri, data=data)
+        if is_sample and args.config is None:
+            say("using the 'sample' config")
+        name = args.run_name or f"{args.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        with tracking.artifact_storage(storage.artifacts()):
+            return fit(
+                args.name, cfg, data_dir=data, cache=cache, name=name,
+                num_workers=args.num_workers, use_gpu=args.use_gpu, tracking_uri=args.tracking_uri,
+                storage=checkpoints, on_bad=args.on_bad_input, config_label=label,
+            )
 
 
 def cmd_tune(args) -> dict:
@@ -173,17 +363,22 @@ def cmd_tune(args) -> dict:
     from .tuning import tune
 
     pipe = registry.get(args.name)
+    storage = Storage.resolve(args.storage)
+    checkpoints = checkpoint_storage(storage)
+    cache = Cache(storage.cache_dir(args.cache_dir))
     data, is_sample = _data_dir(pipe, args)
     cfg, label = _config(pipe, args, "sample" if is_sample else "default")
+    _check_cluster(storage, cache, args.tracking_uri, data=data)
     search = {k: getattr(args, k) for k in ("num_samples", "max_concurrent", "workers_per_trial",
                                             "gpus_per_worker", "search", "time_budget", "seed")}
     name = args.run_name or f"{args.name}-tune-{digest([configs.to_dict(cfg), search, str(data)])[:8]}"
-    return tune(
-        args.name, cfg, data_dir=data, cache=Cache(args.cache_dir), name=name, config_label=label,
-        num_samples=args.num_samples, max_concurrent=args.max_concurrent, workers_per_trial=args.workers_per_trial,
-        gpus_per_worker=args.gpus_per_worker, search=args.search, time_budget_s=args.time_budget, seed=args.seed,
-        tracking_uri=args.tracking_uri, storage=args.storage, on_bad=args.on_bad_input,
-    )
+    with tracking.artifact_storage(storage.artifacts()):
+        return tune(
+            args.name, cfg, data_dir=data, cache=cache, name=name, config_label=label,
+            num_samples=args.num_samples, max_concurrent=args.max_concurrent, workers_per_trial=args.workers_per_trial,
+            gpus_per_worker=args.gpus_per_worker, search=args.search, time_budget_s=args.time_budget, seed=args.seed,
+            tracking_uri=args.tracking_uri, storage=checkpoints, on_bad=args.on_bad_input,
+        )
 
 
 COMMANDS = {"list": cmd_list, "sample-data": cmd_sample_data, "preprocess": cmd_preprocess, "run": cmd_run,

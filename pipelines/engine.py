@@ -413,7 +413,8 @@ def fit(
         train_loop_per_worker,
         train_loop_config={"spec": spec},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker},
+            placement_strategy=os.environ.get("FASTRAY_PLACEMENT", "PACK"),  # SPREAD: one worker a node where it can
         ),
         run_config=ray.train.RunConfig(
             name=name,

@@ -3,11 +3,17 @@
 The driver creates the run (params, tags, config, schedule plot) before training, rank 0
 logs per-epoch metrics and the final model during it, and the driver adds the curves after
 it: one writer at a time for a SQLite store.
+
+Artifacts of a new experiment go to the shared storage's mlartifacts/ while a run has
+one (`artifact_storage`), else beside a SQLite store's file; an MLflow server (http://)
+keeps them where its --artifacts-destination says.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import subprocess
 import time
 from pathlib import Path
@@ -33,8 +39,33 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+_storage_artifacts: str | None = None  # set by artifact_storage() for the driver's run
+
+
+@contextlib.contextmanager
+def artifact_storage(location: str | None):
+    """Within it, new experiments keep their artifacts at `location` (a folder's URI or an
+    s3:// / gs:// URI on the run's --storage)."""
+    global _storage_artifacts
+    before, _storage_artifacts = _storage_artifacts, location
+    try:
+        yield
+    finally:
+        _storage_artifacts = before
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
 def _artifact_root(uri: str) -> str | None:
-    """Artifacts of a SQLite store sit beside the database file."""
+    """Where a new experiment's artifacts go: a server decides itself (its
+    --artifacts-destination, proxied to every client); otherwise the --storage's
+    mlartifacts/ if the run has one, else beside a SQLite store's database file."""
+    if is_server(uri):
+        return None
+    if _storage_artifacts:
+        return _storage_artifacts
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
     return None
@@ -44,6 +75,10 @@ def experiment_id(uri: str, name: str) -> str:
     client = _client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        want = _artifact_root(uri)
+        if want and _storage_artifacts and not exp.artifact_location.startswith(want):
+            print(f"warning: experiment {name!r} keeps the artifact location it was created with, "
+                  f"{exp.artifact_location}, not {want}", file=sys.stderr, flush=True)
         return exp.experiment_id
     try:
         return client.create_experiment(name, artifact_location=_artifact_root(uri))
@@ -52,14 +87,17 @@ def experiment_id(uri: str, name: str) -> str:
 
 
 def git_commit() -> str:
+    """The checkout's commit; a submitted job's working dir has no .git (Ray leaves it out),
+    so there the commit its submitter passed in FASTRAY_GIT_COMMIT."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
             cwd=Path(__file__).resolve().parent,
         )
-        return out.stdout.strip() or "unknown"
+        commit = out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        commit = ""
+    return commit or os.environ.get("FASTRAY_GIT_COMMIT") or "unknown"
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
