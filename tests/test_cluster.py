@@ -103,6 +103,21 @@ def test_storage_layout():
     assert Storage.resolve(None).checkpoints() is None  # the local defaults stay
 
 
+def test_new_experiments_keep_artifacts_on_the_storage(tmp_path, capsys):
+    from pipelines import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    beside = tracking._client(uri).get_experiment(tracking.experiment_id(uri, "local"))
+    assert beside.artifact_location == (tmp_path / "mlartifacts").as_uri()  # the default stays
+    store = Storage.resolve(str(tmp_path / "store"))
+    with tracking.artifact_storage(store.artifacts()):
+        exp = tracking._client(uri).get_experiment(tracking.experiment_id(uri, "on-storage"))
+        assert exp.artifact_location == (tmp_path / "store" / "mlartifacts").as_uri()
+        tracking.experiment_id(uri, "local")  # made before: keeps its place, and says so
+        assert "keeps the artifact location it was created with" in capsys.readouterr().err
+        assert tracking._artifact_root("http://10.0.0.1:5000") is None  # a server decides
+
+
 def test_several_hosts_refuse_a_local_path_and_take_a_shared_one(monkeypatch):
     monkeypatch.delenv("FASTRAY_SHARED_STORAGE", raising=False)
     two = {"10.0.0.1", "10.0.0.2"}
