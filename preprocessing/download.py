@@ -215,6 +215,15 @@ def cmd_download(args, pipelines: dict[str, str] | None = None) -> dict:
     if args.retries < 0:
         raise ValueError(f"--retries must be >= 0, got {args.retries}")
     out = Path(args.out).absolute()
+    try:
+        return _download(ds, src_name, src, remotes, checks, out, args, t0)
+    except OSError as e:  # a full disk, a folder that cannot be written: one line, not a traceback
+        where = e.filename or out
+        raise DataError(f"{where}: {e.strerror or e}") from None
+
+
+def _download(ds: Dataset, src_name: str, src: Source, remotes: list[Remote], checks: list[dict], out: Path,
+              args, t0: float) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     marker = out / f".fastray-download-{ds.name}.json"
     if marker.is_file():
@@ -282,19 +291,19 @@ def _with_checksums(remotes: list[Remote], given: list[str], mirror: bool) -> li
     out = []
     for i, r in enumerate(remotes):
         if not given:
-            out.append({"size": r.size, "md5": r.md5, "sha256": r.sha256,
-                        "by": r.checksum_by + (" (for the original address: a mirror must serve the same file)" if mirror and r.checksum_by else "")})
+            out.append({"size": r.size, "md5": r.md5, "sha256": r.sha256, "by": r.checksum_by,
+                        "note": "; a mirror must serve the very same file" if mirror and r.checksum_by else ""})
             continue
         spec = given[i].strip().lower()
         if spec == "none":
-            out.append({"size": None, "md5": None, "sha256": None, "by": ""})
+            out.append({"size": None, "md5": None, "sha256": None, "by": "", "note": ""})
             continue
         algo, _, hexd = spec.partition(":")
         width = {"md5": 32, "sha256": 64}.get(algo)
         if width is None or not re.fullmatch(f"[0-9a-f]{{{width}}}", hexd):
             raise ValueError(f"--checksum {given[i]}: expected md5:<32 hex digits>, sha256:<64 hex digits> or none")
         out.append({"size": None, "md5": hexd if algo == "md5" else None, "sha256": hexd if algo == "sha256" else None,
-                    "by": "--checksum"})
+                    "by": "--checksum", "note": ""})
     return out
 
 
@@ -309,8 +318,12 @@ def fetch(url: str, dest: Path, check: dict, retries: int = 3) -> tuple[Path, di
     """Download `url` (http(s), file:// or a local path) to `dest`, resuming from
     dest.part, and check its size and checksum. Returns (dest, info for the result)."""
     part = dest.with_name(dest.name + ".part")
-    if dest.is_file():
-        info = _verify(dest, check)
+    if dest.is_file():  # kept by --keep-archive, or a run killed while extracting
+        try:
+            info = _verify(dest, check)
+        except DataError:
+            dest.unlink()
+            raise
         _say(f"{dest.name}: already downloaded")
         return dest, {**info, "resumed_from": None}
     resumed_from = part.stat().st_size if part.exists() else 0
@@ -331,7 +344,7 @@ def fetch(url: str, dest: Path, check: dict, retries: int = 3) -> tuple[Path, di
             _say(f"\n{dest.name}: {type(e).__name__}: {e}; resuming at byte {have} ({attempt}/{retries})")
             time.sleep(min(2.0 ** (attempt - 1), 10.0))
     try:
-        info = _verify(part, check)
+        info = _verify(part, check, dest.name)
     except DataError:
         part.unlink(missing_ok=True)  # a wrong prefix cannot be resumed into the right file
         raise
@@ -431,11 +444,12 @@ class _Progress:
         _say(("\r" if self.tty else "") + self.text())
 
 
-def _verify(path: Path, check: dict) -> dict:
+def _verify(path: Path, check: dict, name: str | None = None) -> dict:
     """Size and checksum against `check`; the file's size, md5, sha256 and what was checked."""
+    name = name or path.name
     size = path.stat().st_size
     if check.get("size") is not None and size != check["size"]:
-        raise DataError(f"{path.name}: {size} bytes, expected {check['size']} (published by {check['by']}); "
+        raise DataError(f"{name}: {size} bytes, expected {check['size']} (published by {check['by']}{check['note']}); "
                         "deleted: run the command again to download it anew")
     md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
     with open(path, "rb") as f:
@@ -448,12 +462,12 @@ def _verify(path: Path, check: dict) -> dict:
         want = check.get(algo)
         if want:
             if got[algo] != want:
-                raise DataError(f"{path.name}: {algo} {got[algo]}, expected {want} (published by {check['by']}); "
+                raise DataError(f"{name}: {algo} {got[algo]}, expected {want} (published by {check['by']}{check['note']}); "
                                 "deleted: run the command again to download it anew, or pass --checksum "
                                 "for a file you trust")
             checked.append(algo)
     if not checked:
-        _say(f"{path.name}: no checksum published; its sha256 is {got['sha256']}")
+        _say(f"{name}: no checksum published; its sha256 is {got['sha256']}")
     return {"bytes": size, **got, "checked": "+".join(checked) or "none", "checksum_by": check["by"] if checked else ""}
 
 

@@ -545,6 +545,27 @@ def test_every_pipeline_data_set_has_an_address():
                 assert r.md5 is None or len(r.md5) == 32
 
 
+def _cli_has_download() -> bool:
+    from pipelines.__main__ import COMMANDS
+
+    return "download" in COMMANDS
+
+
+@pytest.mark.skipif(not _cli_has_download(), reason="`fastray download` is not wired into pipelines/__main__.py yet")
+def test_download_through_the_cli(server, tmp_path, capsys):
+    body = _cifar_tgz()
+    server.files["/cifar10.tgz"] = body
+    code, obj, err = run_cli(capsys, "download", "cifar10-darknet", "--out", str(tmp_path / "d"),
+                             "--url", f"{server.url}/cifar10.tgz", "--checksum", f"md5:{hashlib.md5(body).hexdigest()}")
+    assert code == 0 and obj["dataset"] == "cifar10" and obj["status"] == "downloaded", err
+    server.files["/evil.tgz"] = _escapes(tmp_path)["dotdot"]
+    code, _, err = run_cli(capsys, "download", "cifar10", "--out", str(tmp_path / "e"), "--url", f"{server.url}/evil.tgz",
+                           "--checksum", "none")
+    [line] = [l for l in err.splitlines() if l.startswith("fastray: error:")]
+    assert code == 1 and "refused: member '../outside.txt' leaves the target folder" in line and "Traceback" not in err
+    assert not (tmp_path / "outside.txt").exists()
+
+
 # ---------------------------------------------------------------- safe extraction
 
 
