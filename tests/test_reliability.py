@@ -7,6 +7,7 @@ import http.server
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -86,6 +87,28 @@ def test_a_killed_training_worker_costs_one_epoch_at_most(cifar_small, workdir, 
     for metric in ("accuracy", "train_loss"):
         steps = sorted(m.step for m in client.get_metric_history(obj["run_id"], metric))
         assert steps == [1, 2, 3, 4, 5], (metric, steps)  # no epoch lost, none counted twice
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_a_checkpoint_of_another_pipeline_is_refused_in_one_line(cifar_tiny, workdir, ray_session, capsys):
+    """`run --name` over a run folder that another pipeline checkpointed: refused before
+    training (the engine loads checkpoints with weights_only=True; tests/test_engine.py has
+    the unit tests, with a checkpoint of other shapes and one that would run code)."""
+    import torch
+
+    from pipelines.engine import CHECKPOINT_FILE, EPOCH_FILE
+
+    folder = workdir / "runs" / "clash" / "checkpoint_0"
+    folder.mkdir(parents=True)
+    torch.save({"pipeline": "imdb-lm", "model": {}, "epoch": 1, "metrics": {}}, folder / CHECKPOINT_FILE)
+    (folder / EPOCH_FILE).write_text("1")
+    code, _, err = run_cli(capsys, "run", "cifar10-darknet", "--data", str(cifar_tiny), "--config", "tiny",
+                           "--name", "clash")
+    [line] = _error_lines(err)
+    assert code == 1 and "run 'clash': its checkpoint" in line
+    assert "is from pipeline 'imdb-lm', not 'cifar10-darknet'; use another --name, or delete" in line
 
 
 # ---------------------------------------------------------------- the cache
@@ -265,8 +288,11 @@ def test_an_alteration_that_keeps_size_and_mtime_needs_full_verify(tmp_path):
 
 
 def _error_lines(err: str) -> list[str]:
-    assert "Traceback" not in err, err[-3000:]
-    return [l for l in err.splitlines() if l.startswith("fastray: error:")]
+    """The `fastray: error:` lines; no traceback from fastray's own process (lines that Ray
+    relays from its worker processes carry a `(name pid=N)` prefix and are not ours)."""
+    own = [l for l in err.splitlines() if not re.search(r"^(\x1b\[\d+m)?\(\S+ pid=\d+", l)]
+    assert not any(l.startswith("Traceback") for l in own), err[-3000:]
+    return [l for l in own if l.startswith("fastray: error:")]
 
 
 def test_bad_images_are_counted_skips_or_one_line_errors(cifar_tiny, tmp_path, workdir, ray_session, capsys):
