@@ -189,12 +189,21 @@ class Cache:
 
     @contextlib.contextmanager
     def _lock(self, name: str, key: str) -> Iterator[None]:
-        """An exclusive lock on root/.lock-<name>-<key>, removed on release. After taking it,
-        check that the path still names the file we locked: the previous holder unlinks it."""
-        if fcntl is None:
-            yield
-            return
+        """An exclusive lock on root/.lock-<name>-<key>, removed on release."""
         path = self.root / f".lock-{name}-{key}"
+        fd = self._acquire(path, f"{name}-{key}") if fcntl is not None else None
+        try:
+            yield
+        finally:
+            if fd is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                os.close(fd)
+
+    def _acquire(self, path: Path, what: str) -> int | None:
+        """flock `path`, waiting for another holder; the locked fd, or None where the file
+        system has no locks (some NFS set-ups: then the rename decides). The previous holder
+        unlinks the file on release, so check that the path still names the file we locked."""
         told = False
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -203,24 +212,23 @@ class Cache:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     if not told:
-                        print(f"waiting for another process building cache {name}-{key}", file=sys.stderr, flush=True)
+                        print(f"waiting for another process building cache {what}", file=sys.stderr, flush=True)
                         told = True
                     fcntl.flock(fd, fcntl.LOCK_EX)
-                try:
-                    same = os.path.samestat(os.fstat(fd), os.stat(path))
-                except FileNotFoundError:
-                    same = False
-            except BaseException:
+            except OSError as e:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                _warn(f"cache {self.root}: no file locks here ({e.strerror}); concurrent builders may both work")
+                return None
+            except BaseException:  # interrupted while waiting
                 os.close(fd)
                 raise
-            if same:
-                break
-            os.close(fd)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            try:
+                if os.path.samestat(os.fstat(fd), os.stat(path)):
+                    return fd
+            except FileNotFoundError:
+                pass
             os.close(fd)
 
 

@@ -173,6 +173,35 @@ def test_two_preprocess_processes_at_once_build_once(cifar_tiny, workdir, ray_se
     assert cache.lookup(name, key) is not None  # every file's sha256 checks
 
 
+def test_without_file_locks_the_rename_decides(tmp_path, monkeypatch, capsys):
+    """A file system without flock (some NFS set-ups): both builders work, the first
+    complete entry stays, the other is thrown away, and both get a valid manifest."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    cache, calls, results = Cache(tmp_path), [], []
+    gate = threading.Barrier(2)
+
+    def make(tmp):
+        calls.append(1)
+        gate.wait(timeout=30)  # both are building at once
+        tmp.mkdir()
+        (tmp / "part-0.bin").write_bytes(b"z" * 9)
+        return {"rows": 9}
+
+    threads = [threading.Thread(target=lambda: results.append(cache.build("d", "k", make))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 2 and [m["rows"] for m, _ in results] == [9, 9]
+    assert _entries(tmp_path) == ["d-k"] and "no file locks here" in capsys.readouterr().err
+
+
 _KILLED_BUILDER = """
 import sys, time
 from preprocessing.cache import Cache
