@@ -75,7 +75,7 @@ CONFIGS = {
     # seconds: a test's smoke run through every mechanism (frozen, unfrozen, two sizes)
     "tiny": Config(width=8, layers=(1, 1, 1, 1), pretrained="none", bs=16, freeze_epochs=1, epochs=1,
                    small_epochs=0, lr=1e-2, size=64, small_size=32),
-    # minutes on 2 CPU cores: dice >= 0.9 on the sample's validation cars (random encoder)
+    # minutes on 2 CPU cores: dice >= 0.9 on the sample's validation cars (random encoder; 0.959 measured)
     "sample": Config(width=16, layers=(1, 1, 1, 1), pretrained="none", bs=32, freeze_epochs=1, epochs=6,
                      small_epochs=2, lr=1e-2, lr_factor=1.0, size=64, small_size=32),
     # lesson 14 on the real Carvana (GPUs)

@@ -193,6 +193,13 @@ class StyleNetPipeline(Pipeline):
         c, s = c_sum.item() / n, s_sum.item() / n
         return {"loss": c + s, "content_loss": c, "style_loss": s, "n": n}
 
+    def search_space(self, cfg: NetConfig) -> dict[str, Any]:
+        """How much style against content, and the LR."""
+        from ray import tune
+
+        return {"style_weight": tune.loguniform(cfg.style_weight / 10, cfg.style_weight * 10),
+                "lr": tune.loguniform(cfg.lr / 3, cfg.lr * 3)}
+
     def artifacts(self, model, x, cfg: NetConfig, out_dir: Path) -> list[Path]:
         with torch.no_grad():
             out = model(x[:6]).float()
@@ -318,10 +325,11 @@ class StyleTransfer(Pipeline):
         rows = table.column(0).to_pylist()[: cfg.n_images]
         return np.stack([np.asarray(r, np.uint8) for r in rows])
 
-    def run(self, cfg: TransferConfig, *, data_dir: Path, cache, name: str, num_workers: int = 1,
-            use_gpu: bool = False, tracking_uri: str | None = None, storage: str | None = None,
-            on_bad: str = "skip", config_label: str = "") -> dict:
-        """The whole run: cached content images, one Ray task per image, MLflow; the summary."""
+    def run(self, cfg: TransferConfig, *, data_dir: Path, cache, name: str, tracking_uri: str | None = None,
+            on_bad: str = "skip", config_label: str = "", **engine_options: Any) -> dict:
+        """The whole run: cached content images, one Ray task per image, MLflow; the summary.
+        Takes engine.fit's keyword arguments; those about training workers and checkpoints
+        (num_workers, use_gpu, storage ...) mean nothing to Ray tasks and are ignored."""
         import ray
 
         from preprocessing.runtime import init_ray
