@@ -119,7 +119,7 @@ class CarvanaUNet(Pipeline):
         manifest, hit = imagery.preprocess(source, cfg.sizes, cache, "carvana", on_bad=on_bad, seed=cfg.seed)
         cars = manifest.get("cars", {})
         say(f"carvana: {manifest['rows']['train']} training images of {len(cars.get('train', []))} cars, "
-            f"{manifest['rows']['valid']} validation images of {len(cars.get('valid', []))} other cars")
+            f"{manifest['rows']['valid']} validation images of {len(cars.get('valid', []))} other car(s)")
         return manifest, hit
 
     def datasets(self, cfg: Config, cache, manifest: dict) -> dict[str, Any]:

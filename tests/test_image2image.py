@@ -265,7 +265,7 @@ def test_carvana_unet_tiny_from_the_cli(capsys, carvana_dir, shared_cache, workd
     assert code == 0, err[-3000:]
     m = obj["metrics"]
     assert 0 <= m["dice"] <= 1 and m["epoch"] == 2 and m["frozen_groups"] == 0
-    assert "32 training images of 4 cars, 8 validation images of 1 other cars" in err
+    assert "32 training images of 4 cars, 8 validation images of 1 other car(s)" in err
     client, arts = _artifacts(workdir, obj["run_id"], "predictions")
     assert "predictions/masks.png" in arts
     run = client.get_run(obj["run_id"])
