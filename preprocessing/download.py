@@ -467,7 +467,7 @@ def _verify(path: Path, check: dict, name: str | None = None) -> dict:
                                 "for a file you trust")
             checked.append(algo)
     if not checked:
-        _say(f"{name}: no checksum published; its sha256 is {got['sha256']}")
+        _say(f"{name}: no checksum to check against; its sha256 is {got['sha256']}")
     return {"bytes": size, **got, "checked": "+".join(checked) or "none", "checksum_by": check["by"] if checked else ""}
 
 
