@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 # modules that register pipelines when imported; a new pipeline adds its module here
-PIPELINE_MODULES = ("pipelines.cifar10_darknet", "pipelines.imdb_ulmfit", "pipelines.pascal", "pipelines.carvana", "pipelines.super_res", "pipelines.style", "pipelines.translate")
+PIPELINE_MODULES = ("pipelines.cifar10_darknet", "pipelines.imdb_ulmfit", "pipelines.pascal", "pipelines.carvana", "pipelines.super_res", "pipelines.style", "pipelines.translate", "pipelines.gans")
 
 _REGISTRY: dict[str, "Pipeline"] = {}
 

@@ -1,0 +1,303 @@
+"""GANs (lesson 12): the DCGAN/WGAN and CycleGAN models, the GAN readers, and both
+pipelines end to end: the learning checks on the sample data (a trained generator passes,
+an untrained one fails), data-parallel runs, and a resume that restores both optimizers."""
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from torch import nn
+
+from models.cyclegan import CycleGAN, CycleGANConfig, ImagePool, ResnetBlock, lsgan_loss
+from models.dcgan import DCGANConfig, WGAN
+from pipelines import gans, registry
+from pipelines.__main__ import main
+from pipelines.engine import RunSpec, load_state, run_loop
+from preprocessing import DataError, gan_data, samples_gans
+from preprocessing.cache import Cache
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    lines = [l for l in out.splitlines() if l.strip()]
+    return code, (json.loads(lines[-1]) if code == 0 else None), err
+
+
+# ---------------------------------------------------------------- models
+
+
+def test_dcgan_at_the_lesson_size_and_small():
+    m = WGAN(DCGANConfig())  # lesson 12: 64 px, noise 100, one extra layer, width 64
+    x = m("sample", z=m.noise(2))
+    assert x.shape == (2, 3, 64, 64) and x.abs().max() <= 1
+    assert m.critic(x).shape == (2,) and m.generator.features[0].conv.in_channels == 100
+    assert len(m.critic.extra) == 1 and len(m.critic.pyramid) == 3  # 32 -> 16 -> 8 -> 4
+    small = WGAN(DCGANConfig(size=16, nz=8, ngf=4, ndf=4, n_extra=0))
+    assert small("sample", z=small.noise(3)).shape == (3, 3, 16, 16)
+    with pytest.raises(ValueError, match="power of two"):
+        DCGANConfig(size=48)
+
+
+def test_wgan_critic_schedule_clipping_and_losses():
+    m = WGAN(DCGANConfig(size=16, nz=8, ngf=4, ndf=4, n_extra=0))
+    iters = []
+    for g in (0, 24, 25, 26, 499, 500, 501, 1000):
+        m.gen_steps.fill_(g)
+        iters.append(m.critic_iters(5, 100, 25, 500))
+    assert iters == [100, 100, 5, 5, 5, 100, 5, 100]  # lesson 12's schedule
+    m.clip_critic(0.01)
+    assert max(p.abs().max().item() for p in m.critic.parameters()) <= 0.01
+    real = torch.rand(4, 3, 16, 16) * 2 - 1
+    loss, d_real, d_fake = m("critic", real=real, z=m.noise(4))
+    assert torch.allclose(loss, d_real - d_fake) and loss.requires_grad
+    loss.backward()
+    assert all(p.grad is None for p in m.generator.parameters())  # the critic step leaves G alone
+    assert set(m.state_dict()) >= {"gen_steps", "critic_run", "critic_steps"}  # checkpointed
+
+
+def test_cyclegan_shapes_losses_and_pool():
+    m = CycleGAN(CycleGANConfig(ngf=8, ndf=8, n_blocks=2, d_layers=3, pool_size=3))
+    a, b = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    fake_b, fake_a = m("translate", real_a=a, real_b=b)
+    assert fake_b.shape == a.shape and fake_a.abs().max() <= 1
+    assert m.d_a(a).shape == (2, 1, 2, 2)  # 32 px / 8 = 4, then two 4x4 stride-1 convs
+    loss, parts, fa, fb = m("gen", real_a=a, real_b=b)
+    assert set(parts) == {"gen_adv", "cycle", "identity"} and not fa.requires_grad
+    expected = parts["gen_adv"] + 10 * parts["cycle"] + 0.5 * 10 * parts["identity"]
+    assert torch.allclose(loss.detach(), expected, rtol=1e-5)
+    lesson = CycleGAN(CycleGANConfig(ngf=2, ndf=2))  # the authors' 9 blocks and 70x70 PatchGAN, narrow
+    assert sum(isinstance(x, ResnetBlock) for x in lesson.g_ab.modules()) == 9
+    assert sum(isinstance(x, nn.Conv2d) and x.stride == (2, 2) for x in lesson.d_a.modules()) == 3
+    assert lsgan_loss(torch.ones(3), True) == 0 and lsgan_loss(torch.zeros(3), False) == 0
+    assert lsgan_loss(torch.zeros(3), True) == 1
+    pool = ImagePool(3)
+    first = torch.arange(3.0).view(3, 1, 1, 1)
+    assert torch.equal(pool.query(first), first)  # filling: returned as they are
+    later = [pool.query(torch.full((1, 1, 1, 1), 10.0 + i)).item() for i in range(40)]
+    assert len(pool.images) == 3 and any(v < 10 for v in later) and any(v >= 10 for v in later)
+    with pytest.raises(ValueError, match="does not fit"):
+        gans.CycleGANPipelineConfig(size=16, d_layers=3)
+
+
+# ---------------------------------------------------------------- readers
+
+
+def test_readers_of_an_image_folder_and_the_cyclegan_layout(tmp_path):
+    samples_gans.rooms(tmp_path / "lsun", size=40, px=16)
+    assert len(list((tmp_path / "lsun" / "bedroom").glob("*/*/*.jpg"))) == 40  # LSUN's nesting
+    src = gan_data.find_image_folder(tmp_path / "lsun", valid_frac=0.25)
+    train, valid = src.splits["train"], src.splits["valid"]
+    assert len(train) + len(valid) == 40 and not set(train) & set(valid) and 4 <= len(valid) <= 16
+    assert gan_data.find_image_folder(tmp_path / "lsun", valid_frac=0.25).splits == src.splits  # stable
+    assert len(gan_data.find_image_folder(tmp_path / "lsun", valid_frac=0.25, valid_max=2).splits["valid"]) == 2
+
+    info = samples_gans.horse2zebra(tmp_path / "h2z", size=20, px=16)
+    assert (info["trainA"], info["trainB"], info["testA"], info["testB"]) == (8, 8, 2, 2)
+    for p in sorted((tmp_path / "h2z" / "trainB").glob("*.jpg"))[:3]:
+        p.unlink()
+    src = gan_data.find_unpaired(tmp_path)  # one folder above, as horse2zebra.zip extracts
+    pairs = src.splits["train"]
+    assert len(pairs) == 8 and src.folders == {"trainA": 8, "trainB": 5, "testA": 2, "testB": 2}
+    assert sorted(a for a, _ in pairs) == sorted((tmp_path / "h2z" / "trainA").glob("*.jpg"))
+    assert {b for _, b in pairs} == set((tmp_path / "h2z" / "trainB").glob("*.jpg"))
+
+    shutil.rmtree(tmp_path / "h2z" / "testB")
+    with pytest.raises(DataError, match="testB: missing"):
+        gan_data.find_unpaired(tmp_path / "h2z")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no CycleGAN data here"):
+        gan_data.find_unpaired(tmp_path / "empty")
+    with pytest.raises(DataError, match="no JPEG, PNG or WebP images"):
+        gan_data.find_image_folder(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------- pipelines end to end
+
+
+@pytest.fixture(scope="module")
+def rooms(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("gans") / "lsun"
+    samples_gans.rooms(out, size=2000, seed=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def horse2zebra(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("gans") / "horse2zebra"
+    samples_gans.horse2zebra(out, size=1000, seed=1)
+    return out
+
+
+def _valid_batches(pipe, cfg, data: Path, cache: Cache, bs: int = 100):
+    """The held-out split from the run's cache (a hit: no Ray), as the pipeline's batches."""
+    manifest, hit = pipe.preprocess(cfg, data, cache)
+    assert hit
+    arrays = gan_data.read_arrays(cache, manifest, "valid", pipe.columns)
+    n = len(arrays[pipe.columns[0]])
+    return [pipe.to_device(cfg, {k: torch.as_tensor(v[i : i + bs]) for k, v in arrays.items()}, False)
+            for i in range(0, n, bs)], manifest
+
+
+def _evaluate(pipe, model, batches, cfg) -> dict:
+    model.eval()
+    with torch.no_grad():
+        return pipe.evaluate(model, batches, cfg)
+
+
+def _artifacts(workdir: Path, run_id: str, folder: str) -> list[str]:
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}")
+    return sorted(f.path for f in client.list_artifacts(run_id, folder))
+
+
+def test_wgan_sample_passes_the_learning_check(capsys, rooms, workdir, ray_session):
+    code, obj, err = run_cli(capsys, "run", "wgan", "--data", str(rooms), "--config", "sample", "--name", "ws",
+                             "--num-workers", "2")
+    assert code == 0, err[-3000:]
+    assert obj["world_size"] == 2  # data-parallel: generator and critic both all-reduced
+    pipe = registry.get("wgan")
+    cfg = pipe.configs["sample"]
+    trained = obj["metrics"]
+    assert {"train_wasserstein", "train_critic_loss", "train_gen_loss", "lr_gen", "lr_critic", "valid_hist_tv"} <= set(trained)
+    batches, _ = _valid_batches(pipe, cfg, rooms, Cache(workdir / "cache"))
+    torch.manual_seed(cfg.seed)
+    untrained = _evaluate(pipe, pipe.build_model(cfg), batches, cfg)
+    print(f"\nWGAN sample: trained fd={trained['fd']:.4f} hist_tv={trained['valid_hist_tv']:.3f} "
+          f"mean_gap={trained['valid_mean_gap']:.3f}; untrained fd={untrained['fd']:.4f} "
+          f"hist_tv={untrained['hist_tv']:.3f} mean_gap={untrained['mean_gap']:.3f}")
+    assert gans.wgan_passes(trained), trained
+    assert not gans.wgan_passes(untrained), untrained
+    # a grid of the fixed noise's images each epoch, and the final one over real images
+    assert len(_artifacts(workdir, obj["run_id"], "samples")) == cfg.epochs
+    assert _artifacts(workdir, obj["run_id"], "predictions") == ["predictions/generated_vs_real.png"]
+
+
+def test_cyclegan_sample_passes_the_learning_check(capsys, horse2zebra, workdir, ray_session):
+    code, obj, err = run_cli(capsys, "run", "cyclegan", "--data", str(horse2zebra), "--config", "sample",
+                             "--name", "cs", "--num-workers", "2")
+    assert code == 0, err[-3000:]
+    assert obj["world_size"] == 2
+    pipe = registry.get("cyclegan")
+    cfg = pipe.configs["sample"]
+    trained = obj["metrics"]
+    assert {"train_gen_loss", "train_cycle", "train_identity", "train_disc_loss", "lr_gen", "lr_disc"} <= set(trained)
+    assert trained["lr_gen"] < 0.2 * cfg.lr  # the linear decay to 0 ran
+    batches, _ = _valid_batches(pipe, cfg, horse2zebra, Cache(workdir / "cache"))
+    torch.manual_seed(cfg.seed)
+    untrained = _evaluate(pipe, pipe.build_model(cfg), batches, cfg)
+    print(f"\nCycleGAN sample: trained domain_acc={trained['domain_acc']:.3f} "
+          f"(A->B {trained['valid_a_to_b']:.3f}, B->A {trained['valid_b_to_a']:.3f}) "
+          f"cycle_l1={trained['valid_cycle_l1']:.4f}; untrained domain_acc={untrained['domain_acc']:.3f} "
+          f"(A->B {untrained['a_to_b']:.3f}, B->A {untrained['b_to_a']:.3f}) cycle_l1={untrained['cycle_l1']:.4f}; "
+          f"judge on the real test images {trained['valid_judge_real_acc']:.3f}")
+    assert trained["valid_judge_real_acc"] >= 0.95  # the judge tells the real domains apart
+    assert gans.cyclegan_passes(trained), trained
+    assert not gans.cyclegan_passes(untrained), untrained
+    assert len(_artifacts(workdir, obj["run_id"], "samples")) == cfg.epochs
+    assert _artifacts(workdir, obj["run_id"], "predictions") == ["predictions/a_to_b_to_a.png"]
+
+
+class _OneWorker:
+    """The engine loop's session, in this process: no Ray Train, the given checkpoint."""
+
+    rank, world = 0, 1
+
+    def __init__(self, state: dict, shards: dict):
+        self.state, self.shards, self.reports = state, shards, []
+
+    def device(self):
+        return torch.device("cpu")
+
+    def prepare_model(self, model, ddp_kwargs=None):
+        return model
+
+    def shard(self, name):
+        return self.shards[name]
+
+    def checkpoint(self, run_dir):
+        return self.state
+
+    def report(self, metrics, state):
+        self.reports.append(metrics)
+
+    def gather(self, obj):
+        return [obj]
+
+
+def _newest_checkpoint(run_dir: Path) -> dict:
+    folders = sorted((p for p in run_dir.glob("checkpoint_*") if (p / "epoch.txt").is_file()),
+                     key=lambda p: int((p / "epoch.txt").read_text()))
+    return load_state(folders[-1])
+
+
+def _assert_same(a, b, where: str):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize("name, data", [("wgan", "rooms")])  # the engine's restore is the same for cyclegan
+def test_tiny_data_parallel_run_resumes_both_optimizers(name, data, capsys, workdir, ray_session, request, monkeypatch):
+    """Two workers (DDP), one epoch; the same --name with two epochs resumes from it. The
+    optimizers' states the engine restores are the saved ones, tensor for tensor, and so
+    are the WGAN's schedule counters (buffers)."""
+    data_dir = request.getfixturevalue(data)
+    argv = ["run", name, "--data", str(data_dir), "--config", "tiny", "--num-workers", "2", "--name", "r"]
+    code, first, err = run_cli(capsys, *argv, "--epochs", "1")
+    assert code == 0, err[-3000:]
+    assert first["world_size"] == 2 and first["metrics"]["epoch"] == 1
+    saved = _newest_checkpoint(workdir / "runs" / "r")
+    pipe = registry.get(name)
+    opt_names = {"wgan": {"gen", "critic"}, "cyclegan": {"gen", "disc"}}[name]
+    assert set(saved["opts"]) == opt_names and all(saved["opts"][k]["state"] for k in opt_names)
+
+    code, second, err = run_cli(capsys, *argv, "--epochs", "2")
+    assert code == 0, err[-3000:]
+    assert "resuming from the checkpoint of epoch 1" in err and second["resumed"] and second["metrics"]["epoch"] == 2
+    final = _newest_checkpoint(workdir / "runs" / "r")
+    for k in opt_names:  # the optimizers went on counting from the saved state
+        steps = lambda s: max(v["step"].item() for v in s["opts"][k]["state"].values())
+        assert steps(final) > steps(saved)
+    if name == "wgan":
+        assert final["model"]["critic_steps"] == 2 * saved["model"]["critic_steps"]
+
+    # the restore itself: run the engine's loop here from the saved checkpoint and look at
+    # the optimizers as the first training step gets them
+    cfg = pipe.configs["tiny"]
+    manifest, _ = pipe.preprocess(cfg, data_dir, Cache(workdir / "cache"))
+    seen = {}
+    step = pipe.train_step
+
+    def spy(model, batch, opt, cfg):
+        if not seen:
+            seen["opts"] = {k: copy.deepcopy(o.state_dict()) for k, o in opt.items()}
+            seen["model"] = {k: v.clone() for k, v in model.state_dict().items()}
+        return step(model, batch, opt, cfg)
+
+    monkeypatch.setattr(pipe, "train_step", spy)
+    spec = RunSpec(name, cfg, "here", 1, 1, False, pipe.steps_per_epoch(cfg, manifest, 1), "", "", "")
+    # a copy: the optimizers take the saved "step" tensors as they are and count them on
+    session = _OneWorker(copy.deepcopy(saved), pipe.datasets(cfg, Cache(workdir / "cache"), manifest))
+    threads = torch.get_num_threads()
+    try:
+        run_loop(spec, session)
+    finally:
+        torch.set_num_threads(threads)  # the loop sets this process's, as a worker's
+    for k in opt_names:
+        _assert_same(seen["opts"][k]["state"], saved["opts"][k]["state"], f"{k}.state")
+        for g_seen, g_saved in zip(seen["opts"][k]["param_groups"], saved["opts"][k]["param_groups"]):
+            assert {**g_seen, "lr": None} == {**g_saved, "lr": None}  # the LR is the schedule's now
+    _assert_same(seen["model"], saved["model"], "model")
+    assert [r["epoch"] for r in session.reports] == [2]
