@@ -402,7 +402,7 @@ def preprocess_pascal(
         return {
             "rows": rows,
             "skipped": skipped,
-            "bad_input": {k: dict(t.reasons) for k, t in tallies.items()},
+            "bad_input": {k: {r: n for r, n in t.reasons.items() if n} for k, t in tallies.items()},
             "warnings": {k: t.messages for k, t in tallies.items()},
             "objects": objects,
             "max_objects": max_obj,

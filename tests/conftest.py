@@ -5,6 +5,12 @@ import os
 from pathlib import Path
 
 import pytest
+# Ray, Ray Data and Ray Train make their log handlers when first imported, and those handlers
+# keep the sys.stderr of that moment: imported inside a test that captures output (capsys),
+# they would write to that test's closed buffer ever after ("--- Logging error ---").
+import ray  # noqa: F401,E402
+import ray.data  # noqa: F401,E402
+import ray.train  # noqa: F401,E402
 
 from preprocessing import samples
 

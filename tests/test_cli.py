@@ -34,7 +34,7 @@ def test_sample_data_by_dataset_or_pipeline_name(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("argv, msg", [
-    (["run", "nope"], "unknown pipeline 'nope'; known: cifar10-darknet"),
+    (["run", "nope"], "unknown pipeline 'nope'; known: carvana-unet, cifar10-darknet, "),
     (["preprocess", "cifar10-darknet", "--data", "/no/such/folder"], "/no/such/folder: no such folder"),
     (["run", "cifar10-darknet", "--data", "{empty}"], "no CIFAR-10 here"),
     (["run", "cifar10-darknet", "--data", "{data}", "--set", "lr=fast"], "--set lr=fast: expected float"),
