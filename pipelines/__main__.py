@@ -2,18 +2,19 @@
 
     fastray list
     fastray sample-data NAME --out DIR [--size N]
+    fastray download NAME --out DIR [--source fastai|original] [--url U ...] [--checksum ...]
     fastray preprocess NAME [--data DIR] [--cache-dir DIR] [--config C] [--set k=v ...] [--storage S]
     fastray run NAME [--data DIR] [--config tiny|sample|default|FILE.json] [--set k=v ...]
                 [--epochs N] [--num-workers N] [--use-gpu] [--tracking-uri URI] [--name NAME]
                 [--storage PATH_OR_URI] [--placement pack|spread]
-    fastray tune NAME ... [--storage PATH_OR_URI]
+    fastray tune NAME ... [--storage PATH_OR_URI] [--placement pack|spread]
 
 --storage (or $FASTRAY_STORAGE) is where a run keeps what outlives it, laid out like the
 local defaults: ROOT/runs (Ray Train checkpoints), ROOT/cache (the preprocessing cache)
 and ROOT/mlartifacts (MLflow artifacts). On a cluster it must be a path every node sees
 (NFS, EFS, Lustre ...); a run on several hosts refuses a path on the driver's own disk
-before it starts. (s3:// and gs:// URIs are laid out the same way, but run and tune refuse
-them until the engine hands them to Ray Train unchanged.)
+before it starts. s3:// and gs:// URIs are laid out the same way (checkpoints go to Ray
+Train as they are; the cache needs a file system path: give --cache-dir).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from preprocessing import DataError
+from preprocessing import DataError, download
 
 from . import config as configs
 from . import registry, tracking
@@ -100,17 +101,6 @@ class Storage:
         """New MLflow experiments' artifact location (a URI)."""
         where = self.join("mlartifacts")
         return where if where is None or is_uri(where) else Path(where).as_uri()
-
-
-def checkpoint_storage(storage: Storage) -> str | None:
-    """Ray Train's storage_path for run and tune. Ray Train takes s3:// and gs:// URIs, but
-    engine.fit and tuning.tune make their storage an absolute local path (a URI would become
-    ./s3:/bucket/...): refused until they pass URIs through as they are."""
-    where = storage.checkpoints()
-    if where is not None and is_uri(where):
-        raise ValueError(f"--storage {storage.root}: checkpoints on object storage are not supported yet (the "
-                         "engine takes a file system path); give a shared file system path (NFS, EFS, Lustre ...)")
-    return where
 
 
 def filesystem_type(path: str | Path, mounts: str | None = None) -> str:
@@ -218,6 +208,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--size", type=int, default=None, help="number of items")
 
+    download.add_parser(sub)
+
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("name", help="pipeline name (see `fastray list`)")
         q.add_argument("--data", type=Path, default=None, help="the data set's folder (default: data/<dataset>)")
@@ -256,6 +248,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--time-budget", type=float, default=None, metavar="SECONDS")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--tracking-uri", default=None)
+    t.add_argument("--placement", choices=PLACEMENTS, default=None,
+                   help="with --workers-per-trial > 1: pack each trial's workers (default) or spread them")
     t.add_argument("--name", dest="run_name", default=None,
                    help="search name (default: derived from the command, so rerunning it resumes)")
     return p
@@ -336,11 +330,9 @@ def cmd_preprocess(args) -> dict:
 def cmd_run(args) -> dict:
     from preprocessing.cache import Cache
 
-    from .engine import fit
-
     pipe = registry.get(args.name)
     storage = Storage.resolve(args.storage)
-    checkpoints = checkpoint_storage(storage)
+    checkpoints = storage.checkpoints()
     cache = Cache(storage.cache_dir(args.cache_dir))
     with _placement(args.placement):  # a bad $FASTRAY_PLACEMENT fails before any work
         data, is_sample = _data_dir(pipe, args)
@@ -350,8 +342,8 @@ def cmd_run(args) -> dict:
             say("using the 'sample' config")
         name = args.run_name or f"{args.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         with tracking.artifact_storage(storage.artifacts()):
-            return fit(
-                args.name, cfg, data_dir=data, cache=cache, name=name,
+            return pipe.run(
+                cfg, data_dir=data, cache=cache, name=name,
                 num_workers=args.num_workers, use_gpu=args.use_gpu, tracking_uri=args.tracking_uri,
                 storage=checkpoints, on_bad=args.on_bad_input, config_label=label,
             )
@@ -364,7 +356,7 @@ def cmd_tune(args) -> dict:
 
     pipe = registry.get(args.name)
     storage = Storage.resolve(args.storage)
-    checkpoints = checkpoint_storage(storage)
+    checkpoints = storage.checkpoints()
     cache = Cache(storage.cache_dir(args.cache_dir))
     data, is_sample = _data_dir(pipe, args)
     cfg, label = _config(pipe, args, "sample" if is_sample else "default")
@@ -372,7 +364,7 @@ def cmd_tune(args) -> dict:
     search = {k: getattr(args, k) for k in ("num_samples", "max_concurrent", "workers_per_trial",
                                             "gpus_per_worker", "search", "time_budget", "seed")}
     name = args.run_name or f"{args.name}-tune-{digest([configs.to_dict(cfg), search, str(data)])[:8]}"
-    with tracking.artifact_storage(storage.artifacts()):
+    with _placement(args.placement), tracking.artifact_storage(storage.artifacts()):
         return tune(
             args.name, cfg, data_dir=data, cache=cache, name=name, config_label=label,
             num_samples=args.num_samples, max_concurrent=args.max_concurrent, workers_per_trial=args.workers_per_trial,
@@ -381,8 +373,12 @@ def cmd_tune(args) -> dict:
         )
 
 
-COMMANDS = {"list": cmd_list, "sample-data": cmd_sample_data, "preprocess": cmd_preprocess, "run": cmd_run,
-            "tune": cmd_tune}
+def cmd_download(args) -> dict:
+    return download.cmd_download(args, pipelines={n: registry.get(n).dataset for n in registry.names()})
+
+
+COMMANDS = {"list": cmd_list, "sample-data": cmd_sample_data, "download": cmd_download, "preprocess": cmd_preprocess,
+            "run": cmd_run, "tune": cmd_tune}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -129,10 +129,24 @@ def load_state(folder: Path) -> dict:
     return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
-def check_resumable(pipeline: str, model: torch.nn.Module, run_dir: Path, name: str) -> None:
+def storage_root(storage: str | None) -> str:
+    """Ray Train's storage_path: --storage's runs folder, $FASTRAY_STORAGE, or ./runs; an
+    object-store URI (s3://, gs://) as it is, a path made absolute."""
+    where = storage or os.environ.get("FASTRAY_STORAGE") or "runs"
+    return where.rstrip("/") if "://" in where else str(Path(where).absolute())
+
+
+def join_storage(root: str, name: str) -> str:
+    return f"{root}/{name}" if "://" in root else str(Path(root) / name)
+
+
+def check_resumable(pipeline: str, model: torch.nn.Module, run_dir: str | Path, name: str) -> None:
     """Refuse, before any training, a run folder whose checkpoint another pipeline or an
-    incompatible config (other shapes) wrote: resuming from it would fail on every worker."""
-    folders = sorted(Path(run_dir).glob("checkpoint_*"), key=_checkpoint_epoch, reverse=True) if run_dir else []
+    incompatible config (other shapes) wrote: resuming from it would fail on every worker.
+    (On object storage Ray Train's own restore is the only check.)"""
+    if not run_dir or "://" in str(run_dir):
+        return
+    folders = sorted(Path(run_dir).glob("checkpoint_*"), key=_checkpoint_epoch, reverse=True)
     for folder in folders:
         try:
             state = load_state(folder)
@@ -150,6 +164,9 @@ def check_resumable(pipeline: str, model: torch.nn.Module, run_dir: Path, name: 
             raise ValueError(f"run {name!r}: its checkpoint {folder} does not fit this config ({len(diff)} "
                              f"tensor(s) differ, e.g. {what}); {hint}")
         return
+    if folders:
+        log(f"[{name}] warning: none of the {len(folders)} checkpoint(s) in {run_dir} loads (damaged?): "
+            "this run starts from epoch 0")
 
 
 def _checkpoint_epoch(folder: Path) -> int:
@@ -374,12 +391,21 @@ def fit(
 
     t_start = time.perf_counter()
     pipe = registry.get(pipeline)
-    manifest, hit = pipe.preprocess(cfg, data_dir, cache, on_bad)
-    init_ray()
     if num_workers < 1:
         raise ValueError(f"--num-workers must be >= 1, got {num_workers}")
+    # a run folder that cannot be resumed is refused before any work, and before MLflow
+    # records a run that would stay RUNNING
+    storage_path = storage_root(storage)
+    run_dir = join_storage(storage_path, name)
+    torch.manual_seed(getattr(cfg, "seed", 0))
+    check_resumable(pipeline, pipe.build_model(cfg), run_dir, name)
+    manifest, hit = pipe.preprocess(cfg, data_dir, cache, on_bad)
+    init_ray()
     if use_gpu and cluster_gpus() < num_workers:
-        raise ValueError(f"--use-gpu with {num_workers} worker(s), but the cluster has {cluster_gpus()} GPU(s)")
+        if not os.environ.get("RAY_ADDRESS"):  # a local Ray gets no more GPUs
+            raise ValueError(f"--use-gpu with {num_workers} worker(s), but this machine has {cluster_gpus()} GPU(s)")
+        log(f"[{name}] the cluster has {cluster_gpus()} GPU(s) now for {num_workers} GPU worker(s): "
+            "waiting for the autoscaler to add GPU nodes")
     # each worker holds an equal share of the CPUs and runs torch on that many threads
     cpus_per_worker = max(1, cluster_cpus() // num_workers)
     datasets = {k: ds.materialize() for k, ds in pipe.datasets(cfg, cache, manifest).items()}
@@ -404,11 +430,8 @@ def fit(
         _log_plan(logger, pipe, cfg, steps_per_epoch)
     log(f"[{name}] MLflow run {run_id} ({'resumed' if resumed else 'new'}) in {uri}")
 
-    storage_path = str(Path(storage or os.environ.get("FASTRAY_STORAGE", "runs")).absolute())
-    torch.manual_seed(getattr(cfg, "seed", 0))
-    check_resumable(pipeline, pipe.build_model(cfg), Path(storage_path) / name, name)
     spec = RunSpec(pipeline, cfg, name, num_workers, cpus_per_worker, use_gpu, steps_per_epoch, uri, run_id,
-                   run_dir=str(Path(storage_path) / name))
+                   run_dir=run_dir)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec},

@@ -115,6 +115,14 @@ class Pipeline:
         """Files for MLflow at the end of training, by artifact folder (rank 0 only)."""
         return {}
 
+    # ---- the whole run
+    def run(self, cfg: Any, **fit_options: Any) -> dict:
+        """`fastray run`: engine.fit's training with Ray Train (its keyword arguments). A
+        pipeline that does not train a model (style-transfer) runs its own way here."""
+        from .engine import fit
+
+        return fit(self.name, cfg, **fit_options)
+
     def search_space(self, cfg: Any) -> dict[str, Any]:
         """What Tune varies around `cfg`: Config field -> a ray.tune domain."""
         return {}

@@ -26,7 +26,8 @@ import torch
 from . import registry, tracking
 from .config import to_dict
 from .phases import Schedule
-from .engine import CHECKPOINT_FILE, RunSpec, load_state, log, run_loop, train_loop_per_worker
+from .engine import (CHECKPOINT_FILE, RunSpec, join_storage, load_state, log, run_loop, storage_root,
+                     train_loop_per_worker)
 
 from ray.tune import Callback  # noqa: E402  (tuning is imported only by `fastray tune`)
 
@@ -72,7 +73,7 @@ class TuneSession:
 
 
 def _trial(params: dict, *, pipeline: str, cfg: Any, datasets: dict, steps_per_epoch: int,
-           workers: int, cpus_per_worker: float, use_gpu: bool, storage: str) -> None:
+           workers: int, cpus_per_worker: float, use_gpu: bool, storage: str, placement: str = "PACK") -> None:
     """One trial: the base config with the sampled values, trained by the engine's loop."""
     from ray import tune
 
@@ -93,7 +94,8 @@ def _trial(params: dict, *, pipeline: str, cfg: Any, datasets: dict, steps_per_e
         train_loop_config={"spec": spec},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker={"CPU": cpus_per_worker,
-                                                                     "GPU": 1 if use_gpu else 0}),
+                                                                     "GPU": 1 if use_gpu else 0},
+                                               placement_strategy=placement),
         run_config=ray.train.RunConfig(name=trial, storage_path=storage, callbacks=[TuneReportCallback()]),
         datasets=datasets,
     ).fit()
@@ -197,7 +199,7 @@ def tune(
     max_epochs = Schedule(pipe.phases(cfg), steps_per_epoch).total_epochs  # ASHA's max_t
 
     uri = tracking.resolve_uri(tracking_uri)
-    storage_path = str(Path(storage or os.environ.get("FASTRAY_STORAGE", "runs")).absolute())
+    storage_path = storage_root(storage)
     search_args = {"num_samples": num_samples, "max_concurrent": concurrent, "workers_per_trial": workers_per_trial,
                    "search": search, "seed": seed, "time_budget_s": time_budget_s}
     parent_id, resumed = tracking.start_run(
@@ -212,17 +214,18 @@ def tune(
     trainable = rt.with_resources(
         rt.with_parameters(_trial, pipeline=pipeline, cfg=cfg, datasets=datasets, steps_per_epoch=steps_per_epoch,
                            workers=workers_per_trial, cpus_per_worker=cpus_per_worker, use_gpu=use_gpu,
-                           storage=str(Path(storage_path) / name / "trainers")),
+                           storage=join_storage(join_storage(storage_path, name), "trainers"),
+                           placement=os.environ.get("FASTRAY_PLACEMENT", "PACK")),
         resources,
     )
     callback = MlflowTrials(uri, pipeline, parent_id, to_dict(cfg), max_epochs, pipe.metric)
-    exp_path = Path(storage_path) / name
+    exp_path = join_storage(storage_path, name)
     # save the search's state at least every second (Tune's "auto" may wait minutes), so a
     # killed search loses no finished trial
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    if rt.Tuner.can_restore(str(exp_path)):
+    if rt.Tuner.can_restore(exp_path):
         log(f"[{name}] resuming the search in {exp_path}: finished trials are kept")
-        tuner = rt.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
+        tuner = rt.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
     else:
         scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=1, reduction_factor=2)
         tuner = rt.Tuner(
@@ -240,8 +243,10 @@ def tune(
     best = results.get_best_result(metric=pipe.metric, mode=pipe.mode, scope="last")
     best_cfg = dataclasses.replace(cfg, **best.config)
     best_json = {"base": config_label if config_label in pipe.configs else "default", **to_dict(best_cfg)}
-    best_path = exp_path / "best.json"
-    best_path.write_text(json.dumps(best_json, indent=1))
+    best_path = None  # on object storage, best.json is the parent run's MLflow artifact only
+    if "://" not in exp_path:
+        best_path = Path(exp_path) / "best.json"
+        best_path.write_text(json.dumps(best_json, indent=1))
     frame = results.get_dataframe()
     best_metrics = {k: v for k, v in best.metrics.items() if isinstance(v, (int, float)) and (
         k == pipe.metric or k.startswith(("train_", "valid_")) or k == "epoch")}
@@ -261,7 +266,7 @@ def tune(
         "errors": len(results.errors),
         "best_config": best.config,
         "best_metrics": best_metrics,
-        "best_config_path": str(best_path),
+        "best_config_path": str(best_path) if best_path else None,
         "resumed": resumed,
         "seconds": round(time.perf_counter() - t0, 2),
     }

@@ -154,11 +154,37 @@ def test_cli_refuses_a_node_local_storage_on_several_hosts(capsys, workdir, ray_
     assert not (workdir / "store").exists() and not (workdir / "mlruns.db").exists()
 
 
-def test_object_storage_checkpoints_are_refused_not_misplaced(capsys, workdir):
-    """engine.fit makes its storage a local path: an s3:// URI would land in ./s3:/..."""
-    code = main(["run", "cifar10-darknet", "--data", str(workdir), "--config", "tiny", "--storage", "s3://b/fastray"])
-    assert code == 1 and "checkpoints on object storage are not supported yet" in capsys.readouterr().err
-    assert not (workdir / "s3:").exists()
+def test_object_storage_uris_reach_ray_train_unchanged(cifar_small, workdir, ray_session, monkeypatch):
+    """--storage s3://... : Ray Train gets the URI itself (not ./s3:/...), the run folder is
+    ROOT/runs/NAME, and nothing lands under the current folder."""
+    import ray.train.torch
+
+    from pipelines import registry
+    from pipelines.engine import fit, join_storage, storage_root
+    from preprocessing.cache import Cache
+
+    assert storage_root("s3://b/fastray/runs/") == "s3://b/fastray/runs"
+    assert join_storage("gs://b/runs", "x") == "gs://b/runs/x"
+    assert storage_root("runs") == str(workdir / "runs")
+    seen = {}
+
+    class Captured(Exception):
+        pass
+
+    class FakeTrainer:
+        def __init__(self, fn, *, train_loop_config, run_config, **kw):
+            seen.update(storage=run_config.storage_path, run_dir=train_loop_config["spec"].run_dir)
+
+        def fit(self):
+            raise Captured
+
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", FakeTrainer)
+    storage = Storage.resolve("s3://b/fastray").checkpoints()
+    cfg = registry.get("cifar10-darknet").configs["tiny"]
+    with pytest.raises(Captured):
+        fit("cifar10-darknet", cfg, data_dir=cifar_small, cache=Cache(workdir / "c"), name="obj", storage=storage)
+    assert seen == {"storage": "s3://b/fastray/runs", "run_dir": "s3://b/fastray/runs/obj"}
+    assert not (workdir / "s3:").exists() and not (workdir / "runs").exists()
 
 
 def test_bad_placement_env_is_one_line(capsys, workdir, monkeypatch):
