@@ -311,17 +311,11 @@ def test_style_net_tiny_from_the_cli(capsys, photos_dir, shared_cache, workdir, 
 
 
 def test_style_transfer_tiny(capsys, photos_dir, shared_cache, workdir, ray_session):
-    """LBFGS on the pixels, one Ray task per image. Through the CLI once `fastray run` calls
-    Pipeline.run; until then through StyleTransfer.run, the function that hook calls."""
-    pipe = registry.get("style-transfer")
+    """LBFGS on the pixels, one Ray task per image, through `fastray run` (Pipeline.run)."""
     argv = ["run", "style-transfer", "--data", str(photos_dir), "--config", "tiny", "--cache-dir", str(shared_cache),
             "--name", "st"]
-    if hasattr(registry.Pipeline, "run"):
-        code, obj, err = _cli(capsys, *argv)
-        assert code == 0, err[-3000:]
-    else:
-        obj = pipe.run(pipe.configs["tiny"], data_dir=photos_dir, cache=Cache(shared_cache), name="st",
-                       config_label="tiny")
+    code, obj, err = _cli(capsys, *argv)
+    assert code == 0, err[-3000:]
     m = obj["metrics"]
     assert obj["images"] == 2
     assert m["min_style_loss_factor"] > 1.2 and m["min_content_loss_factor"] > 1.2, m
