@@ -11,8 +11,6 @@ last finished epoch and continues from the next one, in the same MLflow run.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import math
 import os
 import sys
 import tempfile

@@ -30,7 +30,7 @@ from torch import nn
 
 from models.perceptual import content_loss, gram_matrix, style_loss
 from models.style_net import StyleNet, StyleNetConfig
-from preprocessing import DataError, imagery, samples_imagery
+from preprocessing import imagery, samples_imagery
 from preprocessing.images import read_split
 
 from .image2image import loss_network, random_flip, say, side_by_side, to_float, vgg_source

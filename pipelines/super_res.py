@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.perceptual import VGG16_LAYERS, FeatureLoss
+from models.perceptual import FeatureLoss
 from models.srresnet import SRResNet, SRResNetConfig
 from preprocessing import imagery, samples_imagery
 from preprocessing.images import read_split
@@ -75,7 +75,7 @@ class Config:
         if len(self.vgg_layers) != len(self.layer_weights):
             raise ValueError(f"{len(self.vgg_layers)} vgg_layers but {len(self.layer_weights)} layer_weights")
         if self.lr_size < 4 or self.bs < 1 or self.lr <= 0:
-            raise ValueError(f"need lr_size >= 4, bs >= 1 and lr > 0")
+            raise ValueError("need lr_size >= 4, bs >= 1 and lr > 0")
 
     @property
     def scales(self) -> tuple[int, ...]:

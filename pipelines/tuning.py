@@ -161,7 +161,6 @@ def tune(
     on_bad: str = "skip",
 ) -> dict:
     """Search the pipeline's space with ASHA; the summary dict (best config, best metrics)."""
-    import ray
     from ray import tune as rt
     from ray.tune.schedulers import ASHAScheduler
 

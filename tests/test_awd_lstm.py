@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.awd_lstm import (
-    AWDLSTM,
     AWDLSTMConfig,
     EmbeddingDropout,
     RNNDropout,

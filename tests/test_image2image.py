@@ -14,7 +14,6 @@ from models.perceptual import VGGFeatures, content_loss, gram_matrix, style_loss
 from models.srresnet import PixelShuffleUp, SRResNet, SRResNetConfig
 from models.style_net import StyleNet, StyleNetConfig
 from models.unet import UNet, UNetConfig, load_resnet34_encoder
-from pipelines import registry
 from pipelines.__main__ import main
 from pipelines.carvana import dice
 from preprocessing import DataError, imagery, samples_imagery
