@@ -119,8 +119,8 @@ LARGEST_CONFIGS = {
 }
 SSD_CONFIGS = {
     "tiny": SSDConfig(**_SAMPLE, width=8, bs=16, frozen_epochs=1, epochs=1, lr=3e-3, unfrozen_lr=3e-3),
-    "sample": SSDConfig(**_SAMPLE, width=16, bs=32, frozen_epochs=1, epochs=10, lr=3e-3, unfrozen_lr=3e-3,
-                        lr_factor=2.0, p=0.1),
+    "sample": SSDConfig(**_SAMPLE, width=16, bs=16, frozen_epochs=1, epochs=12, lr=3e-3, unfrozen_lr=2e-3,
+                        lr_factor=2.0, p=0.05),
     "default": SSDConfig(),  # lesson 9 on the real VOC 2007 (GPU; --set pretrained=resnet34.pth)
 }
 
@@ -130,7 +130,7 @@ class _PascalBase(Pipeline):
 
     # ---- data
     def sample_data(self, out: Path, size: int | None = None) -> dict:
-        return samples_pascal.pascal(out, size=size or 1500)
+        return samples_pascal.pascal(out, size=size or 2000)
 
     def preprocess(self, cfg, data_dir: Path, cache, on_bad: str = "skip"):
         source = voc.find_pascal(data_dir, cfg.annotations)
@@ -361,7 +361,6 @@ def draw_boxes(x: torch.Tensor, pred: list, truth: list, classes, path: Path, ti
     colours = [f"C{i % 10}" for i in range(len(classes))]
     for i in range(n):
         ax = fig.add_subplot(rows, cols, i + 1)
-        s = imgs[i].shape[0]
         ax.imshow(imgs[i], extent=(0, 1, 1, 0))
         for box, label, difficult in truth[i]:
             x1, y1, x2, y2 = (float(v) for v in box)
@@ -375,7 +374,6 @@ def draw_boxes(x: torch.Tensor, pred: list, truth: list, classes, path: Path, ti
         ax.set_xlim(0, 1)
         ax.set_ylim(1, 0)
         ax.axis("off")
-        ax.set_title(f"{s} px", fontsize=6)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -8,7 +8,7 @@
     out/pascal_{train,val,test}2007.json              (fast.ai's COCO-style copy of the same boxes)
 
 so both readers of preprocessing/voc.py see the same annotations. Every image holds one to
-four objects; the first ("main") object is always the largest by box area, at least 1.7
+four objects; the first ("main") object is always the largest by box area, at least 1.5
 times the area of any other, so "the largest object" (lesson 8) is well defined. The six
 classes differ in form and in hue:
 
@@ -47,12 +47,13 @@ __all__ = ["SAMPLE_CLASSES", "pascal"]
 SAMPLE_CLASSES = ("disc", "square", "triangle", "ring", "cross", "star")
 _HUES = (0.0, 0.33, 0.62, 0.15, 0.83, 0.5)   # one hue per class, in [0, 1)
 _SS = 2                  # supersampling factor of the drawing (anti-aliasing)
-_MAIN_R = (0.19, 0.30)   # main object's half box side, as a fraction of min(W, H)
-_SMALL_R = (0.07, 0.14)  # other objects' half box side
-_TINY_R = (0.045, 0.06)  # difficult-by-size objects
+_MAIN_R = (0.2, 0.32)    # main object's half box side, as a fraction of min(W, H)
+_SMALL_R = (0.09, 0.16)  # other objects' half box side (the 4x4 grid's anchors: 0.175-0.325 of the image)
+_TINY_R = (0.05, 0.07)   # difficult-by-size objects
 _P_EXTRA = (0.75, 0.5, 0.3)  # chance of a 2nd, 3rd, 4th object
 _P_DIFFICULT = 0.12      # chance that a small object is drawn tiny or faint and marked difficult
 _MAX_IOU = 0.15          # placement: largest box IoU with an object already placed
+_LARGEST = 1.5           # the main object's box area is at least this many times any other's
 _SPLITS = (("train", 0.7), ("val", 0.15), ("test", 0.15))
 
 
@@ -148,7 +149,7 @@ def scene(rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
             cy = rng.uniform(-e[1] + 1, H - e[3] - 1)
             box = _extent(cls, cx, cy, r, theta)
             if k == 0 or (all(_iou(box, o["box"]) <= _MAX_IOU for o in objects)
-                          and _area(box) * 1.7 <= _area(objects[0]["box"])):
+                          and _area(box) * _LARGEST <= _area(objects[0]["box"])):
                 break
         else:
             continue  # no room: fewer objects
@@ -210,7 +211,7 @@ def _coco(images: list[dict]) -> dict:
     return {"images": out_images, "type": "instances", "annotations": anns, "categories": cats}
 
 
-def pascal(out: str | Path, size: int = 1500, seed: int = 0) -> dict:
+def pascal(out: str | Path, size: int = 2000, seed: int = 0) -> dict:
     """Write ``size`` generated scenes in the VOC2007 layout (and fast.ai's JSON beside it):
     70% train, 15% val, 15% test. Deterministic for a seed; existing files are overwritten."""
     if size < 3:
