@@ -32,7 +32,7 @@ from torch import nn
 from models.seq2seq import Seq2Seq, Seq2SeqConfig, load_vectors, read_vec_header, strip_tokens
 from preprocessing import pairs, samples_translate, text
 
-from .phases import one_cycle
+from .phases import TrainingPhase
 from .registry import Pipeline, register
 from .steps import optimizer_step
 
@@ -76,10 +76,10 @@ class Config:
     bs: int = 125               # global batch size, split evenly across workers (lesson 11: 125)
     epochs: int = 15            # of one 1cycle
     lr: float = 3e-3            # peak LR (lesson 11: Adam 3e-3)
-    div: float = 20.0           # 1cycle: start LR = lr / div (lesson 11: use_clr=(20, 10))
-    pct: float = 0.1            # 1cycle: fraction of the epochs in the final annealing
-    moms: tuple[float, ...] = (0.8, 0.7)  # 1cycle Adam beta1: max, min (lesson 11: 0.8)
-    beta2: float = 0.99         # Adam beta2
+    div: float = 20.0           # lesson 11's use_clr=(div, cut_div): the LR starts and ends at lr / div,
+    cut_div: float = 10.0       # ... rises to lr over the first 1/cut_div of training, then falls
+    beta1: float = 0.8          # Adam betas (lesson 11: (0.8, 0.99))
+    beta2: float = 0.99
     wd: float = 0.0             # weight decay
     clip: float = 1.0           # gradient norm clipping (0: none)
     # evaluation
@@ -94,7 +94,6 @@ class Config:
 
     def __post_init__(self):
         object.__setattr__(self, "tsv_langs", tuple(self.tsv_langs))
-        object.__setattr__(self, "moms", tuple(self.moms))
         if not self.src_lang or self.src_lang == self.tgt_lang:
             raise ValueError(f"src_lang and tgt_lang must differ, got {self.src_lang!r} and {self.tgt_lang!r}")
         if self.bs < 1 or self.epochs < 1 or self.lr <= 0 or self.vocab_size < 8 or self.max_len < 3:
@@ -105,8 +104,10 @@ class Config:
                              f"{self.tf_decay})")
         if self.beam < 1 or self.gen_len < 0:
             raise ValueError(f"need beam >= 1 and gen_len >= 0 (got {self.beam}, {self.gen_len})")
-        if len(self.moms) != 2 or len(self.tsv_langs) != 2:
-            raise ValueError(f"moms and tsv_langs need two values each, got {self.moms} and {self.tsv_langs}")
+        if len(self.tsv_langs) != 2:
+            raise ValueError(f"tsv_langs needs two languages, got {self.tsv_langs}")
+        if self.div <= 0 or self.cut_div <= 1:
+            raise ValueError(f"need div > 0 and cut_div > 1 (got {self.div}, {self.cut_div})")
 
     def model_config(self) -> Seq2SeqConfig:
         return Seq2SeqConfig(
@@ -123,10 +124,11 @@ class Config:
 CONFIGS = {
     # seconds: a smoke run through every mechanism
     "tiny": Config(vocab_size=80, sample_docs=400, max_len=48, emb_sz=16, n_hid=32, n_layers=1, bs=16, epochs=2,
-                   lr=5e-3, div=10, beam=2, show=8, heatmaps=2, emb_drop=0.0, rnn_drop=0.0, out_drop=0.1),
-    # about a minute on 2 CPU cores: sacreBLEU >= 60 on the sample's held-out numbers
-    "sample": Config(vocab_size=120, sample_docs=5000, max_len=48, emb_sz=64, n_hid=128, n_layers=1, bs=64,
-                     epochs=5, lr=5e-3, div=10, tf_decay=0.5, emb_drop=0.1, rnn_drop=0.1, out_drop=0.2,
+                   lr=5e-3, div=10, cut_div=4, beam=2, show=8, heatmaps=2, emb_drop=0.0, rnn_drop=0.0, out_drop=0.1),
+    # about 20 s of training on 2 CPU cores (268 steps): sacreBLEU about 94 on the sample's held-out
+    # numbers with attention, about 50 without (5 epochs of bs 64 stopped at 37: too few steps)
+    "sample": Config(vocab_size=120, sample_docs=5000, max_len=48, emb_sz=64, n_hid=128, n_layers=1, bs=32,
+                     epochs=4, lr=1e-2, div=20, cut_div=4, tf_decay=0.5, emb_drop=0.1, rnn_drop=0.1, out_drop=0.2,
                      beam=5, show=20, heatmaps=4),
     # lesson 11 on giga-fren's questions (GPU)
     "default": Config(),
@@ -310,8 +312,13 @@ class Translate(Pipeline):
         return tags or {"fastray.init": "random"}
 
     def phases(self, cfg: Config) -> list:
-        return one_cycle(cfg.epochs, cfg.lr, div=cfg.div, pct=cfg.pct, moms=tuple(cfg.moms), opt="adam",
-                         opt_kwargs={"betas": (cfg.moms[0], cfg.beta2), "weight_decay": cfg.wd}, data="train")
+        """Lesson 11's schedule, fastai 0.7's use_clr=(div, cut_div): Adam, the LR linear from
+        lr / div up to lr over 1/cut_div of the epochs, then linear back down to lr / div."""
+        kw = dict(momentum=cfg.beta1, opt="adam", opt_kwargs={"betas": (cfg.beta1, cfg.beta2), "weight_decay": cfg.wd},
+                  data="train")
+        up = cfg.epochs / cfg.cut_div
+        return [TrainingPhase(up, (cfg.lr / cfg.div, cfg.lr), "linear", **kw),
+                TrainingPhase(cfg.epochs - up, (cfg.lr, cfg.lr / cfg.div), "linear", **kw)]
 
     # ---- steps
     def train_step(self, model, batch: dict, opt, cfg: Config) -> dict[str, torch.Tensor]:

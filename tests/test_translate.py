@@ -305,6 +305,20 @@ def test_teacher_forcing_falls_over_training():
     assert torch.equal(seen[3], tgt[:, 3])
 
 
+def test_lr_schedule_is_lesson_11s_use_clr():
+    """use_clr=(div, cut_div): linear from lr / div up to lr over 1/cut_div of training, then down."""
+    from pipelines.phases import Schedule
+
+    cfg = Config(epochs=4, lr=1e-2, div=20, cut_div=4)
+    sched = Schedule(registry.get("translate").phases(cfg), 10)  # 40 steps, the peak at step 10
+    lrs = [sched.at(i)[1] for i in range(40)]
+    assert lrs[0] == pytest.approx(5e-4) and max(lrs) == pytest.approx(1e-2, rel=1e-6)
+    assert lrs.index(max(lrs)) == 10
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11])) and all(a > b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] < 1e-3 and sched.at(40)[1] == pytest.approx(5e-4)  # back to lr / div at the end
+    assert {sched.at(i)[2] for i in (0, 20, 39)} == {0.8}  # Adam beta1 fixed at lesson 11's 0.8
+
+
 def test_word_vectors_fill_the_embedding(tmp_path):
     vec = tmp_path / "wiki.fr.vec"
     vec.write_text("3 4\nchat 1 2 3 4\nChien 0.5 0.5 0.5 0.5\nvingt -1 0 1 0\n", encoding="utf-8")
@@ -395,6 +409,38 @@ def test_tiny_run_end_to_end_then_translate(capsys, fren_small, workdir, ray_ses
         translate_lines("0" * 32, ["x"])
     with pytest.raises(FileNotFoundError, match="no such file"):
         cmd_translate(argparse.Namespace(run_id=rid, file=workdir / "none.fr", beam=1, tracking_uri=None))
+
+
+def train_in_process(cfg: Config, data: Path, cache_dir: Path, log=None) -> dict:
+    """The pipeline's own hooks (preprocess, datasets, batches, phases, train_step, evaluate,
+    combine) in a plain loop: no Ray Train start-up, one process. The validation metrics."""
+    from pipelines.phases import Schedule, make_optimizer, set_hyper
+    from preprocessing.cache import Cache
+
+    pipe = registry.get("translate")
+    cache = Cache(cache_dir)
+    manifest, _ = pipe.preprocess(cfg, data, cache)
+    ds = {k: v.materialize() for k, v in pipe.datasets(cfg, cache, manifest).items()}
+    spe = pipe.steps_per_epoch(cfg, manifest, 1)
+    torch.manual_seed(cfg.seed)
+    model = pipe.build_model(cfg)
+    phases = pipe.phases(cfg)
+    sched = Schedule(phases, spe)
+    opt = make_optimizer(phases[0], pipe.param_groups(model))
+    step, cpu = 0, torch.device("cpu")
+    for epoch in range(cfg.epochs):
+        model.train()
+        for batch in pipe.batches(cfg, ds["train"], cfg.bs, cpu, True, steps=spe, epoch=epoch):
+            _, lr, mom = sched.at(step)
+            set_hyper(opt, [lr], mom)
+            pipe.train_step(model, batch, opt, cfg)
+            step += 1
+        model.eval()
+        with torch.no_grad():
+            res = pipe.combine([pipe.evaluate(model, pipe.batches(cfg, ds["valid"], cfg.bs, cpu, False), cfg)])
+        if log:
+            log(epoch, res)
+    return res
 
 
 def test_sample_config_learns_with_attention_and_less_without(capsys, workdir, ray_session):
