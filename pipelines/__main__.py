@@ -8,6 +8,7 @@
                 [--epochs N] [--num-workers N] [--use-gpu] [--tracking-uri URI] [--name NAME]
                 [--storage PATH_OR_URI] [--placement pack|spread]
     fastray tune NAME ... [--storage PATH_OR_URI] [--placement pack|spread]
+    fastray translate RUN_ID [--file F] [--beam K]     (a trained translate run, one line each)
 
 --storage (or $FASTRAY_STORAGE) is where a run keeps what outlives it, laid out like the
 local defaults: ROOT/runs (Ray Train checkpoints), ROOT/cache (the preprocessing cache)
@@ -31,7 +32,7 @@ from urllib.parse import urlparse
 from preprocessing import DataError, download
 
 from . import config as configs
-from . import registry, tracking
+from . import registry, tracking, translate
 
 EXIT_USAGE, EXIT_ERROR = 2, 1
 PLACEMENTS = ("pack", "spread")
@@ -209,6 +210,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=None, help="number of items")
 
     download.add_parser(sub)
+    translate.add_parser(sub)
 
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("name", help="pipeline name (see `fastray list`)")
@@ -378,7 +380,7 @@ def cmd_download(args) -> dict:
 
 
 COMMANDS = {"list": cmd_list, "sample-data": cmd_sample_data, "download": cmd_download, "preprocess": cmd_preprocess,
-            "run": cmd_run, "tune": cmd_tune}
+            "run": cmd_run, "tune": cmd_tune, "translate": translate.cmd_translate}
 
 
 def main(argv: list[str] | None = None) -> int:
