@@ -30,7 +30,7 @@ import numpy as np
 
 from . import DataError
 from .cache import Cache, digest, fingerprint_files
-from .images import _parquet_files, _unwrap_data_error, decode_image, resize_all
+from .images import decode_image, resize_all, write_chunks
 
 TRANSFORM_VERSION = "gan-data-v1"  # bump when the decode/resize code changes its output
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
@@ -201,22 +201,13 @@ def preprocess(source: GanSource, size: int, cache: Cache, name: str, on_bad: Ba
     })
 
     def make(tmp: Path) -> dict:
-        import ray
-
         from .runtime import cluster_cpus, init_ray
 
         init_ray()
         t0, rows, skipped = time.perf_counter(), {}, {}
         for split, items in source.splits.items():
-            rows_in = [{"chunk": pickle.dumps(c, protocol=5)} for c in _chunks(items, cluster_cpus(), seed)]
-            ds = ray.data.from_items(rows_in, override_num_blocks=len(rows_in)).map_batches(
-                _DecodeChunk(source.kind, size, on_bad), batch_size=1)
-            ds.context.op_resource_reservation_enabled = False  # see images.preprocess_images
-            try:
-                ds.write_parquet(str(tmp / split))
-            except Exception as e:  # Ray wraps the worker's DataError: surface its message
-                raise _unwrap_data_error(e) from None
-            rows[split] = sum(f.num_rows for f in _parquet_files(tmp / split))
+            chunks = _chunks(items, cluster_cpus(), seed)
+            rows[split] = write_chunks(chunks, _DecodeChunk(source.kind, size, on_bad), tmp / split)
             skipped[split] = len(items) - rows[split]
             if skipped[split]:
                 _warn(f"{split}: skipped {skipped[split]} unreadable {'image' if source.kind == 'folder' else 'pair'}(s) "

@@ -276,24 +276,13 @@ def preprocess_images(
     )
 
     def make(tmp: Path) -> dict:
-        import ray
-
         from .runtime import cluster_cpus, init_ray
 
         init_ray()
         t0, rows, expected = time.perf_counter(), {}, {}
         for split in source.splits:
-            rows_in = [{"chunk": pickle.dumps(c, protocol=5)} for c in _chunks(source, split, cluster_cpus(), seed)]
-            fn = _DecodeChunk(source.layout, sizes, on_bad)
-            ds = ray.data.from_items(rows_in, override_num_blocks=len(rows_in)).map_batches(fn, batch_size=1)
-            # Ray Data reserves part of the CPUs for each operator: on 2 CPUs that ran this
-            # map one task at a time; the chunks are the only work, so let it use them all
-            ds.context.op_resource_reservation_enabled = False
-            try:
-                ds.write_parquet(str(tmp / split))
-            except Exception as e:  # Ray wraps the worker's DataError: surface its message
-                raise _unwrap_data_error(e) from None
-            rows[split] = sum(f.num_rows for f in _parquet_files(tmp / split))
+            chunks = _chunks(source, split, cluster_cpus(), seed)
+            rows[split] = write_chunks(chunks, _DecodeChunk(source.layout, sizes, on_bad), tmp / split)
             # a damaged pickle batch stops the run, so only image folders can skip: no need to
             # unpickle 50,000 images again just to count them
             expected[split] = rows[split] if source.layout == "pickle" else source.count(split)
@@ -315,6 +304,24 @@ def preprocess_images(
         }
 
     return cache.build(name, key, make)
+
+
+def write_chunks(chunks: list, decode, out: Path) -> int:
+    """Decode each chunk in its own Ray Data task (``decode`` maps a batch holding one pickled
+    chunk to columns) and write parquet files to ``out``; the rows written. A DataError in a
+    task surfaces as itself, not wrapped in Ray's errors."""
+    import ray
+
+    rows_in = [{"chunk": pickle.dumps(c, protocol=5)} for c in chunks]
+    ds = ray.data.from_items(rows_in, override_num_blocks=len(rows_in)).map_batches(decode, batch_size=1)
+    # Ray Data reserves part of the CPUs for each operator: on 2 CPUs that ran this map one
+    # task at a time; the chunks are the only work, so let it use them all
+    ds.context.op_resource_reservation_enabled = False
+    try:
+        ds.write_parquet(str(out))
+    except Exception as e:  # Ray wraps the worker's DataError: surface its message
+        raise _unwrap_data_error(e) from None
+    return sum(f.num_rows for f in _parquet_files(out))
 
 
 def _parquet_files(folder: Path):

@@ -41,7 +41,7 @@ import numpy as np
 
 from . import DataError
 from .cache import Cache, digest, fingerprint_files
-from .images import _parquet_files, _unwrap_data_error, decode_image, resize_all
+from .images import decode_image, resize_all, write_chunks
 
 TRANSFORM_VERSION = "voc-v1"  # bump when the parse/decode/resize code changes its output
 BadInput = Literal["skip", "fail"]
@@ -364,8 +364,6 @@ def preprocess_pascal(
     })
 
     def make(tmp: Path) -> dict:
-        import ray
-
         from .runtime import cluster_cpus, init_ray
 
         t0 = time.perf_counter()
@@ -382,15 +380,8 @@ def preprocess_pascal(
             recs = list(records[out_name])
             random.Random(seed).shuffle(recs)  # cached rows in random order
             size = max(32, min(500, -(-len(recs) // (4 * cluster_cpus()))))
-            chunks = [{"chunk": pickle.dumps(recs[i:i + size], protocol=5)} for i in range(0, len(recs), size)]
-            ds = ray.data.from_items(chunks, override_num_blocks=len(chunks)).map_batches(
-                _DecodeChunk(sizes, max_obj, on_bad), batch_size=1)
-            ds.context.op_resource_reservation_enabled = False  # as in images.py: let the decode use every CPU
-            try:
-                ds.write_parquet(str(tmp / out_name))
-            except Exception as e:  # Ray wraps the worker's DataError: surface its message
-                raise _unwrap_data_error(e) from None
-            rows[out_name] = sum(f.num_rows for f in _parquet_files(tmp / out_name))
+            chunks = [recs[i:i + size] for i in range(0, len(recs), size)]
+            rows[out_name] = write_chunks(chunks, _DecodeChunk(sizes, max_obj, on_bad), tmp / out_name)
             listed = len(source.ids(split))
             skipped[out_name] = listed - rows[out_name]
             t = tallies[out_name]
