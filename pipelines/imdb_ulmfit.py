@@ -15,7 +15,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from preprocessing import samples, text
 
 from .phases import discriminative, one_cycle, with_frozen
 from .registry import Pipeline, register
-from .steps import classification_metrics, optimizer_step
+from .steps import classification_metrics, cycle_batches, optimizer_step
 
 ENCODER_ARTIFACT = "encoder/encoder.pt"
 # `fastray sample-data imdb`: reviews of 30 to 200 words (~200 SentencePiece tokens on average)
@@ -140,22 +140,6 @@ def _read_shard(shard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64))
 
 
-def _cycle(make: Any, steps: int) -> Iterator:
-    """Exactly `steps` items from make() (re-made when it runs out): equal counts on every rank."""
-    k, it = 0, iter(make(0))
-    n = 0
-    while n < steps:
-        item = next(it, None)
-        if item is None:
-            k += 1
-            it = iter(make(k))
-            item = next(it, None)
-            if item is None:
-                raise ValueError("a worker's shard makes no batch: lower bs")
-        yield item
-        n += 1
-
-
 def _resolve(pipe: "_ImdbBase", spec: str, what: str, tracking_uri: str | None, dst: Path) -> Path:
     """An encoder/state source (a file, or an MLflow run id) -> a local file."""
     p = Path(spec)
@@ -258,7 +242,7 @@ class ImdbLM(_ImdbBase):
                 order = rng.permutation(len(offsets) - 1)
                 stream = np.concatenate([ids[offsets[i]:offsets[i + 1]] for i in order]) if len(order) else ids
                 return text.LMStream(stream, bs, cfg.bptt, seed=cfg.seed * 1000 + epoch * 10 + k)
-            for x, y in _cycle(make, steps):
+            for x, y in cycle_batches(make, steps):
                 yield x.to(device), y.to(device)
         else:
             for x, y in text.LMStream(ids, bs, cfg.bptt, seed=cfg.seed):
@@ -343,7 +327,7 @@ class ImdbClas(_ImdbBase):
             def make(k: int):
                 return (batch(b) for b in text.sortish_batches(lengths, bs, seed=cfg.seed * 1000 + epoch * 10 + k)
                         if len(b) == bs)
-            yield from _cycle(make, steps)
+            yield from cycle_batches(make, steps)
         else:
             for b in text.sorted_batches(lengths, bs):
                 yield batch(b)

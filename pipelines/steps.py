@@ -1,7 +1,7 @@
 """Pieces of train_step / evaluate that pipelines share."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -28,3 +28,19 @@ def classification_metrics(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -
     if not n:
         return {"loss": 0.0, "accuracy": 0.0, "n": 0}
     return {"loss": loss.item() / n, "accuracy": correct.item() / n, "n": n}
+
+
+def cycle_batches(make: Callable[[int], Iterable[Any]], steps: int) -> Iterator[Any]:
+    """Exactly `steps` items from make(k), made again with k + 1 whenever it runs out: every
+    rank of a data-parallel run takes the same number of steps, whatever its shard holds."""
+    k, it, n = 0, iter(make(0)), 0
+    while n < steps:
+        item = next(it, None)
+        if item is None:
+            k += 1
+            it = iter(make(k))
+            item = next(it, None)
+            if item is None:
+                raise ValueError("a worker's shard makes no batch: lower bs")
+        yield item
+        n += 1

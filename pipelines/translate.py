@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from preprocessing import pairs, samples_translate, text
 
 from .phases import TrainingPhase
 from .registry import Pipeline, register
-from .steps import optimizer_step
+from .steps import cycle_batches, optimizer_step
 
 TOKENIZER_DIR = "tokenizer"
 MODEL_ARTIFACT = "model/model.pt"
@@ -219,21 +219,6 @@ def _pad(ids: np.ndarray, off: np.ndarray, idx: list[int]) -> tuple[torch.Tensor
     return torch.from_numpy(out), torch.from_numpy(lens.astype(np.int64))
 
 
-def _cycle(make, steps: int) -> Iterator:
-    """Exactly `steps` items from make(k) (made again when it runs out): equal counts on every rank."""
-    k, it, n = 0, iter(make(0)), 0
-    while n < steps:
-        item = next(it, None)
-        if item is None:
-            k += 1
-            it = iter(make(k))
-            item = next(it, None)
-            if item is None:
-                raise ValueError("a worker's shard makes no batch: lower bs")
-        yield item
-        n += 1
-
-
 # ---------------------------------------------------------------- the pipeline
 
 
@@ -281,7 +266,7 @@ class Translate(Pipeline):
             def make(k: int):
                 return (b for b in text.sortish_batches(src_len, bs, seed=cfg.seed * 1000 + epoch * 10 + k) if len(b) == bs)
 
-            for i, idx in enumerate(_cycle(make, steps)):
+            for i, idx in enumerate(cycle_batches(make, steps)):
                 b = batch(idx, teacher_forcing(cfg, (epoch + i / steps) / cfg.epochs))
                 if epoch == 0 and i == 0 and (cfg.src_vectors or cfg.tgt_vectors):
                     b["init_vectors"] = True  # the run's first step: no checkpoint holds trained weights
