@@ -54,6 +54,37 @@ def log(msg: str) -> None:
 # ------------------------------------------------------------------ the session
 
 
+class LocalSession:
+    """The loop's view of one process with no Ray Train: rank 0 of 1 on the CPU, the given
+    datasets as shards, `state` as the checkpoint to resume; reports and the newest state
+    are kept. Runs a pipeline's hooks without start-up (tests, experiments)."""
+
+    rank, world = 0, 1
+
+    def __init__(self, shards: dict, state: dict | None = None):
+        self.shards, self.state, self.reports = shards, state, []
+
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def prepare_model(self, model: torch.nn.Module, ddp_kwargs: dict | None = None) -> torch.nn.Module:
+        return model
+
+    def shard(self, name: str):
+        return self.shards[name]
+
+    def checkpoint(self, run_dir: str) -> dict | None:
+        return self.state
+
+    def report(self, metrics: dict, state: dict | None) -> None:
+        self.reports.append(metrics)
+        if state is not None:
+            self.state = state
+
+    def gather(self, obj: Any) -> list:
+        return [obj]
+
+
 class RayTrainSession:
     """The loop's view of Ray Train: rank, device, data shards, report, checkpoint."""
 

@@ -15,7 +15,7 @@ from models.cyclegan import CycleGAN, CycleGANConfig, ImagePool, ResnetBlock, ls
 from models.dcgan import DCGANConfig, WGAN
 from pipelines import gans, registry
 from pipelines.__main__ import main
-from pipelines.engine import RunSpec, load_state, run_loop
+from pipelines.engine import LocalSession, RunSpec, load_state, run_loop
 from preprocessing import DataError, gan_data, samples_gans
 from preprocessing.cache import Cache
 
@@ -200,33 +200,6 @@ def test_cyclegan_sample_passes_the_learning_check(capsys, horse2zebra, workdir,
     assert _artifacts(workdir, obj["run_id"], "predictions") == ["predictions/a_to_b_to_a.png"]
 
 
-class _OneWorker:
-    """The engine loop's session, in this process: no Ray Train, the given checkpoint."""
-
-    rank, world = 0, 1
-
-    def __init__(self, state: dict, shards: dict):
-        self.state, self.shards, self.reports = state, shards, []
-
-    def device(self):
-        return torch.device("cpu")
-
-    def prepare_model(self, model, ddp_kwargs=None):
-        return model
-
-    def shard(self, name):
-        return self.shards[name]
-
-    def checkpoint(self, run_dir):
-        return self.state
-
-    def report(self, metrics, state):
-        self.reports.append(metrics)
-
-    def gather(self, obj):
-        return [obj]
-
-
 def _newest_checkpoint(run_dir: Path) -> dict:
     folders = sorted((p for p in run_dir.glob("checkpoint_*") if (p / "epoch.txt").is_file()),
                      key=lambda p: int((p / "epoch.txt").read_text()))
@@ -289,7 +262,7 @@ def test_tiny_run_resumes_both_optimizers(name, data, capsys, workdir, ray_sessi
     monkeypatch.setattr(pipe, "train_step", spy)
     spec = RunSpec(name, cfg, "here", 1, 1, False, pipe.steps_per_epoch(cfg, manifest, 1), "", "", "")
     # a copy: the optimizers take the saved "step" tensors as they are and count them on
-    session = _OneWorker(copy.deepcopy(saved), pipe.datasets(cfg, Cache(workdir / "cache"), manifest))
+    session = LocalSession(pipe.datasets(cfg, Cache(workdir / "cache"), manifest), state=copy.deepcopy(saved))
     threads = torch.get_num_threads()
     try:
         run_loop(spec, session)

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from models.awd_lstm import encoder_state
 from pipelines import registry
 from pipelines.__main__ import main
-from pipelines.engine import RunSpec, run_loop
+from pipelines.engine import LocalSession, RunSpec, run_loop
 from pipelines.imdb_ulmfit import SAMPLE_KW
 from pipelines.phases import Schedule
 from preprocessing import samples
@@ -107,40 +107,11 @@ def test_lm_then_classifier_on_its_encoder(capsys, imdb_small, workdir, ray_sess
     assert code == 1 and len(lines) == 1 and "vocabulary has 300 tokens" in lines[0], err
 
 
-class _InProcess:
-    """The engine loop's session in this process (no Ray Train start-up): rank 0 of 1 on the
-    CPU, the pipeline's own Ray Datasets as shards, no checkpoint to resume, reports kept."""
-
-    rank, world = 0, 1
-
-    def __init__(self, shards: dict):
-        self.shards, self.reports, self.state = shards, [], None
-
-    def device(self):
-        return torch.device("cpu")
-
-    def prepare_model(self, model, ddp_kwargs=None):
-        return model
-
-    def shard(self, name):
-        return self.shards[name]
-
-    def checkpoint(self, run_dir):
-        return None
-
-    def report(self, metrics, state):
-        self.reports.append(metrics)
-        self.state = state
-
-    def gather(self, obj):
-        return [obj]
-
-
-def _train_here(name: str, cfg, cache: Cache, manifest: dict) -> _InProcess:
+def _train_here(name: str, cfg, cache: Cache, manifest: dict) -> LocalSession:
     """One run of `name` through the engine's loop and the pipeline's hooks, in this process."""
     pipe = registry.get(name)
     spec = RunSpec(name, cfg, name, 1, 1, False, pipe.steps_per_epoch(cfg, manifest, 1), "", "", "")
-    session = _InProcess(pipe.datasets(cfg, cache, manifest))
+    session = LocalSession(pipe.datasets(cfg, cache, manifest))
     threads = torch.get_num_threads()
     try:
         run_loop(spec, session)
