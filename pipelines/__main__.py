@@ -33,6 +33,7 @@ from preprocessing import DataError, download
 
 from . import config as configs
 from . import registry, tracking, translate
+from .engine import is_uri
 
 EXIT_USAGE, EXIT_ERROR = 2, 1
 PLACEMENTS = ("pack", "spread")
@@ -57,10 +58,6 @@ SHARED_FILESYSTEMS = frozenset({
     "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "ceph", "glusterfs", "beegfs", "afs",
     "orangefs", "pvfs2", "wekafs", "panfs", "ocfs2", "gfs2",
 })
-
-
-def is_uri(location: str) -> bool:
-    return "://" in location and not location.startswith("file://")
 
 
 @dataclass(frozen=True)

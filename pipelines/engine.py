@@ -118,7 +118,7 @@ class RayTrainSession:
         that loads: no epoch is trained, and logged, twice."""
         import ray.train
 
-        dirs = [Path(p) for p in Path(run_dir).glob("checkpoint_*")] if run_dir and "://" not in run_dir else []
+        dirs = [Path(p) for p in Path(run_dir).glob("checkpoint_*")] if run_dir and not is_uri(run_dir) else []
         registered = ray.train.get_checkpoint()
         ckpt_ctx = registered.as_directory() if registered else contextlib.nullcontext(None)
         with ckpt_ctx as d:
@@ -158,22 +158,27 @@ def load_state(folder: Path) -> dict:
     return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
+def is_uri(location: str) -> bool:
+    """An object-store URI (s3://, gs:// ...) that Ray Train takes as it is; file:// is a path."""
+    return "://" in location and not location.startswith("file://")
+
+
 def storage_root(storage: str | None) -> str:
     """Ray Train's storage_path: --storage's runs folder, $FASTRAY_STORAGE, or ./runs; an
     object-store URI (s3://, gs://) as it is, a path made absolute."""
     where = storage or os.environ.get("FASTRAY_STORAGE") or "runs"
-    return where.rstrip("/") if "://" in where else str(Path(where).absolute())
+    return where.rstrip("/") if is_uri(where) else str(Path(where.removeprefix("file://")).absolute())
 
 
 def join_storage(root: str, name: str) -> str:
-    return f"{root}/{name}" if "://" in root else str(Path(root) / name)
+    return f"{root}/{name}" if is_uri(root) else str(Path(root) / name)
 
 
 def check_resumable(pipeline: str, model: torch.nn.Module, run_dir: str | Path, name: str) -> None:
     """Refuse, before any training, a run folder whose checkpoint another pipeline or an
     incompatible config (other shapes) wrote: resuming from it would fail on every worker.
     (On object storage Ray Train's own restore is the only check.)"""
-    if not run_dir or "://" in str(run_dir):
+    if not run_dir or is_uri(str(run_dir)):
         return
     folders = sorted(Path(run_dir).glob("checkpoint_*"), key=_checkpoint_epoch, reverse=True)
     for folder in folders:

@@ -26,7 +26,7 @@ import torch
 from . import registry, tracking
 from .config import to_dict
 from .phases import Schedule
-from .engine import (CHECKPOINT_FILE, RunSpec, join_storage, load_state, log, run_loop, storage_root,
+from .engine import (CHECKPOINT_FILE, RunSpec, is_uri, join_storage, load_state, log, run_loop, storage_root,
                      train_loop_per_worker)
 
 from ray.tune import Callback  # noqa: E402  (tuning is imported only by `fastray tune`)
@@ -243,7 +243,7 @@ def tune(
     best_cfg = dataclasses.replace(cfg, **best.config)
     best_json = {"base": config_label if config_label in pipe.configs else "default", **to_dict(best_cfg)}
     best_path = None  # on object storage, best.json is the parent run's MLflow artifact only
-    if "://" not in exp_path:
+    if not is_uri(exp_path):
         best_path = Path(exp_path) / "best.json"
         best_path.write_text(json.dumps(best_json, indent=1))
     frame = results.get_dataframe()
