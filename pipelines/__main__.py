@@ -25,15 +25,14 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 from preprocessing import DataError, download
 
-from . import config as configs
-from . import registry, tracking, translate
-from .engine import is_uri
+from .core import config as configs
+from .core import logs, registry, tracking
+from .core.storage import Storage, check_cluster
+from .lessons import translate
 
 EXIT_USAGE, EXIT_ERROR = 2, 1
 PLACEMENTS = ("pack", "spread")
@@ -45,138 +44,7 @@ def emit(obj: dict) -> None:
     print(json.dumps(obj, default=str), flush=True)
 
 
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------ storage
-
-
-# file systems that other machines mount too; FUSE ones (s3fs, gcsfuse, sshfs, juicefs ...)
-# reach a remote store. Anything else (ext4, xfs, tmpfs, overlay ...) is this machine's own.
-SHARED_FILESYSTEMS = frozenset({
-    "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "ceph", "glusterfs", "beegfs", "afs",
-    "orangefs", "pvfs2", "wekafs", "panfs", "ocfs2", "gfs2",
-})
-
-
-@dataclass(frozen=True)
-class Storage:
-    """Where a run keeps what outlives it, laid out like the local defaults under one root:
-    runs/ (Ray Train checkpoints), cache/ (the preprocessing cache), mlartifacts/ (MLflow
-    artifacts). root None: the local defaults themselves."""
-
-    root: str | None  # an absolute path or an s3:// / gs:// URI
-
-    @classmethod
-    def resolve(cls, cli: str | None) -> "Storage":
-        root = cli or os.environ.get("FASTRAY_STORAGE") or None
-        if root is None:
-            return cls(None)
-        if root.startswith("file://"):
-            root = urlparse(root).path
-        if is_uri(root):
-            return cls(root.rstrip("/"))
-        return cls(str(Path(root).expanduser().absolute()))
-
-    def join(self, name: str) -> str | None:
-        if self.root is None:
-            return None
-        return f"{self.root}/{name}" if is_uri(self.root) else str(Path(self.root) / name)
-
-    def checkpoints(self) -> str | None:
-        """Ray Train's storage_path: None leaves the engine's default (./runs)."""
-        return self.join("runs")
-
-    def cache_dir(self, cli: Path | None) -> Path | None:
-        """--cache-dir wins; the cache is a file system's (it renames and locks), so a URI
-        storage leaves it at its default."""
-        if cli is not None or self.root is None or is_uri(self.root):
-            return cli
-        return Path(self.join("cache"))
-
-    def artifacts(self) -> str | None:
-        """New MLflow experiments' artifact location (a URI)."""
-        where = self.join("mlartifacts")
-        return where if where is None or is_uri(where) else Path(where).as_uri()
-
-
-def filesystem_type(path: str | Path, mounts: str | None = None) -> str:
-    """The type of the file system that holds (or would hold) `path`, from the mount table
-    (/proc/mounts unless given); "unknown" where there is none."""
-    p, missing = Path(path).absolute(), []
-    while not p.exists() and p != p.parent:  # not made yet: where it would be made
-        p, missing = p.parent, [p.name, *missing]
-    p = p.resolve().joinpath(*missing)  # symlinks followed to the real file system
-    if mounts is None:
-        try:
-            mounts = Path("/proc/mounts").read_text()
-        except OSError:
-            return "unknown"
-    best, fstype = -1, "unknown"
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = Path(fields[1].replace("\\040", " ").replace("\\011", "\t"))
-        if (p == point or point in p.parents) and len(point.parts) > best:
-            best, fstype = len(point.parts), fields[2]
-    return fstype
-
-
-def is_shared_filesystem(fstype: str) -> bool:
-    return fstype in SHARED_FILESYSTEMS or (fstype.startswith("fuse.") and fstype != "fuse.lxcfs")
-
-
-def cluster_hosts() -> set[str]:
-    """The addresses of the machines whose Ray nodes are alive (several nodes may share one)."""
-    import ray
-
-    return {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
-
-
-def check_shared(storage: Storage, cache_root: Path, tracking_uri: str, hosts: set[str],
-                 data: Path | None = None, mounts: str | None = None) -> None:
-    """On a cluster of several machines, refuse a local path that other nodes must read or
-    write: checkpoints (Ray Train's workers), the cache and the data (Ray Data's tasks), a
-    SQLite MLflow store (rank 0 logs from its node). FASTRAY_SHARED_STORAGE=1 vouches for
-    paths this cannot recognise as shared."""
-    if len(hosts) < 2 or os.environ.get("FASTRAY_SHARED_STORAGE") == "1":
-        return
-    where = f"the cluster's nodes sit on {len(hosts)} machines"
-    fix = "give --storage (or $FASTRAY_STORAGE) a shared file system path (NFS, EFS, Lustre ...)"
-    places = []
-    ckpt = storage.checkpoints()
-    if ckpt is None or not is_uri(ckpt):
-        places.append(("checkpoints", Path(ckpt or "runs").absolute(), fix))
-    cache_fix = (f"the cache needs a file system: give --cache-dir on a shared one (--storage {storage.root} holds the rest)"
-                 if storage.root and is_uri(storage.root) else fix)
-    places.append(("the preprocessing cache", cache_root, cache_fix))
-    if data is not None:
-        places.append(("the data folder", Path(data).absolute(), "put the data on a shared file system"))
-    if tracking_uri.startswith("sqlite:///"):
-        places.append(("the MLflow store", Path(tracking_uri[len("sqlite:///"):]),
-                       "run `mlflow server` on the head and set MLFLOW_TRACKING_URI=http://HEAD_IP:5000 "
-                       "(README: Cluster)"))
-    for what, path, how in places:
-        fstype = filesystem_type(path, mounts)
-        if not is_shared_filesystem(fstype):
-            raise ValueError(f"{what} {path} is on this machine's own disk ({fstype}), but {where}: "
-                             f"the others cannot see it; {how}; or set FASTRAY_SHARED_STORAGE=1 if it is shared")
-
-
-def _check_cluster(storage: Storage, cache, tracking_uri: str | None, data: Path | None = None) -> None:
-    """Check the storage against the cluster this command runs on: the one RAY_ADDRESS names
-    (a submitted job always has it), joined now, or the Ray this process already joined.
-    Otherwise the command starts a local Ray, one machine: nothing to check, and no Ray
-    started for it (a warm preprocess starts none at all)."""
-    if os.environ.get("RAY_ADDRESS"):
-        from preprocessing.runtime import init_ray
-
-        init_ray()
-    elif "ray" not in sys.modules or not sys.modules["ray"].is_initialized():
-        return
-    check_shared(storage, cache.root, tracking.resolve_uri(tracking_uri), cluster_hosts(), data=data)
+say = logs.logger.info
 
 
 @contextlib.contextmanager
@@ -254,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config(pipe: registry.Pipeline, args, default_name: str):
+def _config(pipe, args, default_name: str):
     cfg, label = configs.load(pipe.configs, args.config or default_name)
     overrides = configs.parse_sets(args.set)
     if getattr(args, "epochs", None) is not None:
@@ -264,7 +132,7 @@ def _config(pipe: registry.Pipeline, args, default_name: str):
     return cfg, label
 
 
-def _data_dir(pipe: registry.Pipeline, args) -> tuple[Path, bool]:
+def _data_dir(pipe, args) -> tuple[Path, bool]:
     """(folder, is_sample). With no --data: the default folder, else generated sample data."""
     if args.data is not None:
         return args.data, False
@@ -314,7 +182,7 @@ def cmd_preprocess(args) -> dict:
     data, is_sample = _data_dir(pipe, args)
     cfg, _ = _config(pipe, args, "sample" if is_sample else "default")
     # a cold build on a cluster reads and writes from many nodes: check that they see the folders
-    _check_cluster(storage, cache, None, data=data)
+    check_cluster(storage, cache, None, data=data)
     t0 = time.perf_counter()
     manifest, hit = pipe.preprocess(cfg, data, cache, args.on_bad_input)
     seconds = time.perf_counter() - t0
@@ -329,6 +197,8 @@ def cmd_preprocess(args) -> dict:
 def cmd_run(args) -> dict:
     from preprocessing.cache import Cache
 
+    from .core.engine import fit
+
     pipe = registry.get(args.name)
     storage = Storage.resolve(args.storage)
     checkpoints = storage.checkpoints()
@@ -336,13 +206,13 @@ def cmd_run(args) -> dict:
     with _placement(args.placement):  # a bad $FASTRAY_PLACEMENT fails before any work
         data, is_sample = _data_dir(pipe, args)
         cfg, label = _config(pipe, args, "sample" if is_sample else "default")
-        _check_cluster(storage, cache, args.tracking_uri, data=data)
+        check_cluster(storage, cache, args.tracking_uri, data=data)
         if is_sample and args.config is None:
             say("using the 'sample' config")
         name = args.run_name or f"{args.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         with tracking.artifact_storage(storage.artifacts()):
-            return pipe.run(
-                cfg, data_dir=data, cache=cache, name=name,
+            return fit(
+                args.name, cfg, data_dir=data, cache=cache, name=name,
                 num_workers=args.num_workers, use_gpu=args.use_gpu, tracking_uri=args.tracking_uri,
                 storage=checkpoints, on_bad=args.on_bad_input, config_label=label,
             )
@@ -351,7 +221,7 @@ def cmd_run(args) -> dict:
 def cmd_tune(args) -> dict:
     from preprocessing.cache import Cache, digest
 
-    from .tuning import tune
+    from .core.tuning import tune
 
     pipe = registry.get(args.name)
     storage = Storage.resolve(args.storage)
@@ -359,7 +229,7 @@ def cmd_tune(args) -> dict:
     cache = Cache(storage.cache_dir(args.cache_dir))
     data, is_sample = _data_dir(pipe, args)
     cfg, label = _config(pipe, args, "sample" if is_sample else "default")
-    _check_cluster(storage, cache, args.tracking_uri, data=data)
+    check_cluster(storage, cache, args.tracking_uri, data=data)
     search = {k: getattr(args, k) for k in ("num_samples", "max_concurrent", "workers_per_trial",
                                             "gpus_per_worker", "search", "time_budget", "seed")}
     name = args.run_name or f"{args.name}-tune-{digest([configs.to_dict(cfg), search, str(data)])[:8]}"
@@ -383,6 +253,7 @@ COMMANDS = {"list": cmd_list, "sample-data": cmd_sample_data, "download": cmd_do
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    logs.setup()
     try:
         emit(COMMANDS[args.command](args))
         return 0

@@ -32,9 +32,9 @@ from torch import nn
 from models.seq2seq import Seq2Seq, Seq2SeqConfig, load_vectors, read_vec_header, strip_tokens
 from preprocessing import pairs, samples_translate, text
 
-from .phases import TrainingPhase
-from .registry import Pipeline, register
-from .steps import cycle_batches, optimizer_step
+from ..core.phases import TrainingPhase
+from ..core.contract import Pipeline, RunContext, TrainConfig
+from ..core.batching import cycle_batches
 
 TOKENIZER_DIR = "tokenizer"
 MODEL_ARTIFACT = "model/model.pt"
@@ -222,7 +222,6 @@ def _pad(ids: np.ndarray, off: np.ndarray, idx: list[int]) -> tuple[torch.Tensor
 # ---------------------------------------------------------------- the pipeline
 
 
-@register("translate")
 class Translate(Pipeline):
     dataset = "giga-fren"
     Config = Config

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -21,67 +22,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from . import registry, tracking
+from . import logs, registry, tracking
 from .config import to_dict
-from .phases import Schedule
-from .engine import (CHECKPOINT_FILE, RunSpec, is_uri, join_storage, load_state, log, run_loop, storage_root,
-                     train_loop_per_worker)
+from .engine import plan
+from .loop import RunSpec, run_loop, train_loop_per_worker
+from .sessions import TuneSession
+from .storage import Storage, is_uri, join_storage
+
+logger = logging.getLogger("fastray")
 
 from ray.tune import Callback  # noqa: E402  (tuning is imported only by `fastray tune`)
 
 
-class TuneSession:
-    """The loop's view of a Tune trial: one worker, the trial's datasets, tune.report."""
-
-    rank, world = 0, 1
-
-    def __init__(self, datasets: dict, use_gpu: bool):
-        self.datasets, self.use_gpu = datasets, use_gpu
-
-    def device(self) -> torch.device:
-        return torch.device("cuda" if self.use_gpu and torch.cuda.is_available() else "cpu")
-
-    def prepare_model(self, model: torch.nn.Module, ddp_kwargs: dict | None = None) -> torch.nn.Module:
-        return model.to(self.device())  # one process: nothing to wrap
-
-    def shard(self, name: str):
-        return self.datasets[name]
-
-    def checkpoint(self, run_dir: str | None) -> dict | None:
-        from ray import tune
-
-        ckpt = tune.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as d:
-            return load_state(Path(d))
-
-    def report(self, metrics: dict, state: dict | None) -> None:
-        from ray import tune
-
-        if state is None:
-            tune.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(state, Path(d) / CHECKPOINT_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-
-    def gather(self, obj: Any) -> list[Any]:
-        return [obj]
-
-
-def _trial(params: dict, *, pipeline: str, cfg: Any, datasets: dict, steps_per_epoch: int,
+def _trial(params: dict, *, pipeline: str, cfg: Any, manifest: dict, datasets: dict, steps_per_epoch: int,
            workers: int, cpus_per_worker: float, use_gpu: bool, storage: str, placement: str = "PACK") -> None:
     """One trial: the base config with the sampled values, trained by the engine's loop."""
     from ray import tune
 
+    logs.setup()
     cfg = dataclasses.replace(cfg, **params)
     trial = tune.get_context().get_trial_id()
     threads = max(1, round(cpus_per_worker))
     spec = RunSpec(pipeline, cfg, trial, workers, threads, use_gpu, steps_per_epoch,
-                   tracking_uri="", run_id="", run_dir="")
+                   tracking_uri="", run_id="", run_dir="", manifest=manifest)
     if workers == 1:
         run_loop(spec, TuneSession(datasets, use_gpu))
         return
@@ -195,10 +158,10 @@ def tune(
 
     datasets = {k: ds.materialize() for k, ds in pipe.datasets(cfg, cache, manifest).items()}
     steps_per_epoch = pipe.steps_per_epoch(cfg, manifest, workers_per_trial)
-    max_epochs = Schedule(pipe.phases(cfg), steps_per_epoch).total_epochs  # ASHA's max_t
+    max_epochs = plan(pipe, cfg, steps_per_epoch).total_epochs  # ASHA's max_t
 
     uri = tracking.resolve_uri(tracking_uri)
-    storage_path = storage_root(storage)
+    storage_path = storage or Storage.resolve(None).checkpoints()
     search_args = {"num_samples": num_samples, "max_concurrent": concurrent, "workers_per_trial": workers_per_trial,
                    "search": search, "seed": seed, "time_budget_s": time_budget_s}
     parent_id, resumed = tracking.start_run(
@@ -207,11 +170,11 @@ def tune(
               "fastray.cache_key": manifest["key"], "fastray.git_commit": tracking.git_commit()},
     )
     parent = tracking.RunLogger(uri, parent_id)
-    log(f"[{name}] MLflow parent run {parent_id} ({'resumed' if resumed else 'new'}) in {uri}; "
+    logger.info(f"[{name}] MLflow parent run {parent_id} ({'resumed' if resumed else 'new'}) in {uri}; "
         f"{concurrent} concurrent trial(s) x {workers_per_trial} worker(s) x {cpus_per_worker:.2f} CPU")
 
     trainable = rt.with_resources(
-        rt.with_parameters(_trial, pipeline=pipeline, cfg=cfg, datasets=datasets, steps_per_epoch=steps_per_epoch,
+        rt.with_parameters(_trial, pipeline=pipeline, cfg=cfg, manifest=manifest, datasets=datasets, steps_per_epoch=steps_per_epoch,
                            workers=workers_per_trial, cpus_per_worker=cpus_per_worker, use_gpu=use_gpu,
                            storage=join_storage(join_storage(storage_path, name), "trainers"),
                            placement=os.environ.get("FASTRAY_PLACEMENT", "PACK")),
@@ -223,7 +186,7 @@ def tune(
     # killed search loses no finished trial
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     if rt.Tuner.can_restore(exp_path):
-        log(f"[{name}] resuming the search in {exp_path}: finished trials are kept")
+        logger.info(f"[{name}] resuming the search in {exp_path}: finished trials are kept")
         tuner = rt.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
     else:
         scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=1, reduction_factor=2)
@@ -289,11 +252,9 @@ def _search_alg(search: str, seed: int):
 
 def _plot_trials(results, metric: str, path: Path) -> Path:
     """Every trial's metric against epoch: ASHA's early stops show as short lines."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from . import plots
 
-    fig = Figure(figsize=(7, 4))
-    FigureCanvasAgg(fig)
+    fig = plots.figure((7, 4))
     ax = fig.add_subplot(1, 1, 1)
     for r in results:
         df = r.metrics_dataframe
@@ -305,6 +266,4 @@ def _plot_trials(results, metric: str, path: Path) -> Path:
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return plots.save(fig, path)

@@ -181,10 +181,7 @@ class RunLogger:
 
 def plot_curves(logger: RunLogger, path: Path) -> Path | None:
     """Every per-epoch metric against epoch: losses in one panel, the rest in another."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from . import plots
 
     keys = [k for k in logger.metric_keys() if not k.startswith(("lr", "momentum", "images_per_s", "epoch_seconds"))]
     if not keys:
@@ -192,7 +189,8 @@ def plot_curves(logger: RunLogger, path: Path) -> Path | None:
     losses = [k for k in keys if "loss" in k]
     others = [k for k in keys if k not in losses]
     panels = [p for p in (losses, others) if p]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 3.2 * len(panels)), squeeze=False)
+    fig = plots.figure((7, 3.2 * len(panels)))
+    axes = fig.subplots(len(panels), 1, squeeze=False)
     for ax, group in zip(axes[:, 0], panels):
         for k in group:
             h = sorted(logger.history(k))
@@ -200,7 +198,4 @@ def plot_curves(logger: RunLogger, path: Path) -> Path | None:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return plots.save(fig, path)

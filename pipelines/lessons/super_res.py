@@ -25,10 +25,10 @@ from models.srresnet import SRResNet, SRResNetConfig
 from preprocessing import imagery, samples_imagery
 from preprocessing.images import read_split
 
-from .image2image import loss_network, psnr, random_flip, side_by_side, to_float, vgg_source
-from .phases import one_cycle
-from .registry import Pipeline, register
-from .steps import optimizer_step
+from ..core.vision import loss_network, psnr, random_flip, side_by_side, to_float, vgg_source
+from ..core.phases import one_cycle
+from ..core.contract import Pipeline, RunContext, TrainConfig
+
 
 LOSSES = ("mse", "feature")
 
@@ -125,7 +125,6 @@ def bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:
     return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
 
 
-@register("super-res")
 class SuperRes(Pipeline):
     dataset = "images"
     Config = Config

@@ -17,9 +17,11 @@ from torch import nn
 from models.darknet import Darknet, DarknetConfig
 from preprocessing import images, samples
 
-from .phases import one_cycle, with_data
-from .registry import Pipeline, register
-from .steps import classification_metrics, optimizer_step
+from ..core import plots
+from ..core.contract import Pipeline, RunContext, TrainConfig
+from ..core.metrics import classification_metrics
+from ..core.phases import one_cycle, with_data
+from ..core.vision import denormalize, normalize, random_crop_flip, to_float
 
 # CIFAR-10's per-channel statistics, in [0, 1] units
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -27,7 +29,7 @@ STD = (0.2470, 0.2435, 0.2616)
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(TrainConfig):
     groups: tuple[int, ...] = (1, 2, 4, 6, 3)  # ResLayers per Darknet group (lesson 12)
     nf: int = 32                # channels of the stem; doubles each group
     p: float = 0.0              # dropout before the classifier (tuned, checkpoint-neutral)
@@ -43,13 +45,11 @@ class Config:
     small_size: int = 24        # progressive resizing: the first phase's size, px (0: none)
     small_frac: float = 0.25    # fraction of the epochs trained at small_size
     pad: int = 4                # random-crop padding, px (reflect)
-    seed: int = 0               # init and the cache's row order
-    max_failures: int = 1       # Ray Train restarts of the worker group after a failure
-    bf16: bool = True           # autocast to bfloat16 on a GPU
 
     def __post_init__(self):
-        if self.bs < 1 or self.epochs < 1 or self.lr <= 0:
-            raise ValueError(f"need bs >= 1, epochs >= 1 and lr > 0 (bs={self.bs}, epochs={self.epochs}, lr={self.lr})")
+        super().__post_init__()
+        if self.lr <= 0:
+            raise ValueError(f"need lr > 0, got {self.lr}")
         if len(self.moms) != 2:
             raise ValueError(f"moms needs two values (max, min), got {self.moms}")
         if not 0 <= self.small_frac < 1 or (self.small_size and not 4 <= self.small_size <= self.size):
@@ -71,7 +71,6 @@ CONFIGS = {
 }
 
 
-@register("cifar10-darknet")
 class Cifar10Darknet(Pipeline):
     dataset = "cifar10"
     Config = Config
@@ -101,31 +100,27 @@ class Cifar10Darknet(Pipeline):
             cfg.epochs, cfg.lr, div=cfg.div, pct=cfg.pct, moms=tuple(cfg.moms),
             opt="sgd", opt_kwargs={"weight_decay": cfg.wd},
         )
-        if len(cfg.sizes) == 1:
-            return with_data(cycle, [(0, f"train{cfg.size}")])
         switch = max(1, round(cfg.epochs * cfg.small_frac))  # data changes on an epoch boundary
+        if len(cfg.sizes) == 1 or switch >= cfg.epochs:  # (a one-epoch run trains at the final size)
+            return with_data(cycle, [(0, f"train{cfg.size}")])
         return with_data(cycle, [(0, f"train{cfg.small_size}"), (switch, f"train{cfg.size}")])
 
     # ---- steps
-    def to_device(self, cfg: Config, batch: dict[str, torch.Tensor], train: bool):
+    def to_device(self, batch: dict[str, torch.Tensor], ctx: RunContext, train: bool):
         key = next(k for k in batch if k.startswith("img"))
-        x = batch[key].permute(0, 3, 1, 2).float().div_(255)  # (B, H, W, 3) uint8 -> (B, 3, H, W)
+        x = to_float(batch[key])  # (B, 3, H, W) in [0, 1]
         if train:
-            x = random_crop_flip(x, cfg.pad)
-        mean = x.new_tensor(MEAN).view(1, 3, 1, 1)
-        std = x.new_tensor(STD).view(1, 3, 1, 1)
-        x = (x - mean) / std
+            x = random_crop_flip(x, ctx.cfg.pad)
+        x = normalize(x, MEAN, STD)
         if x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, batch["label"]
 
-    def train_step(self, model, batch, opt, cfg) -> dict[str, torch.Tensor]:
+    def train_step(self, model, batch, ctx: RunContext) -> dict[str, torch.Tensor]:
         x, y = batch
-        loss = F.cross_entropy(model(x), y)
-        optimizer_step(opt, loss)
-        return {"loss": loss.detach()}
+        return {"loss": F.cross_entropy(model(x), y)}
 
-    def evaluate(self, model, batches: Iterable, cfg) -> dict[str, float]:
+    def evaluate(self, model, batches: Iterable, ctx: RunContext) -> dict[str, float]:
         return classification_metrics((model(x), y) for x, y in batches)
 
     def search_space(self, cfg: Config) -> dict[str, Any]:
@@ -139,49 +134,23 @@ class Cifar10Darknet(Pipeline):
             "pct": tune.uniform(0.05, 0.3),                  # final annealing fraction
         }
 
-    def artifacts(self, model, batch, cfg, out_dir: Path) -> list[Path]:
+    def predictions(self, model, batch, ctx: RunContext) -> list[Path]:
         x, y = batch
-        with torch.no_grad():
-            pred = model(x[:32]).argmax(1)
-        return [plot_predictions(x[:32], y[:32], pred, samples.CIFAR10_CLASSES, out_dir / "predictions.png")]
-
-
-def random_crop_flip(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """Pad-`pad` reflect crop and a horizontal flip, drawn per image, for a whole batch
-    at once: two gathers, no Python loop over images. x: (B, C, H, W)."""
-    B, C, H, W = x.shape
-    if pad > 0:
-        xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")  # (B, C, H+2p, W+2p)
-        dy = torch.randint(0, 2 * pad + 1, (B, 1, 1, 1), device=x.device)
-        dx = torch.randint(0, 2 * pad + 1, (B, 1, 1, 1), device=x.device)
-        rows = (dy + torch.arange(H, device=x.device).view(1, 1, H, 1)).expand(B, C, H, xp.shape[3])
-        x = xp.gather(2, rows)  # (B, C, H, W+2p)
-        cols = (dx + torch.arange(W, device=x.device).view(1, 1, 1, W)).expand(B, C, H, W)
-        x = x.gather(3, cols)  # (B, C, H, W)
-    flip = torch.rand(B, 1, 1, 1, device=x.device) < 0.5
-    return torch.where(flip, x.flip(3), x)
+        pred = model(x[:32]).argmax(1)
+        return [plot_predictions(x[:32], y[:32], pred, samples.CIFAR10_CLASSES, ctx.out_dir / "predictions.png")]
 
 
 def plot_predictions(x: torch.Tensor, y: torch.Tensor, pred: torch.Tensor, classes, path: Path) -> Path:
     """A grid of validation images titled predicted/true, wrong ones in red."""
-    from matplotlib.figure import Figure
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    mean = x.new_tensor(MEAN).view(1, 3, 1, 1)
-    std = x.new_tensor(STD).view(1, 3, 1, 1)
-    imgs = (x.float() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-    n = len(imgs)
-    cols = 8
+    imgs = denormalize(x, MEAN, STD).permute(0, 2, 3, 1).cpu().numpy()
+    n, cols = len(imgs), 8
     rows = -(-n // cols)
-    fig = Figure(figsize=(cols * 1.4, rows * 1.6))
-    FigureCanvasAgg(fig)
+    fig = plots.figure((cols * 1.4, rows * 1.6))
     for i in range(n):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.imshow(imgs[i])
         ok = int(pred[i]) == int(y[i])
         ax.set_title(f"{classes[int(pred[i])]}\n({classes[int(y[i])]})", fontsize=7, color="green" if ok else "red")
         ax.axis("off")
-    fig.suptitle("predicted (true)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    return path
+    acc = (pred.cpu() == y.cpu()).float().mean().item()
+    return plots.save(fig, path, dpi=90, title=f"predicted (true): {acc:.0%} of these right, wrong ones in red")

@@ -21,10 +21,10 @@ from models.perceptual import find_weights, hub_checkpoint
 from preprocessing import imagery, samples_imagery
 from preprocessing.images import read_split
 
-from .image2image import random_flip, say, side_by_side, to_float
-from .phases import discriminative, one_cycle, with_data, with_frozen
-from .registry import Pipeline, register
-from .steps import optimizer_step
+from ..core.vision import random_flip, say, side_by_side, to_float
+from ..core.phases import discriminative, one_cycle, with_data, with_frozen
+from ..core.contract import Pipeline, RunContext, TrainConfig
+
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet's: the encoder's weights expect them
 STD = (0.229, 0.224, 0.225)
@@ -102,7 +102,6 @@ def _resolve_encoder(cfg: Config) -> Path | None:
     return find_weights(cfg.pretrained, RESNET34_FILE)
 
 
-@register("carvana-unet")
 class CarvanaUNet(Pipeline):
     dataset = "carvana"
     Config = Config

@@ -25,9 +25,10 @@ from torch import nn
 from models.awd_lstm import AWDLSTMConfig, ar_tar, encoder_state, language_model, layer_groups, load_encoder, text_classifier
 from preprocessing import samples, text
 
-from .phases import discriminative, one_cycle, with_frozen
-from .registry import Pipeline, register
-from .steps import classification_metrics, cycle_batches, optimizer_step
+from ..core.phases import discriminative, one_cycle, with_frozen
+from ..core.contract import Pipeline, RunContext, TrainConfig
+from ..core.batching import cycle_batches
+from ..core.metrics import classification_metrics
 
 ENCODER_ARTIFACT = "encoder/encoder.pt"
 # `fastray sample-data imdb`: reviews of 30 to 200 words (~200 SentencePiece tokens on average)
@@ -213,7 +214,6 @@ class _ImdbBase(Pipeline):
 # ---------------------------------------------------------------- the language model
 
 
-@register("imdb-lm")
 class ImdbLM(_ImdbBase):
     Config = LMConfig
     configs = LM_CONFIGS
@@ -303,7 +303,6 @@ class ImdbLM(_ImdbBase):
 # ---------------------------------------------------------------- the classifier
 
 
-@register("imdb-clas")
 class ImdbClas(_ImdbBase):
     Config = ClasConfig
     configs = CLAS_CONFIGS

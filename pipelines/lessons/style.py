@@ -33,10 +33,10 @@ from models.style_net import StyleNet, StyleNetConfig
 from preprocessing import imagery, samples_imagery
 from preprocessing.images import read_split
 
-from .image2image import loss_network, random_flip, say, side_by_side, to_float, vgg_source
-from .phases import one_cycle
-from .registry import Pipeline, register
-from .steps import optimizer_step
+from ..core.vision import loss_network, random_flip, say, side_by_side, to_float, vgg_source
+from ..core.phases import one_cycle
+from ..core.contract import Pipeline, RunContext, TrainConfig
+
 
 
 def style_image(style: str, size: int) -> np.ndarray:
@@ -141,7 +141,6 @@ def _net_losses(cfg: NetConfig, device: str) -> _Losses:
     return _Losses(cfg, device)
 
 
-@register("style-net")
 class StyleNetPipeline(Pipeline):
     dataset = "images"
     Config = NetConfig
@@ -296,7 +295,6 @@ def _gmean(xs: list[float]) -> float:
     return math.exp(sum(math.log(max(x, 1e-12)) for x in xs) / len(xs))
 
 
-@register("style-transfer")
 class StyleTransfer(Pipeline):
     dataset = "images"
     Config = TransferConfig

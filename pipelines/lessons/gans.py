@@ -41,9 +41,9 @@ from models.dcgan import DCGANConfig, WGAN
 from preprocessing import gan_data, samples_gans
 from preprocessing.images import read_split
 
-from .phases import TrainingPhase
-from .registry import Pipeline, register
-from .steps import optimizer_step
+from ..core.phases import TrainingPhase
+from ..core.contract import Pipeline, RunContext, TrainConfig
+
 
 # learning checks: a trained generator passes, an untrained one fails (figures: tests/test_gans.py)
 WGAN_PASS_FD = 0.2          # Frechet distance of 4x4 thumbnails, generated vs held-out real, at most
@@ -276,7 +276,6 @@ class _GANPipeline(Pipeline):
         return {"lr": tune.loguniform(cfg.lr / 4, cfg.lr * 4)}
 
 
-@register("wgan")
 class WGANPipeline(_GANPipeline):
     dataset = "lsun"
     Config = WGANConfig
@@ -415,7 +414,6 @@ CYCLEGAN_CONFIGS = {
 }
 
 
-@register("cyclegan")
 class CycleGANPipeline(_GANPipeline):
     dataset = "horse2zebra"
     Config = CycleGANPipelineConfig

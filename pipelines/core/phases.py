@@ -10,6 +10,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from . import plots
+
 DECAYS = ("constant", "linear", "cosine", "exponential", "polynomial")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 _END = object()  # sentinel for an exhausted batch iterator
@@ -302,6 +304,40 @@ def with_frozen(phases: list[TrainingPhase], frozen: tuple[int, ...]) -> list[Tr
     return [replace(p, frozen=tuple(frozen)) for p in phases]
 
 
+# ----------------------------------------------------------------------------- recipes
+# fastai's training recipes as named functions of the run's total epochs: a recipe's stages
+# add up to `epochs`, so `--epochs N` trains N epochs whatever the pipeline.
+
+def fine_tune(epochs: int, frozen_epochs: int, lr: float, frozen: tuple[int, ...],
+              unfrozen_lr: float | None = None, **cycle: Any) -> list[TrainingPhase]:
+    """fastai's fine_tune: a 1cycle of `frozen_epochs` with the groups `frozen` frozen (the
+    new head trains alone), then a 1cycle of everything for the rest of `epochs`, at
+    `unfrozen_lr` (default lr). With epochs <= frozen_epochs only the frozen stage runs."""
+    if epochs < 1 or frozen_epochs < 0:
+        raise ValueError(f"need epochs >= 1 and frozen_epochs >= 0, got epochs={epochs}, frozen_epochs={frozen_epochs}")
+    first = min(frozen_epochs, epochs)
+    head = with_frozen(one_cycle(first, lr, **cycle), frozen) if first else []
+    rest = epochs - first
+    return head + (one_cycle(rest, unfrozen_lr or lr, **cycle) if rest else [])
+
+
+def gradual_unfreeze(epochs: int, stage_epochs: tuple[int, ...], n_groups: int, lr: float,
+                     **cycle: Any) -> list[TrainingPhase]:
+    """ULMFiT's gradual unfreezing: a 1cycle per stage, stage k training the last k + 1
+    parameter groups for stage_epochs[k] epochs; a last stage trains every group for the
+    rest of `epochs` (stages past `epochs` are cut)."""
+    if epochs < 1 or any(e < 1 for e in stage_epochs):
+        raise ValueError(f"need epochs >= 1 and stage_epochs >= 1 each, got epochs={epochs}, stage_epochs={stage_epochs}")
+    out, left = [], epochs
+    for k, e in enumerate(stage_epochs):
+        e = min(e, left)
+        if not e:
+            break
+        out += with_frozen(one_cycle(e, lr, **cycle), tuple(range(max(0, n_groups - k - 1))))
+        left -= e
+    return out + (one_cycle(left, lr, **cycle) if left else [])
+
+
 # ----------------------------------------------------------------------------- LR finder
 
 def lr_find(model: torch.nn.Module, batches: Iterable, loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
@@ -375,11 +411,7 @@ def _suggest(lrs: list[float], losses: list[float]) -> float:
 # ----------------------------------------------------------------------------- plots
 
 def _figure(nrows: int, figsize: tuple[float, float]) -> tuple[Any, Any]:
-    # A bare Figure on an Agg canvas: no pyplot, so no global backend switch and no figure leaks.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
+    fig = plots.figure(figsize)
     return fig, fig.subplots(nrows, 1, sharex=True)
 
 def plot_lr_find(result: dict, path: str) -> str:
@@ -390,9 +422,7 @@ def plot_lr_find(result: dict, path: str) -> str:
     ax.plot([sugg], [losses[j]], "ro", label=f"suggestion {sugg:.2e}")
     ax.set(xscale="log", xlabel="learning rate (log)", ylabel="smoothed loss", title="LR finder")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return str(plots.save(fig, path))
 
 def plot_schedule(schedule: Schedule, path: str) -> str:
     steps = list(range(schedule.total_steps + 1))
@@ -407,6 +437,5 @@ def plot_schedule(schedule: Schedule, path: str) -> str:
             ax.axvline(b, color="gray", alpha=0.3, lw=0.8)
     spe = schedule.steps_per_epoch
     ax_lr.secondary_xaxis("top", functions=(lambda s: s / spe, lambda e: e * spe)).set_xlabel("epoch")
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return str(plots.save(fig, path))
+

@@ -1,26 +1,54 @@
-"""What the image-to-image pipelines (super-res, style-net, style-transfer, carvana-unet)
-share: uint8 batches to float tensors, PSNR, the VGG loss network of a worker, and the
-side-by-side pictures (input | output | target) they log to MLflow.
+"""What the vision pipelines share: uint8 batches to float tensors, normalisation and the
+ImageNet statistics, random crops and flips of whole batches on the device, PSNR, the VGG
+loss network of a worker, and the side-by-side pictures they log to MLflow.
 """
 from __future__ import annotations
 
-import sys
+import logging
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from models.perceptual import VGGFeatures, find_weights, missing_vgg_message
+import torch.nn.functional as F
 
+from models.perceptual import IMAGENET_MEAN, IMAGENET_STD, VGGFeatures, find_weights, missing_vgg_message
 
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+from . import plots
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD"]  # re-exported for the lessons
+logger = logging.getLogger("fastray")
 
 
 def to_float(img: torch.Tensor) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [0, 1]."""
     return img.permute(0, 3, 1, 2).float().div_(255)
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> per-channel standardised."""
+    return (x - x.new_tensor(mean).view(1, 3, 1, 1)) / x.new_tensor(std).view(1, 3, 1, 1)
+
+
+def denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """normalize()'s inverse, clamped to [0, 1] for display."""
+    return (x.float() * x.new_tensor(std).view(1, 3, 1, 1) + x.new_tensor(mean).view(1, 3, 1, 1)).clamp(0, 1)
+
+
+def random_crop_flip(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Pad-`pad` reflect crop and a horizontal flip, drawn per image, for a whole batch
+    at once: two gathers, no Python loop over images. x: (B, C, H, W)."""
+    B, C, H, W = x.shape
+    if pad > 0:
+        xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")  # (B, C, H+2p, W+2p)
+        dy = torch.randint(0, 2 * pad + 1, (B, 1, 1, 1), device=x.device)
+        dx = torch.randint(0, 2 * pad + 1, (B, 1, 1, 1), device=x.device)
+        rows = (dy + torch.arange(H, device=x.device).view(1, 1, H, 1)).expand(B, C, H, xp.shape[3])
+        x = xp.gather(2, rows)  # (B, C, H, W+2p)
+        cols = (dx + torch.arange(W, device=x.device).view(1, 1, 1, W)).expand(B, C, H, W)
+        x = x.gather(3, cols)  # (B, C, H, W)
+    return random_flip(x)[0]
 
 
 def random_flip(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -43,7 +71,7 @@ def vgg_source(weights: str, allow_random: bool, name: str, quiet: bool = False)
     if path is None and not allow_random:
         raise FileNotFoundError(missing_vgg_message())
     if not quiet:
-        say(f"{name}: perceptual loss on VGG16 weights {path}" if path else
+        logger.info(f"{name}: perceptual loss on VGG16 weights {path}" if path else
             f"{name}: warning: no VGG16 weights: the perceptual loss uses RANDOM VGG features (allow_random_vgg)")
     return {"fastray.vgg16": f"file:{path}" if path else "random"}
 
@@ -62,13 +90,9 @@ def loss_network(layers: tuple[int, ...], weights: str, allow_random: bool, devi
 def side_by_side(columns: Sequence[tuple[str, torch.Tensor]], path: Path, n: int = 6, title: str = "") -> Path:
     """A grid: one row per example, one column per (title, (N, C, H, W) images in [0, 1]);
     smaller images are shown enlarged (nearest) to the largest size. C is 3 or 1 (a mask)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     n = min(n, *(len(x) for _, x in columns))
     size = max(x.shape[-1] for _, x in columns)
-    fig = Figure(figsize=(1.8 * len(columns), 1.8 * n + (0.4 if title else 0)))
-    FigureCanvasAgg(fig)
+    fig = plots.figure((1.8 * len(columns), 1.8 * n + (0.4 if title else 0)))
     axes = fig.subplots(n, len(columns), squeeze=False)
     for j, (name, x) in enumerate(columns):
         x = x[:n].detach().float().cpu()
@@ -83,8 +107,4 @@ def side_by_side(columns: Sequence[tuple[str, torch.Tensor]], path: Path, n: int
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(name, fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return plots.save(fig, path, title=title)

@@ -30,10 +30,10 @@ from torch import nn
 from models import ssd as det
 from preprocessing import samples_pascal, voc
 
-from . import detection_metrics as dm
-from .phases import discriminative, one_cycle, with_frozen
-from .registry import Pipeline, register
-from .steps import optimizer_step
+from ..core import metrics as dm
+from ..core.phases import discriminative, one_cycle, with_frozen
+from ..core.contract import Pipeline, RunContext, TrainConfig
+
 
 # ImageNet's per-channel statistics, in [0, 1] units: what the ResNet weights expect
 MEAN = (0.485, 0.456, 0.406)
@@ -237,7 +237,6 @@ def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- lesson 8
 
 
-@register("pascal-largest")
 class PascalLargest(_PascalBase):
     Config = LargestConfig
     configs = LARGEST_CONFIGS
@@ -285,7 +284,6 @@ class PascalLargest(_PascalBase):
 # ---------------------------------------------------------------- lesson 9
 
 
-@register("pascal-ssd")
 class PascalSSD(_PascalBase):
     Config = SSDConfig
     configs = SSD_CONFIGS

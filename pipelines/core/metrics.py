@@ -1,5 +1,7 @@
-"""Mean average precision at IoU 0.5, as the Pascal VOC 2007 devkit scores it (the lessons
-never computed it).
+"""Evaluation metrics: running sums on the device, classification, and VOC mAP.
+
+Mean average precision at IoU 0.5 is scored as the Pascal VOC 2007 devkit scores it (the
+lessons never computed it).
 
 The devkit's procedure, per class: sort every detection of the class by score; each one
 takes the ground-truth box of its image it overlaps most; over 0.5 IoU it is a true
@@ -18,7 +20,46 @@ sorts the marks of all of them (average_precision): the marks gather cheaply.
 """
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class Sums:
+    """Running sums of per-batch tensors kept on the device (no host sync per batch), read
+    once at the end as means over the examples: {name: sum / n, ..., "n": n}."""
+
+    def __init__(self):
+        self.totals: dict[str, torch.Tensor] = {}
+        self.n = 0
+
+    def add(self, n: int, **sums: torch.Tensor) -> None:
+        """`sums`: each a batch's sum over its n examples."""
+        for k, v in sums.items():
+            v = v.detach().double()
+            self.totals[k] = v if k not in self.totals else self.totals[k] + v
+        self.n += n
+
+    def means(self, **empty: float) -> dict[str, float]:
+        """The means; `empty` gives the values when no example was seen (default 0)."""
+        if not self.n:
+            return {**{k: 0.0 for k in self.totals}, **empty, "n": 0}
+        return {**{k: float(v) / self.n for k, v in self.totals.items()}, "n": self.n}
+
+
+def classification_metrics(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """Mean cross entropy and accuracy over (logits (N, C), targets (N,)) pairs, with "n"
+    for combine()."""
+    sums = Sums()
+    for out, y in pairs:
+        out = out.float()
+        sums.add(len(y), loss=F.cross_entropy(out, y, reduction="sum"), accuracy=(out.argmax(1) == y).sum())
+    return sums.means(loss=0.0, accuracy=0.0)
+
+
+# ----------------------------------------------------------------------------- VOC mAP
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""The machinery every pipeline shares; it imports no lesson."""

@@ -1,0 +1,157 @@
+"""The engine's driver: one run of a pipeline on Ray Train, recorded in MLflow.
+
+    fit() ─ preprocess (cache) ─ Ray Datasets ─ MLflow run ─ TorchTrainer.fit()
+                                                                │ each worker
+                                                core.loop.run_loop (the one training loop)
+
+Resume: rerunning with the same name finds Ray Train's checkpoint of the last finished
+epoch and continues from the next one, in the same MLflow run.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import registry, tracking
+from .config import to_dict
+from .loop import RunSpec, train_loop_per_worker
+from .phases import Schedule
+from .storage import Storage, check_resumable, join_storage
+
+logger = logging.getLogger("fastray")
+
+
+# ------------------------------------------------------------------ the driver
+
+
+def fit(
+    pipeline: str,
+    cfg: Any,
+    *,
+    data_dir: Path,
+    cache: Any,
+    name: str,
+    num_workers: int = 1,
+    use_gpu: bool = False,
+    tracking_uri: str | None = None,
+    storage: str | None = None,
+    on_bad: str = "skip",
+    config_label: str = "",
+) -> dict:
+    """Preprocess (cached), train with Ray Train, record in MLflow; the summary dict."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from preprocessing.runtime import cluster_cpus, cluster_gpus, init_ray
+
+    t_start = time.perf_counter()
+    pipe = registry.get(pipeline)
+    if hasattr(pipe, "run"):  # a pipeline that trains no model runs its own way
+        return pipe.run(cfg, data_dir=data_dir, cache=cache, name=name, num_workers=num_workers, use_gpu=use_gpu,
+                        tracking_uri=tracking_uri, storage=storage, on_bad=on_bad, config_label=config_label)
+    if num_workers < 1:
+        raise ValueError(f"--num-workers must be >= 1, got {num_workers}")
+    # a run folder that cannot be resumed is refused before any work, and before MLflow
+    # records a run that would stay RUNNING
+    storage_path = storage or Storage.resolve(None).checkpoints()
+    run_dir = join_storage(storage_path, name)
+    torch.manual_seed(cfg.seed)
+    check_resumable(pipeline, pipe.build_model(cfg), run_dir, name)
+    manifest, hit = pipe.preprocess(cfg, data_dir, cache, on_bad)
+    init_ray()
+    if use_gpu and cluster_gpus() < num_workers:
+        if not os.environ.get("RAY_ADDRESS"):  # a local Ray gets no more GPUs
+            raise ValueError(f"--use-gpu with {num_workers} worker(s), but this machine has {cluster_gpus()} GPU(s)")
+        logger.info(f"[{name}] the cluster has {cluster_gpus()} GPU(s) now for {num_workers} GPU worker(s): "
+            "waiting for the autoscaler to add GPU nodes")
+    # each worker holds an equal share of the CPUs and runs torch on that many threads
+    cpus_per_worker = max(1, cluster_cpus() // num_workers)
+    datasets = {k: ds.materialize() for k, ds in pipe.datasets(cfg, cache, manifest).items()}
+    rows = pipe.train_rows(manifest)
+    steps_per_epoch = pipe.steps_per_epoch(cfg, manifest, num_workers)
+    if steps_per_epoch < 1:
+        raise ValueError(f"{rows} training rows make no batch of {cfg.bs}: lower bs")
+    sched = plan(pipe, cfg, steps_per_epoch)
+
+    uri = tracking.resolve_uri(tracking_uri)
+    init_tags = pipe.init_source(cfg, manifest, uri)
+    run_id, resumed = tracking.start_run(
+        uri, pipeline, name, params={"config": to_dict(cfg)} | {"num_workers": num_workers},
+        tags={
+            "fastray.pipeline": pipeline, "fastray.config": config_label, "fastray.cache_key": manifest["key"],
+            "fastray.git_commit": tracking.git_commit(), "fastray.world_size": num_workers,
+            "fastray.device": "cuda" if use_gpu else "cpu", "fastray.ray_address": ray.get_runtime_context().gcs_address,
+            **init_tags,
+        },
+    )
+    run_log = tracking.RunLogger(uri, run_id)
+    if not resumed:
+        _log_plan(run_log, sched, cfg)
+    logger.info(f"[{name}] MLflow run {run_id} ({'resumed' if resumed else 'new'}) in {uri}")
+
+    spec = RunSpec(pipeline, cfg, name, num_workers, cpus_per_worker, use_gpu, steps_per_epoch, uri, run_id,
+                   run_dir=run_dir, manifest=manifest)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": spec},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker},
+            placement_strategy=os.environ.get("FASTRAY_PLACEMENT", "PACK"),  # SPREAD: one worker a node where it can
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        ),
+        datasets=datasets,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+    )
+    t_fit = time.perf_counter()
+    try:
+        result = trainer.fit()
+    except BaseException:
+        run_log.finish("FAILED")
+        raise
+    fit_seconds = time.perf_counter() - t_fit
+    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    with tempfile.TemporaryDirectory() as d:
+        if tracking.plot_curves(run_log, Path(d) / "curves.png"):
+            run_log.artifact(Path(d) / "curves.png", "plots")
+    run_log.finish()
+    return {
+        "run_id": run_id,
+        "experiment": pipeline,
+        "name": name,
+        "metrics": metrics,
+        "world_size": num_workers,
+        "cache": "hit" if hit else "miss",
+        "resumed": resumed,
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "fit_seconds": round(fit_seconds, 2),
+        "seconds": round(time.perf_counter() - t_start, 2),
+    }
+
+
+def plan(pipe: Any, cfg: Any, steps_per_epoch: int) -> Schedule:
+    """The run's schedule; its length must be cfg.epochs, so --epochs means one thing everywhere."""
+    sched = Schedule(pipe.phases(cfg), steps_per_epoch)
+    if sched.total_epochs != cfg.epochs:
+        raise ValueError(f"{pipe.name}: its phases last {sched.total_epochs} epochs but its config says "
+                         f"epochs={cfg.epochs}")
+    return sched
+
+
+def _log_plan(run_log: tracking.RunLogger, sched: Schedule, cfg: Any) -> None:
+    """The config and the LR/momentum schedule, before any training."""
+    from .phases import plot_schedule
+
+    run_log.json(to_dict(cfg), "config.json")
+    with tempfile.TemporaryDirectory() as d:
+        run_log.artifact(plot_schedule(sched, str(Path(d) / "schedule.png")), "plots")

@@ -1,0 +1,1 @@
+"""One module per lesson pipeline, named in core.registry."""
