@@ -32,8 +32,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from pipelines import config as configs
-from pipelines import registry
+from pipelines.core import config as configs
+from pipelines.core import registry
 from preprocessing.cache import Cache
 from preprocessing.runtime import init_ray
 
@@ -110,8 +110,8 @@ def main() -> None:
     bare_before, _ = bare_loop(pipe, cfg, folder, device, epochs, cpus)
 
     # the engine under Ray Train, one worker holding every CPU (and the GPU)
-    from pipelines.engine import fit
-    from pipelines.tracking import RunLogger, resolve_uri
+    from pipelines.core.engine import fit
+    from pipelines.core.tracking import RunLogger, resolve_uri
 
     init_ray()
     t0 = time.perf_counter()

@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.__main__ import Storage, check_shared, filesystem_type, main
+from pipelines.__main__ import main
+from pipelines.core.storage import Storage, check_shared, filesystem_type
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's ray, mlflow and fastray
@@ -104,7 +105,7 @@ def test_storage_layout():
 
 
 def test_new_experiments_keep_artifacts_on_the_storage(tmp_path, capsys):
-    from pipelines import tracking
+    from pipelines.core import tracking
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     beside = tracking._client(uri).get_experiment(tracking.experiment_id(uri, "local"))
@@ -140,11 +141,11 @@ def test_several_hosts_refuse_a_local_path_and_take_a_shared_one(monkeypatch):
 
 def test_cli_refuses_a_node_local_storage_on_several_hosts(capsys, workdir, ray_session, monkeypatch):
     """The refusal as a user meets it: one line, exit 1, before any preprocessing or training."""
-    import pipelines.__main__ as cli
+    from pipelines.core import storage
 
     monkeypatch.delenv("FASTRAY_SHARED_STORAGE", raising=False)
-    monkeypatch.setattr(cli, "cluster_hosts", lambda: {"10.0.0.1", "10.0.0.2"})
-    monkeypatch.setattr(cli, "is_shared_filesystem", lambda fstype: False)
+    monkeypatch.setattr(storage, "cluster_hosts", lambda: {"10.0.0.1", "10.0.0.2"})
+    monkeypatch.setattr(storage, "is_shared_filesystem", lambda fstype: False)
     (workdir / "data").mkdir()  # refused before the data is read
     code = main(["run", "cifar10-darknet", "--data", str(workdir / "data"), "--config", "tiny",
                  "--storage", str(workdir / "store"), "--name", "refused"])
@@ -159,13 +160,17 @@ def test_object_storage_uris_reach_ray_train_unchanged(cifar_small, workdir, ray
     ROOT/runs/NAME, and nothing lands under the current folder."""
     import ray.train.torch
 
-    from pipelines import registry
-    from pipelines.engine import fit, join_storage, storage_root
+    from pipelines.core import registry
+    from pipelines.core.engine import fit
+    from pipelines.core.storage import join_storage
     from preprocessing.cache import Cache
 
-    assert storage_root("s3://b/fastray/runs/") == "s3://b/fastray/runs"
+    assert Storage.resolve("s3://b/fastray/").checkpoints() == "s3://b/fastray/runs"
     assert join_storage("gs://b/runs", "x") == "gs://b/runs/x"
-    assert storage_root("runs") == str(workdir / "runs")
+    assert Storage.resolve(None).checkpoints() == str(workdir / "runs")
+    monkeypatch.setenv("FASTRAY_STORAGE", str(workdir / "store"))  # one meaning: the root of runs/, cache/ ...
+    assert Storage.resolve(None).checkpoints() == str(workdir / "store" / "runs")
+    monkeypatch.delenv("FASTRAY_STORAGE")
     seen = {}
 
     class Captured(Exception):

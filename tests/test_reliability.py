@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import registry
+from pipelines.core import registry
 from pipelines.__main__ import main
 from preprocessing import DataError, samples
 from preprocessing.cache import Cache
@@ -116,7 +116,7 @@ def test_a_checkpoint_of_another_pipeline_is_refused_in_one_line(cifar_tiny, wor
     the unit tests, with a checkpoint of other shapes and one that would run code)."""
     import torch
 
-    from pipelines.engine import CHECKPOINT_FILE, EPOCH_FILE
+    from pipelines.core.storage import CHECKPOINT_FILE, EPOCH_FILE
 
     folder = workdir / "runs" / "clash" / "checkpoint_0"
     folder.mkdir(parents=True)

@@ -72,7 +72,9 @@ def apply(cfg: Any, overrides: dict[str, Any], source: str = "--set") -> Any:
     types = fields(type(cfg))
     unknown = sorted(set(overrides) - set(types))
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(types)}")
+        own = [k for k in vars(type(cfg)).get("__annotations__", {}) if k in types]  # the pipeline's own first
+        keys = own + [k for k in types if k not in own]
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(keys)}")
     changes = {k: _coerce(k, v, types[k]) for k, v in overrides.items()}
     try:
         return dataclasses.replace(cfg, **changes)

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from pipelines import config as configs
-from pipelines.cifar10_darknet import CONFIGS, Config
+from pipelines.core import config as configs
+from pipelines.lessons.cifar10_darknet import CONFIGS, Config
 
 
 def test_set_parses_each_field_type():
@@ -13,7 +13,7 @@ def test_set_parses_each_field_type():
 
 
 def test_unknown_key_names_the_valid_ones():
-    with pytest.raises(configs.ConfigError, match="unknown key.*nope.*valid keys: groups, nf, p, bn_mom, bs"):
+    with pytest.raises(configs.ConfigError, match="unknown key.*nope.*valid keys: groups, nf, p, bn_mom, .*seed, bf16, fp16, clip, accum"):
         configs.apply(CONFIGS["tiny"], {"nope": "1"})
 
 

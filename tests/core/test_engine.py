@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipelines.engine import CHECKPOINT_FILE, EPOCH_FILE, check_resumable, load_state
+from pipelines.core.storage import CHECKPOINT_FILE, EPOCH_FILE, check_resumable, load_state
 
 
 def _save(folder: Path, state: dict, epoch: int) -> None:

@@ -1,13 +1,13 @@
-"""Tests for pipelines/phases.py: fast, CPU only, no Ray."""
+"""Tests for pipelines/core/phases.py: fast, CPU only, no Ray."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines.phases import (
-    DECAYS, Schedule, TrainingPhase, combine_scheds, cosine, discriminative, lr_find, make_optimizer,
-    one_cycle, plot_lr_find, plot_schedule, same_optimizer, sched_constant, sched_cosine,
+from pipelines.core.phases import (
+    DECAYS, Schedule, TrainingPhase, combine_scheds, cosine, discriminative, fine_tune, gradual_unfreeze, lr_find,
+    make_optimizer, one_cycle, plot_lr_find, plot_schedule, same_optimizer, sched_constant, sched_cosine,
     sched_exponential, sched_linear, sched_polynomial, set_hyper, sgdr, with_data, with_frozen,
 )
 
@@ -70,6 +70,35 @@ def test_one_cycle():
         _, lr, mom = sched.at(s)
         assert (lr - 0.1) / 0.9 == approx((0.95 - mom) / 0.1)
     assert all(sched.at(s)[2] == approx(0.95) for s in range(90, 101))
+
+def _stages(phases):
+    """(epochs, frozen) per run of phases with the same frozen set."""
+    out = []
+    for p in phases:
+        if out and out[-1][1] == p.frozen:
+            out[-1] = (out[-1][0] + p.epochs, p.frozen)
+        else:
+            out.append((p.epochs, p.frozen))
+    return [(approx(e), f) for e, f in out]
+
+
+def test_fine_tune_stages_add_up_to_epochs():
+    assert _stages(fine_tune(13, 1, 1e-2, (0, 1), unfrozen_lr=2e-3)) == [(1, (0, 1)), (12, ())]
+    assert _stages(fine_tune(1, 3, 1e-2, (0, 1))) == [(1, (0, 1))]  # a short run: the frozen stage, cut
+    assert _stages(fine_tune(5, 0, 1e-2, (0, 1))) == [(5, ())]
+    unfrozen = fine_tune(4, 1, 1e-2, (0,), unfrozen_lr=2e-3)[-3:]  # the second 1cycle peaks at unfrozen_lr
+    assert max(p.lr_at(1.0) for p in unfrozen) == approx(2e-3)
+    with pytest.raises(ValueError, match="epochs >= 1"):
+        fine_tune(0, 1, 1e-2, (0,))
+
+
+def test_gradual_unfreeze_stages():
+    # ULMFiT: the last group, then the last two, then all of the 4 groups
+    assert _stages(gradual_unfreeze(10, (1, 1), 4, 1e-2)) == [(1, (0, 1, 2)), (1, (0, 1)), (8, ())]
+    assert _stages(gradual_unfreeze(1, (1, 1), 4, 1e-2)) == [(1, (0, 1, 2))]
+    assert _stages(gradual_unfreeze(2, (1, 1), 4, 1e-2)) == [(1, (0, 1, 2)), (1, (0, 1))]
+    assert sum(p.epochs for p in gradual_unfreeze(7, (2, 3), 3, 1e-2)) == approx(7)
+
 
 def test_sgdr_cycle_lengths():
     phases = sgdr(3, 1, 0.1, cycle_mult=2)
