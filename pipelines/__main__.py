@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -32,16 +33,25 @@ from preprocessing import DataError, download
 from .core import config as configs
 from .core import logs, registry, tracking
 from .core.storage import Storage, check_cluster
-from .lessons import translate
 
 EXIT_USAGE, EXIT_ERROR = 2, 1
 PLACEMENTS = ("pack", "spread")
 
 
 def emit(obj: dict) -> None:
-    """The job-friendly result: one JSON object, the last line on stdout."""
+    """The job-friendly result: one strict JSON object (nan and inf as null), the last line on stdout."""
     sys.stdout.flush()
-    print(json.dumps(obj, default=str), flush=True)
+    print(json.dumps(_strict(obj), default=str, allow_nan=False), flush=True)
+
+
+def _strict(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
 
 
 say = logs.logger.info
@@ -75,7 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=None, help="number of items")
 
     download.add_parser(sub)
-    translate.add_parser(sub)
+    tr = sub.add_parser("translate", help="translate lines (stdin or --file) with a trained translate run")
+    tr.add_argument("run_id", help="the MLflow run id of a finished `fastray run translate`")
+    tr.add_argument("--file", type=Path, default=None, help="one sentence a line (default: stdin)")
+    tr.add_argument("--beam", type=int, default=None, help="beam size (default: the run's; 1: greedy)")
+    tr.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
 
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("name", help="pipeline name (see `fastray list`)")
@@ -239,6 +253,7 @@ def cmd_tune(args) -> dict:
             num_samples=args.num_samples, max_concurrent=args.max_concurrent, workers_per_trial=args.workers_per_trial,
             gpus_per_worker=args.gpus_per_worker, search=args.search, time_budget_s=args.time_budget, seed=args.seed,
             tracking_uri=args.tracking_uri, storage=checkpoints, on_bad=args.on_bad_input,
+            fixed=tuple(configs.parse_sets(args.set)),
         )
 
 
@@ -246,8 +261,14 @@ def cmd_download(args) -> dict:
     return download.cmd_download(args, pipelines={n: registry.get(n).dataset for n in registry.names()})
 
 
+def cmd_translate(args) -> dict:
+    from .lessons.translate import cmd_translate as translate  # the one lesson with a command of its own
+
+    return translate(args)
+
+
 COMMANDS = {"list": cmd_list, "sample-data": cmd_sample_data, "download": cmd_download, "preprocess": cmd_preprocess,
-            "run": cmd_run, "tune": cmd_tune, "translate": translate.cmd_translate}
+            "run": cmd_run, "tune": cmd_tune, "translate": cmd_translate}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, configs.ConfigError, KeyError, ValueError, FileNotFoundError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         say(f"fastray: error: {msg}")
+        emit({"error": msg})  # scripts read the last stdout line: JSON on failure too
         return EXIT_ERROR
     except KeyboardInterrupt:
         say("fastray: interrupted")

@@ -22,7 +22,7 @@ from . import registry, tracking
 from .config import to_dict
 from .loop import RunSpec, train_loop_per_worker
 from .phases import Schedule
-from .storage import Storage, check_resumable, join_storage
+from .storage import Storage, check_resumable, join_storage, run_lock
 
 logger = logging.getLogger("fastray")
 
@@ -45,11 +45,6 @@ def fit(
     config_label: str = "",
 ) -> dict:
     """Preprocess (cached), train with Ray Train, record in MLflow; the summary dict."""
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from preprocessing.runtime import cluster_cpus, cluster_gpus, init_ray
-
     t_start = time.perf_counter()
     pipe = registry.get(pipeline)
     if hasattr(pipe, "run"):  # a pipeline that trains no model runs its own way
@@ -57,14 +52,33 @@ def fit(
                         tracking_uri=tracking_uri, storage=storage, on_bad=on_bad, config_label=config_label)
     if num_workers < 1:
         raise ValueError(f"--num-workers must be >= 1, got {num_workers}")
+    tracking.require_reachable(tracking.resolve_uri(tracking_uri))
     # a run folder that cannot be resumed is refused before any work, and before MLflow
     # records a run that would stay RUNNING
     storage_path = storage or Storage.resolve(None).checkpoints()
     run_dir = join_storage(storage_path, name)
+    with run_lock(run_dir, name):  # one process per run name
+        return _fit(pipe, cfg, data_dir=data_dir, cache=cache, name=name, num_workers=num_workers, use_gpu=use_gpu,
+                    tracking_uri=tracking_uri, storage_path=storage_path, run_dir=run_dir, on_bad=on_bad,
+                    config_label=config_label, t_start=t_start)
+
+
+def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_workers: int, use_gpu: bool,
+         tracking_uri: str | None, storage_path: str, run_dir: str, on_bad: str, config_label: str,
+         t_start: float) -> dict:
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from preprocessing.runtime import cluster_cpus, cluster_gpus, init_ray
+
+    pipeline = pipe.name
     torch.manual_seed(cfg.seed)
     check_resumable(pipeline, pipe.build_model(cfg), run_dir, name)
     manifest, hit = pipe.preprocess(cfg, data_dir, cache, on_bad)
     init_ray()
+    if not os.environ.get("RAY_ADDRESS") and num_workers > cluster_cpus():  # a local Ray gets no more CPUs
+        raise ValueError(f"--num-workers {num_workers}: this machine's Ray has {cluster_cpus()} CPU(s), one a "
+                         "worker at least; use fewer workers, or a cluster (RAY_ADDRESS)")
     if use_gpu and cluster_gpus() < num_workers:
         if not os.environ.get("RAY_ADDRESS"):  # a local Ray gets no more GPUs
             raise ValueError(f"--use-gpu with {num_workers} worker(s), but this machine has {cluster_gpus()} GPU(s)")
@@ -121,6 +135,9 @@ def fit(
         raise
     fit_seconds = time.perf_counter() - t_fit
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    if "nonfinite_step" in metrics:
+        run_log.finish("FAILED")
+        raise ValueError(run_log.tag("fastray.failure") or f"the training loss is not finite at step {metrics['nonfinite_step']}")
     with tempfile.TemporaryDirectory() as d:
         if tracking.plot_curves(run_log, Path(d) / "curves.png"):
             run_log.artifact(Path(d) / "curves.png", "plots")

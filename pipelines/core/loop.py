@@ -45,6 +45,10 @@ class RunSpec:
     manifest: dict = field(default_factory=dict)  # preprocess()'s manifest
 
 
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became nan or inf: the run stops (a diverged run is no result)."""
+
+
 def run_loop(spec: RunSpec, session: Any, pipe: Any = None) -> None:
     """Train `spec.pipeline` through its phases on this worker's shard (`pipe`: an instance
     to use instead of a new one from the registry)."""
@@ -111,6 +115,7 @@ def run_loop(spec: RunSpec, session: Any, pipe: Any = None) -> None:
         model.train()
         t0, seen, sums = time.perf_counter(), 0, defaultdict(float)
         ctx.step = step = epoch * spe
+        bad_step = torch.full((), -1, device=device)  # the first step whose loss is not finite, on the device
         if reset:
             reset()
         for i, batch in enumerate(pipe.batches(session.shard(data), ctx, train=True)):
@@ -152,10 +157,19 @@ def run_loop(spec: RunSpec, session: Any, pipe: Any = None) -> None:
                     step_optimizer(opt, cfg.clip, ctx.scaler)
             for k, v in losses.items():
                 sums[k] += v.detach().float()  # summed on the device: no sync each step
+            finite = torch.stack([v.detach().float() for v in losses.values()]).isfinite().all()
+            bad_step = torch.where(finite | (bad_step >= 0), bad_step, step + 1)
             seen += batch_len(batch)
             ctx.step = step = step + 1
         steps = max(1, step - epoch * spe)
         train_seconds = time.perf_counter() - t0
+        if int(bad_step) >= 0:  # one sync an epoch; every rank sees it (DDP spreads nan to all)
+            msg = (f"the training loss is not finite from step {int(bad_step)} (epoch {epoch + 1}): the run "
+                   f"diverged; lower the LR (--set lr=...) or clip gradients (--set clip=1.0)")
+            session.report({"epoch": epoch + 1, "nonfinite_step": int(bad_step)}, None)
+            if run_log:
+                run_log.tags({"fastray.failure": msg})
+            raise NonFiniteLoss(msg)
 
         model.eval()
         if reset:
@@ -232,4 +246,7 @@ def train_loop_per_worker(config: dict) -> None:
     from .sessions import RayTrainSession
 
     logs.setup()
-    run_loop(config["spec"], RayTrainSession())
+    try:
+        run_loop(config["spec"], RayTrainSession())
+    except NonFiniteLoss:
+        return  # reported as "nonfinite_step": the driver fails the run; Ray Train must not retry it

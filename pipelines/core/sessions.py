@@ -6,6 +6,7 @@ Tune trial (which reports with ray.tune), and one plain process (tests, experime
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import torch
 
 from .storage import checkpoint_epoch, is_uri, load_state, save_state
+
+logger = logging.getLogger("fastray")
 
 
 class LocalSession:
@@ -115,8 +118,10 @@ class RayTrainSession:
             for folder in sorted(dirs, key=checkpoint_epoch, reverse=True):
                 try:
                     return load_state(folder)
-                except Exception:  # a half-copied checkpoint: try the one before
-                    continue
+                except Exception as e:  # a damaged or half-copied checkpoint: say so, try the one before
+                    if self.rank == 0:
+                        logger.warning(f"warning: checkpoint {folder} does not load ({type(e).__name__}): "
+                                       "resuming from the one before it")
         return None
 
     def report(self, metrics: dict, state: dict | None) -> None:

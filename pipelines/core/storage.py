@@ -7,9 +7,13 @@ Train as it is; file:// is a path.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
+import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -148,6 +152,34 @@ def check_cluster(storage: Storage, cache, tracking_uri: str | None, data: Path 
         return
     check_shared(storage, cache.root, tracking.resolve_uri(tracking_uri), cluster_hosts(), data=data)
 
+
+
+LOCK_FILE = ".fastray.lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str, name: str):
+    """One process trains a run name at a time: an exclusive flock on run_dir/.fastray.lock,
+    held for the run and released on any exit (a killed process holds none, so a rerun after
+    a crash takes it over). A second start says who holds it. Object storage has no lock."""
+    if is_uri(run_dir):
+        yield
+        return
+    path = Path(run_dir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise ValueError(f"run {name!r} is being trained by {holder}; wait for it to end, "
+                             "or use another --name") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        f.flush()
+        yield
 
 
 def save_state(state: dict, folder: Path) -> None:

@@ -58,6 +58,27 @@ def is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
+def require_reachable(uri: str, timeout: float = 5.0) -> None:
+    """A tracking server that does not answer /health within `timeout` seconds is a one-line
+    error before any work (MLflow's own client would retry for minutes, silently)."""
+    if not is_server(uri):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+            if r.status == 200:
+                return
+            why = f"HTTP {r.status}"
+    except urllib.error.HTTPError as e:
+        why = f"HTTP {e.code}"
+    except (urllib.error.URLError, OSError) as e:
+        why = str(getattr(e, "reason", e))
+    raise ValueError(f"the MLflow tracking server {uri} does not answer ({why}); start it (`mlflow server`), "
+                     "or give another --tracking-uri")
+
+
 def _artifact_root(uri: str) -> str | None:
     """Where a new experiment's artifacts go: a server decides itself (its
     --artifacts-destination, proxied to every client); otherwise the --storage's
@@ -174,6 +195,9 @@ class RunLogger:
 
     def metric_keys(self) -> list[str]:
         return sorted(self.client.get_run(self.run_id).data.metrics)
+
+    def tag(self, key: str) -> str | None:
+        return self.client.get_run(self.run_id).data.tags.get(key)
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)

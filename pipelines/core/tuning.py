@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from typing import Any
 from . import logs, registry, tracking
 from .config import to_dict
 from .engine import plan
-from .loop import RunSpec, run_loop, train_loop_per_worker
+from .loop import NonFiniteLoss, RunSpec, run_loop, train_loop_per_worker
 from .sessions import TuneSession
 from .storage import Storage, is_uri, join_storage
 
@@ -52,7 +53,7 @@ def _trial(params: dict, *, pipeline: str, cfg: Any, manifest: dict, datasets: d
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    TorchTrainer(
+    result = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
@@ -62,6 +63,8 @@ def _trial(params: dict, *, pipeline: str, cfg: Any, manifest: dict, datasets: d
         run_config=ray.train.RunConfig(name=trial, storage_path=storage, callbacks=[TuneReportCallback()]),
         datasets=datasets,
     ).fit()
+    if "nonfinite_step" in (result.metrics or {}):  # the workers stopped on a diverged loss: the trial failed
+        raise NonFiniteLoss(f"the training loss is not finite from step {result.metrics['nonfinite_step']}")
 
 
 class MlflowTrials(Callback):
@@ -122,8 +125,9 @@ def tune(
     tracking_uri: str | None = None,
     storage: str | None = None,
     on_bad: str = "skip",
+    fixed: tuple[str, ...] = (),
 ) -> dict:
-    """Search the pipeline's space with ASHA; the summary dict (best config, best metrics)."""
+    """Search the pipeline's space with ASHA (less the keys in `fixed`, which --set gave); the summary dict (best config, best metrics)."""
     from ray import tune as rt
     from ray.tune.schedulers import ASHAScheduler
 
@@ -134,8 +138,15 @@ def tune(
     space = pipe.search_space(cfg)
     if not space:
         raise ValueError(f"pipeline {pipeline!r} declares no search space")
+    pinned = sorted(set(space) & set(fixed))
+    space = {k: v for k, v in space.items() if k not in fixed}  # --set on a searched key narrows the search
+    if not space:
+        raise ValueError(f"--set fixes every searched key ({', '.join(pinned)}): nothing left to search")
+    if pinned:
+        logger.info(f"[{name}] {', '.join(f'{k}={getattr(cfg, k)}' for k in pinned)} fixed by --set: not searched")
     if num_samples < 1 or workers_per_trial < 1:
         raise ValueError("--num-samples and --workers-per-trial must be >= 1")
+    tracking.require_reachable(tracking.resolve_uri(tracking_uri))
     manifest, hit = pipe.preprocess(cfg, data_dir, cache, on_bad)
     init_ray()
     cpus, gpus = cluster_cpus(), cluster_gpus()
@@ -202,7 +213,14 @@ def tune(
     with contextlib.redirect_stdout(sys.stderr):  # Tune's tables are progress: stdout keeps the JSON
         results = tuner.fit()
 
-    best = results.get_best_result(metric=pipe.metric, mode=pipe.mode, scope="last")
+    # a trial that failed (a diverged loss, a crash) is never the best, whatever it reported before
+    ok = [r for r in results if r.error is None and math.isfinite((r.metrics or {}).get(pipe.metric, math.nan))]
+    if not ok:
+        first = next((str(r.error).strip().splitlines()[-1] for r in results if r.error is not None), "no metric")
+        parent.tags({"fastray.failure": f"all {len(results)} trials failed"})
+        parent.finish("FAILED")
+        raise ValueError(f"all {len(results)} trials failed ({len(results.errors)} errors); the first: {first}")
+    best = (max if pipe.mode == "max" else min)(ok, key=lambda r: r.metrics[pipe.metric])
     best_cfg = dataclasses.replace(cfg, **best.config)
     best_json = {"base": config_label if config_label in pipe.configs else "default", **to_dict(best_cfg)}
     best_path = None  # on object storage, best.json is the parent run's MLflow artifact only

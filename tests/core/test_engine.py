@@ -40,3 +40,86 @@ def test_checkpoints_load_without_running_pickled_code(tmp_path):
     torch.save({"model": {}, "x": _Evil()}, folder / CHECKPOINT_FILE)
     with pytest.raises(Exception, match="Weights only load failed"):
         load_state(folder)
+
+
+# ------------------------------------------------------------------ guards before and during a run
+
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from pipelines.__main__ import main  # noqa: E402
+from pipelines.core.storage import LOCK_FILE, run_lock  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, json.loads(out.strip().splitlines()[-1]), err
+
+
+def test_a_run_name_is_held_by_one_process_and_released_on_exit(tmp_path):
+    run_dir = str(tmp_path / "runs" / "r")
+    with run_lock(run_dir, "r"):
+        with pytest.raises(ValueError, match=r"run 'r' is being trained by process \d+ on .* since"):
+            with run_lock(run_dir, "r"):
+                pass
+    with run_lock(run_dir, "r"):  # released: taken again
+        pass
+    # a process killed while holding it leaves a file but no lock
+    code = f"from pipelines.core.storage import run_lock\nimport os\nwith run_lock({run_dir!r}, 'r'): os.kill(os.getpid(), 9)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == -9
+    assert (Path(run_dir) / LOCK_FILE).exists()
+    with run_lock(run_dir, "r"):
+        pass
+
+
+def test_a_second_start_of_a_running_name_is_refused(cifar_small, workdir, ray_session, capsys):
+    env = {**os.environ, "RAY_ADDRESS": ray_session, "PYTHONPATH": str(ROOT)}
+    argv = ["run", "cifar10-darknet", "--data", str(cifar_small), "--config", "tiny", "--name", "twice"]
+    first = subprocess.Popen([sys.executable, "-m", "pipelines", *argv], cwd=workdir, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lock = workdir / "runs" / "twice" / LOCK_FILE
+    while not (lock.exists() and lock.read_text()) and first.poll() is None:  # the first holds the name
+        time.sleep(0.2)
+    code, obj, err = _cli(capsys, *argv)
+    log = first.communicate(timeout=600)[0]
+    assert first.returncode == 0, log[-3000:]
+    assert code == 1 and f"is being trained by process {first.pid}" in obj["error"], err
+    runs = MlflowClient(f"sqlite:///{workdir / 'mlruns.db'}").search_runs(
+        [MlflowClient(f"sqlite:///{workdir / 'mlruns.db'}").get_experiment_by_name("cifar10-darknet").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert len(list((workdir / "runs" / "twice").glob("checkpoint_*"))) <= 2
+
+
+def test_a_diverged_run_fails_with_its_step_and_strict_json(cifar_small, workdir, ray_session, capsys):
+    code, obj, err = _cli(capsys, "run", "cifar10-darknet", "--data", str(cifar_small), "--config", "tiny",
+                          "--set", "lr=1000", "--epochs", "1", "--name", "nan")
+    assert code == 1 and "training loss is not finite from step" in obj["error"] and "(epoch 1)" in obj["error"], err
+    client = MlflowClient(f"sqlite:///{workdir / 'mlruns.db'}")
+    run = client.search_runs([client.get_experiment_by_name("cifar10-darknet").experiment_id])[0]
+    assert run.info.status == "FAILED" and "not finite" in run.data.tags["fastray.failure"]
+
+
+def test_impossible_requests_fail_at_once(cifar_small, workdir, ray_session, capsys):
+    base = ["run", "cifar10-darknet", "--data", str(cifar_small), "--config", "tiny"]
+    code, obj, _ = _cli(capsys, *base, "--num-workers", "8")
+    assert code == 1 and "--num-workers 8: this machine's Ray has 2 CPU(s)" in obj["error"]
+    t0 = time.monotonic()
+    code, obj, _ = _cli(capsys, *base, "--tracking-uri", "http://127.0.0.1:9")
+    assert code == 1 and "the MLflow tracking server http://127.0.0.1:9 does not answer" in obj["error"]
+    assert time.monotonic() - t0 < 60  # bounded: no retry loop
+    assert not (workdir / "cache").exists()  # refused before any preprocessing
+
+
+def test_tune_never_crowns_a_diverged_trial(cifar_small, workdir, ray_session, capsys):
+    code, obj, err = _cli(capsys, "tune", "cifar10-darknet", "--data", str(cifar_small), "--config", "tiny",
+                          "--epochs", "1", "--num-samples", "2", "--max-concurrent", "1", "--set", "lr=1000")
+    assert "lr=1000.0 fixed by --set: not searched" in err
+    assert code == 1 and "all 2 trials failed (2 errors)" in obj["error"], err
