@@ -285,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         say("fastray: interrupted")
+        emit({"error": "interrupted"})
         return 130
 
 

@@ -94,8 +94,10 @@ def test_two_workers_ddp(capsys, cifar_small, workdir, ray_session):
     assert run.data.tags["fastray.world_size"] == "2" and run.data.params["num_workers"] == "2"
 
 
-def test_killed_run_resumes_from_its_last_checkpoint(cifar_small, workdir, ray_session):
-    """SIGKILL the driver mid-run; the same --name resumes at the epoch after the last checkpoint."""
+def test_interrupted_run_is_killed_and_resumes_from_its_last_checkpoint(cifar_small, workdir, ray_session):
+    """Ctrl-C (SIGINT to the driver's process group, as a terminal sends it): "fastray:
+    interrupted", exit 130, the MLflow run KILLED; the same --name resumes at the epoch after
+    the last checkpoint. (A SIGKILLed worker is tests/test_reliability.py's.)"""
     env = {**os.environ, "RAY_ADDRESS": ray_session, "PYTHONUNBUFFERED": "1"}
     argv = [sys.executable, "-m", "pipelines", "run", "cifar10-darknet", "--data", str(cifar_small),
             "--config", "tiny", "--epochs", "6", "--name", "killme"]
@@ -106,8 +108,11 @@ def test_killed_run_resumes_from_its_last_checkpoint(cifar_small, workdir, ray_s
     while time.time() < deadline and "epoch 2/6" not in (workdir / "first.log").read_text():
         assert proc.poll() is None, (workdir / "first.log").read_text()[-3000:]
         time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and anything it started
-    proc.wait()
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+    assert proc.wait(timeout=120) == 130, (workdir / "first.log").read_text()[-3000:]
+    assert "fastray: interrupted" in (workdir / "first.log").read_text()
+    killed = _mlflow(workdir).search_runs([_mlflow(workdir).get_experiment_by_name("cifar10-darknet").experiment_id])
+    assert [r.info.status for r in killed] == ["KILLED"]
 
     second = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=workdir, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]

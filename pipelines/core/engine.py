@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,10 @@ def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_work
     )
     t_fit = time.perf_counter()
     try:
-        result = trainer.fit()
+        result = _in_thread(trainer.fit)
+    except KeyboardInterrupt:  # Ctrl-C: the run is KILLED; its last checkpoint resumes it
+        run_log.finish("KILLED")
+        raise
     except BaseException:
         run_log.finish("FAILED")
         raise
@@ -154,6 +158,27 @@ def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_work
         "fit_seconds": round(fit_seconds, 2),
         "seconds": round(time.perf_counter() - t_start, 2),
     }
+
+
+def _in_thread(fn: Any) -> Any:
+    """fn() in a worker thread while the main thread waits, so that Ctrl-C raises
+    KeyboardInterrupt here (Ray Train's fit() in the main thread installs a SIGINT handler
+    that exits 1 without a word when the terminal's SIGINT has also reached Ray's processes)."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name="fastray-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def plan(pipe: Any, cfg: Any, steps_per_epoch: int) -> Schedule:
