@@ -82,6 +82,8 @@ def run_loop(spec: RunSpec, session: Any, pipe: Any = None) -> None:
 
     # rank 0 logs to MLflow; under Tune the driver does (spec.run_id is empty)
     run_log = tracking.RunLogger(spec.tracking_uri, spec.run_id) if rank0 and spec.run_id else None
+    # epochs MLflow already holds (a resumed run): each step keeps one value
+    logged = {s for s, _ in run_log.history(pipe.metric)} if run_log and pipe.metric else set()
     start_epoch, state = 0, session.checkpoint(spec.run_dir)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -95,9 +97,13 @@ def run_loop(spec: RunSpec, session: Any, pipe: Any = None) -> None:
         if run_log:
             run_log.tags({"fastray.resumed_from_epoch": start_epoch})
             # the checkpoint carries its epoch's metrics: log them if MLflow missed them
-            logged = [s for s, _ in run_log.history(pipe.metric)] if pipe.metric else []
             if start_epoch not in logged:
                 run_log.metrics(state["metrics"], step=start_epoch)
+            again = sorted(s for s in logged if s > start_epoch)
+            if again:  # their checkpoints were lost: MLflow keeps the first values, the retrained ones are not added
+                logger.warning(f"[{spec.name}] warning: MLflow holds epoch(s) {again} from the attempt whose "
+                               "checkpoints did not load; they are trained again, and MLflow keeps their first values")
+                run_log.tags({"fastray.retrained_epochs": ",".join(map(str, again))})
 
     if cuda:
         model = model.to(memory_format=torch.channels_last)
@@ -194,7 +200,7 @@ def run_loop(spec: RunSpec, session: Any, pipe: Any = None) -> None:
             **({"scaler": ctx.scaler.state_dict()} if ctx.scaler is not None else {}),
         } if rank0 else None
         session.report({**metrics, "epoch": epoch + 1}, ckpt)
-        if run_log:
+        if run_log and epoch + 1 not in logged:
             run_log.metrics(metrics, step=epoch + 1)  # after the checkpoint is safe: never twice
         if rank0:
             shown = {k: metrics[k] for k in metrics if k.startswith("train_") or k == pipe.metric}

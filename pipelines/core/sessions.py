@@ -6,16 +6,13 @@ Tune trial (which reports with ray.tune), and one plain process (tests, experime
 from __future__ import annotations
 
 import contextlib
-import logging
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .storage import checkpoint_epoch, is_uri, load_state, save_state
-
-logger = logging.getLogger("fastray")
+from .storage import is_uri, load_newest, load_state, save_state
 
 
 class LocalSession:
@@ -115,14 +112,7 @@ class RayTrainSession:
         with ckpt_ctx as d:
             if d:
                 dirs.append(Path(d))
-            for folder in sorted(dirs, key=checkpoint_epoch, reverse=True):
-                try:
-                    return load_state(folder)
-                except Exception as e:  # a damaged or half-copied checkpoint: say so, try the one before
-                    if self.rank == 0:
-                        logger.warning(f"warning: checkpoint {folder} does not load ({type(e).__name__}): "
-                                       "resuming from the one before it")
-        return None
+            return load_newest(dirs, warn=self.rank == 0)
 
     def report(self, metrics: dict, state: dict | None) -> None:
         import ray.train

@@ -192,6 +192,19 @@ def load_state(folder: Path) -> dict:
     return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
+def load_newest(folders: list[Path], warn: bool = True) -> dict | None:
+    """The state of the newest checkpoint folder (by its epoch) that loads; a damaged or
+    half-copied one is named on stderr and the one before it tried."""
+    for folder in sorted(folders, key=checkpoint_epoch, reverse=True):
+        try:
+            return load_state(folder)
+        except Exception as e:
+            if warn:
+                logger.warning(f"warning: checkpoint {folder} does not load ({type(e).__name__}): "
+                               "resuming from the one before it")
+    return None
+
+
 def is_uri(location: str) -> bool:
     """An object-store URI (s3://, gs:// ...) that Ray Train takes as it is; file:// is a path."""
     return "://" in location and not location.startswith("file://")

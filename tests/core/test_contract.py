@@ -163,3 +163,30 @@ def test_clip_bounds_the_update_by_the_gradient_norm():
     free = moved(_train_once(bs=8, steps=1, lr=1.0))
     clipped = moved(_train_once(bs=8, steps=1, lr=1.0, clip=0.01))
     assert free > 0.05 and clipped == pytest.approx(0.01, rel=1e-4)
+
+
+def test_a_damaged_newest_checkpoint_is_named_and_mlflow_keeps_one_value_per_step(tmp_path, caplog):
+    """Epochs 1-2 trained and logged; epoch 2's checkpoint truncated: the rerun says so,
+    resumes from epoch 1, and MLflow's history keeps one value per step."""
+    from pipelines.core import tracking
+    from pipelines.core.storage import load_newest, save_state
+
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 5, generator=g), torch.randn(8, 1, generator=g)
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    run_id, _ = tracking.start_run(uri, "toy", "dmg", params={}, tags={})
+    spec = lambda epochs: RunSpec("toy", ToyConfig(bs=4, epochs=epochs), "dmg", 1, 1, False, 2, uri, run_id, "")
+    first = LocalSession({"train": (x, y), "valid": (x, y)})
+    states = []
+    first.report = lambda metrics, state: states.append(state) if state else None
+    run_loop(spec(2), first, Toy())
+    for state in states:  # the run folder's checkpoints, the newest damaged
+        save_state(state, (tmp_path / f"checkpoint_{state['epoch']}").mkdir() or tmp_path / f"checkpoint_{state['epoch']}")
+    (tmp_path / "checkpoint_2" / "state.pt").write_bytes(b"truncated")
+    with caplog.at_level("WARNING", logger="fastray"):
+        state = load_newest(list(tmp_path.glob("checkpoint_*")))
+        assert state["epoch"] == 1 and "checkpoint_2 does not load" in caplog.text
+        run_loop(spec(3), LocalSession({"train": (x, y), "valid": (x, y)}, state=state), Toy())
+        assert "MLflow holds epoch(s) [2]" in caplog.text
+    steps = [m.step for m in tracking.RunLogger(uri, run_id).client.get_metric_history(run_id, "mse")]
+    assert sorted(steps) == [1, 2, 3]
