@@ -21,10 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from preprocessing import samples
 from preprocessing.cache import Cache
 from preprocessing.images import decode_image, find_cifar10, preprocess_images, resize_all
 from preprocessing.runtime import cluster_cpus, init_ray
+from preprocessing.samples import cifar10 as cifar10_samples
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     sizes = tuple(int(s) for s in args.sizes.split(","))
     work = Path(tempfile.mkdtemp(prefix="fastray-prep-"))
     print(f"generating {args.images} sample PNGs in {work}", file=sys.stderr)
-    samples.cifar10(work / "cifar10", size=args.images)
+    cifar10_samples.cifar10(work / "cifar10", size=args.images)
     source = find_cifar10(work / "cifar10")
     files = [p for items in source.splits.values() for p, _ in items]
 

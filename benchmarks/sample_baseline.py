@@ -1,4 +1,4 @@
-"""Baselines on the generated CIFAR-10 stand-in (preprocessing.samples.cifar10).
+"""Baselines on the generated CIFAR-10 stand-in (preprocessing.samples.cifar10.cifar10).
 
 Measures how learnable the sample data is:
 
@@ -38,7 +38,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from preprocessing.samples import CIFAR10_CLASSES, cifar10  # noqa: E402
+from preprocessing.samples.cifar10 import CIFAR10_CLASSES, cifar10  # noqa: E402
 
 
 def load_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ the same files are tokenized four ways:
 MB = 10^6 bytes of review text; every run reads the files from the page cache (they were
 just written). Targets: (c) encode >= 0.5 x (b) x cores; (c) >= 3 x (a); (d) >= 20 x
 faster than (c). With --logreg it also fits a unigram logistic regression on the default
-sample (samples.imdb(size=5000)) and records its test accuracy.
+sample (imdb_samples.imdb(size=5000)) and records its test accuracy.
 
     python benchmarks/tokenize.py [--mb 100] [--out benchmarks/results/tokenize.json] [--logreg]
 """
@@ -50,9 +50,12 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from preprocessing import samples  # noqa: E402
+from preprocessing.samples import imdb as imdb_samples  # noqa: E402
 from preprocessing.cache import Cache  # noqa: E402
-from preprocessing.text import _processor, find_imdb, fixup, tokenize, train_spm  # noqa: E402
+from preprocessing.text.documents import fixup  # noqa: E402
+from preprocessing.text.encoding import tokenize  # noqa: E402
+from preprocessing.text.readers import find_imdb  # noqa: E402
+from preprocessing.text.subwords import processor, train_spm  # noqa: E402
 
 # torchtext.data.utils._basic_english_normalize, as torchtext 0.x ships it
 _PATTERNS = [r"\'", r"\"", r"\.", r"<br \/>", r",", r"\(", r"\)", r"\!", r"\?", r"\;", r"\:", r"\s+"]
@@ -85,7 +88,7 @@ def torchtext_style(files: list[str]) -> dict:
 def spm_plain(files: list[str], model: str, batch_bytes: int = 4 << 20) -> dict:
     """Read, fixup and encode every file with one SentencePiece processor, one thread."""
     t0 = time.perf_counter()
-    sp = _processor(model)
+    sp = processor(model)
     out, texts, size = [], [], 0
     for p in files:
         with open(p, "rb") as f:
@@ -100,12 +103,12 @@ def spm_plain(files: list[str], model: str, batch_bytes: int = 4 << 20) -> dict:
 
 
 def make_corpus(folder: Path, mb: float, seed: int = 0) -> dict:
-    probe = samples.imdb(folder / "probe", size=200, unsup=0, seed=seed + 1)
+    probe = imdb_samples.imdb(folder / "probe", size=200, unsup=0, seed=seed + 1)
     per_doc = probe["bytes"] / 200
     shutil.rmtree(folder / "probe")
     n = int(mb * 1e6 / per_doc) + 1
     t0 = time.perf_counter()
-    info = samples.imdb(folder / "aclImdb", size=n // 2, unsup=n - n // 2, seed=seed)
+    info = imdb_samples.imdb(folder / "aclImdb", size=n // 2, unsup=n - n // 2, seed=seed)
     return {**info, "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -116,7 +119,7 @@ def logreg(seed: int = 0) -> dict:
     import torch.nn.functional as F
 
     with tempfile.TemporaryDirectory() as tmp:
-        info = samples.imdb(Path(tmp) / "aclImdb", seed=seed)
+        info = imdb_samples.imdb(Path(tmp) / "aclImdb", seed=seed)
 
         def load(split):
             docs, ys = [], []

@@ -95,17 +95,17 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in [
         {
             "fastai": Source((Remote("imdb.tgz", "https://s3.amazonaws.com/fast-ai-nlp/imdb.tgz",
                                      144440600, "90f9b1c4ff43a90d67553c9240dc0249", checksum_by=_FASTAI),),
-                             "imdb/{train,test}/{pos,neg}/*.txt and imdb/unsup/*.txt: read by text.find_imdb"),
+                             "imdb/{train,test}/{pos,neg}/*.txt and imdb/unsup/*.txt: read by text.readers.find_imdb"),
             "original": Source((Remote("aclImdb_v1.tar.gz", "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
                                        84125825, "7c2ac02c03563afcf9b574c7e56c153a", checksum_by="torchtext"),),
-                               "aclImdb/{train,test}/{pos,neg}/*.txt and aclImdb/train/unsup/*.txt: read by text.find_imdb"),
+                               "aclImdb/{train,test}/{pos,neg}/*.txt and aclImdb/train/unsup/*.txt: read by text.readers.find_imdb"),
         }, "fastai", data="imdb"),
     Dataset(
         "wikitext-103", "WikiText-103, 103M tokens of Wikipedia articles (the ULMFiT language model's pretraining)",
         {
             "original": Source((Remote("wikitext-103-v1.zip", "https://wikitext.smerity.com/wikitext-103-v1.zip",
                                        None, "9ddaacaf6af0710eda8c456decff7832", checksum_by="torchtext"),),
-                               "wikitext-103/wiki.{train,valid,test}.tokens: read by text.find_wikitext"),
+                               "wikitext-103/wiki.{train,valid,test}.tokens: read by text.readers.find_wikitext"),
             "fastai": Source((Remote("wikitext-103.tgz", "https://s3.amazonaws.com/fast-ai-nlp/wikitext-103.tgz",
                                      190200704, "2dd8cf8693b3d27e9c8f0a7df054b2c7", checksum_by=_FASTAI),),
                              "wikitext-103/{train,test}.csv, one article a row without a header: not the token "

@@ -13,14 +13,12 @@ Readers:
   draws the B image at random in the same way). The pipeline re-pairs within each batch.
 
 Images are center-cropped to a square and resized (antialiased bicubic) to the one size the
-pipeline trains at. Each Ray Data task takes a chunk of files, as preprocessing/images.py.
+pipeline trains at, through preprocessing/chunked.py's template (a chunk of files a task).
 """
 from __future__ import annotations
 
 import hashlib
-import pickle
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,18 +26,14 @@ from typing import Literal
 
 import numpy as np
 
-from . import DataError
+from . import DataError, data_folder, with_subfolders
 from .cache import Cache, digest, fingerprint_files
-from .images import decode_image, resize_all, write_chunks
+from .chunked import BadInput, Decoder, decode_splits, seconds_since
+from .images import center_square, decode_image, images_under, resize_all
 
 TRANSFORM_VERSION = "gan-data-v1"  # bump when the decode/resize code changes its output
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 UNPAIRED = ("trainA", "trainB", "testA", "testB")
-BadInput = Literal["skip", "fail"]
-
-
-def _warn(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -63,20 +57,6 @@ class GanSource:
 # ---------------------------------------------------------------- readers
 
 
-def _root(data_dir: str | Path) -> Path:
-    root = Path(data_dir).absolute()  # Ray workers run in other folders
-    if not root.exists():
-        raise DataError(f"{root}: no such folder")
-    if not root.is_dir():
-        raise DataError(f"{root}: not a folder")
-    return root
-
-
-def _images_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-
-
 def _draw(rel: str, seed: int) -> float:
     """A stable per-file number in [0, 1)."""
     return int(hashlib.sha256(f"{seed}\0{rel}".encode()).hexdigest()[:12], 16) / 16 ** 12
@@ -85,11 +65,11 @@ def _draw(rel: str, seed: int) -> float:
 def find_image_folder(data_dir: str | Path, valid_frac: float = 0.1, valid_max: int = 1000,
                       data_frac: float = 1.0, seed: int = 0) -> GanSource:
     """Every image under data_dir, split into train and valid by a seeded hash of its path."""
-    root = _root(data_dir)
+    root = data_folder(data_dir)
     if not 0 < valid_frac < 1 or valid_max < 1 or not 0 < data_frac <= 1:
         raise ValueError(f"need 0 < valid_frac < 1, valid_max >= 1 and 0 < data_frac <= 1, "
                          f"got {valid_frac}, {valid_max}, {data_frac}")
-    files = _images_under(root)
+    files = images_under(root, IMAGE_EXTS)
     if len(files) < 2:
         raise DataError(f"{root}: {'one image' if files else 'no JPEG, PNG or WebP images'} in this folder or "
                         "below; need at least two (a training and a validation one)")
@@ -106,9 +86,8 @@ def find_image_folder(data_dir: str | Path, valid_frac: float = 0.1, valid_max: 
 
 def find_unpaired(data_dir: str | Path, seed: int = 0) -> GanSource:
     """CycleGAN's layout at data_dir or one folder below it: trainA/ trainB/ testA/ testB/."""
-    root = _root(data_dir)
-    candidates = [root] + sorted(p for p in root.iterdir() if p.is_dir())
-    top = next((c for c in candidates if (c / "trainA").is_dir() or (c / "trainB").is_dir()), None)
+    root = data_folder(data_dir)
+    top = next((c for c in with_subfolders(root) if (c / "trainA").is_dir() or (c / "trainB").is_dir()), None)
     if top is None:
         raise DataError(f"{root}: no CycleGAN data here (expected trainA/, trainB/, testA/ and testB/ "
                         "image folders, as horse2zebra.zip extracts)")
@@ -117,7 +96,7 @@ def find_unpaired(data_dir: str | Path, seed: int = 0) -> GanSource:
         d = top / name
         if not d.is_dir():
             raise DataError(f"{d}: missing (CycleGAN's layout has trainA/, trainB/, testA/ and testB/)")
-        files[name] = _images_under(d)
+        files[name] = images_under(d, IMAGE_EXTS)
         if not files[name]:
             raise DataError(f"{d}: no JPEG, PNG or WebP images")
     rng = random.Random(seed)
@@ -139,53 +118,27 @@ def _pair(a: list[Path], b: list[Path], rng: random.Random) -> list[tuple[Path, 
 # ---------------------------------------------------------------- decode + resize
 
 
-def center_square(img: np.ndarray) -> np.ndarray:
-    """The largest centred square of an (H, W, 3) image."""
-    h, w = img.shape[:2]
-    s = min(h, w)
-    y, x = (h - s) // 2, (w - s) // 2
-    return img[y : y + s, x : x + s]
-
-
 def load(path: Path | str, size: int) -> np.ndarray:
     """File -> (size, size, 3) uint8, center-cropped; DataError naming the file if unreadable."""
-    return resize_all(np.ascontiguousarray(center_square(decode_image(Path(path)))), (size,))[size]
+    return resize_all(center_square(decode_image(Path(path))), (size,))[size]
 
 
-class _DecodeChunk:
-    """Ray Data map_batches function: each row holds one pickled chunk of (index, item) ->
-    the items' images ("img"; unpaired: "a", "b" and the row's "idx")."""
+class _GanDecoder(Decoder):
+    """An item (index, image) -> a row "img"; unpaired (index, (image of A, image of B)) ->
+    a row "a", "b" and the row's "idx"."""
 
     def __init__(self, kind: str, size: int, on_bad: BadInput):
-        self.kind, self.size, self.on_bad = kind, size, on_bad
+        super().__init__(on_bad)
+        self.kind, self.size = kind, size
+        image = ((size, size, 3), np.uint8)
+        self.columns = {"img": image} if kind == "folder" else {"a": image, "b": image, "idx": ((), np.int64)}
 
-    def __call__(self, batch: dict) -> dict:
-        cols: dict[str, list] = {"img": []} if self.kind == "folder" else {"a": [], "b": [], "idx": []}
-        for blob in batch["chunk"]:
-            for idx, item in pickle.loads(blob):
-                try:
-                    if self.kind == "folder":
-                        cols["img"].append(load(item, self.size))
-                    else:
-                        a, b = load(item[0], self.size), load(item[1], self.size)
-                        cols["a"].append(a)
-                        cols["b"].append(b)
-                        cols["idx"].append(idx)
-                except DataError as e:
-                    if self.on_bad == "fail":
-                        raise
-                    _warn(f"skipped {e}")
-        shape = (0, self.size, self.size, 3)
-        return {k: (np.asarray(v, np.int64) if k == "idx" else np.stack(v) if v else np.zeros(shape, np.uint8))
-                for k, v in cols.items()}
-
-
-def _chunks(items: list, n_cpus: int, seed: int) -> list[list]:
-    """A few chunks per CPU of (index, item), shuffled once so the cached rows are in random order."""
-    items = [(i, tuple(str(p) for p in it) if isinstance(it, tuple) else str(it)) for i, it in enumerate(items)]
-    random.Random(seed).shuffle(items)
-    size = max(16, min(1000, -(-len(items) // (4 * n_cpus))))
-    return [items[i : i + size] for i in range(0, len(items), size)]
+    def rows(self, item):
+        idx, paths = item
+        if self.kind == "folder":
+            yield {"img": load(paths, self.size)}
+        else:
+            yield {"a": load(paths[0], self.size), "b": load(paths[1], self.size), "idx": idx}
 
 
 def preprocess(source: GanSource, size: int, cache: Cache, name: str, on_bad: BadInput = "skip",
@@ -201,21 +154,12 @@ def preprocess(source: GanSource, size: int, cache: Cache, name: str, on_bad: Ba
     })
 
     def make(tmp: Path) -> dict:
-        from .runtime import cluster_cpus, init_ray
-
-        init_ray()
-        t0, rows, skipped = time.perf_counter(), {}, {}
-        for split, items in source.splits.items():
-            chunks = _chunks(items, cluster_cpus(), seed)
-            rows[split] = write_chunks(chunks, _DecodeChunk(source.kind, size, on_bad), tmp / split)
-            skipped[split] = len(items) - rows[split]
-            if skipped[split]:
-                _warn(f"{split}: skipped {skipped[split]} unreadable {'image' if source.kind == 'folder' else 'pair'}(s) "
-                      f"of {len(items)} (--on-bad-input fail stops at the first)")
-            if rows[split] == 0:
-                raise DataError(f"{source.root}: no readable images in split {split!r}")
+        t0 = time.perf_counter()
+        indexed = {split: list(enumerate(items)) for split, items in source.splits.items()}
+        rows, skipped = decode_splits(indexed, _GanDecoder(source.kind, size, on_bad), tmp, root=source.root,
+                                      seed=seed, chunk=(16, 1000), noun="image" if source.kind == "folder" else "pair")
         return {"rows": rows, "skipped": skipped, "folders": source.folders, "size": size, "kind": source.kind,
-                "source": str(source.root), "seconds": round(time.perf_counter() - t0, 3)}
+                "source": str(source.root), "seconds": seconds_since(t0)}
 
     return cache.build(name, key, make)
 

@@ -12,15 +12,13 @@ Readers:
 Each image is decoded once and resized to every size the pipeline asks for: for super-
 resolution the low-resolution inputs and the high-resolution targets are resizes of the
 same square crop (antialiased bicubic), one column per size; for Carvana the image and its
-mask (mask resized as grey levels, then thresholded at half). As preprocessing/images.py
-does, each Ray Data task takes a chunk of files.
+mask (mask resized as grey levels, then thresholded at half), through
+preprocessing/chunked.py's template: each Ray Data task takes a chunk of files.
 """
 from __future__ import annotations
 
 import hashlib
-import pickle
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,18 +26,14 @@ from typing import Literal
 
 import numpy as np
 
-from . import DataError
+from . import DataError, data_folder, with_subfolders
 from .cache import Cache, digest, fingerprint_files
-from .images import decode_image, write_chunks
+from .chunked import BadInput, Decoder, decode_splits, image_sizes, seconds_since, warn
+from .images import center_square, decode_image, images_under, resize_all
 
 TRANSFORM_VERSION = "imagery-v1"  # bump when the decode/resize code changes its output
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 MASK_EXTS = (".gif", ".png")
-BadInput = Literal["skip", "fail"]
-
-
-def _warn(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -63,11 +57,6 @@ class ImageSet:
 # ---------------------------------------------------------------- readers
 
 
-def _images_under(folder: Path, exclude: set[Path] = frozenset()) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts) and p not in exclude)
-
-
 def _in_valid(rel: str, valid_frac: float, seed: int) -> bool:
     """A stable per-file draw: adding files never moves another file between splits."""
     h = int(hashlib.sha256(f"{seed}\0{rel}".encode()).hexdigest()[:8], 16)
@@ -78,20 +67,16 @@ def find_image_folder(data_dir: str | Path, valid_frac: float = 0.2, seed: int =
                       exclude: tuple[Path, ...] = ()) -> ImageSet:
     """Any folder tree of JPEG/PNG images. `exclude`: files that are not training images
     (a style image kept in the same folder)."""
-    root = Path(data_dir).absolute()  # Ray workers run in other folders
-    if not root.exists():
-        raise DataError(f"{root}: no such folder")
-    if not root.is_dir():
-        raise DataError(f"{root}: not a folder")
+    root = data_folder(data_dir)
     skip = {Path(p).absolute() for p in exclude}
     valid_dir = next((root / v for v in ("valid", "val") if (root / v).is_dir()), None)
     if (root / "train").is_dir() and valid_dir is not None:
-        splits = {"train": _images_under(root / "train", skip), "valid": _images_under(valid_dir, skip)}
+        splits = {name: images_under(d, IMAGE_EXTS, skip) for name, d in (("train", root / "train"), ("valid", valid_dir))}
         for name, d in (("train", root / "train"), ("valid", valid_dir)):
             if not splits[name]:
                 raise DataError(f"{d}: no JPEG or PNG images")
         return ImageSet(root, "folder", splits)
-    files = _images_under(root, skip)
+    files = images_under(root, IMAGE_EXTS, skip)
     if not files:
         raise DataError(f"{root}: no JPEG or PNG images in this folder or below")
     if len(files) < 2:
@@ -114,13 +99,8 @@ def car_id(image: Path) -> str:
 def find_carvana(data_dir: str | Path, valid_frac: float = 0.2, seed: int = 0, on_bad: BadInput = "skip") -> ImageSet:
     """Carvana's layout at data_dir or one folder below it: train/<car>_<view>.jpg and
     train_masks/<car>_<view>_mask.gif. The validation cars are a seeded draw of car ids."""
-    root = Path(data_dir).absolute()
-    if not root.exists():
-        raise DataError(f"{root}: no such folder")
-    if not root.is_dir():
-        raise DataError(f"{root}: not a folder")
-    candidates = [root] + sorted(p for p in root.iterdir() if p.is_dir())
-    top = next((c for c in candidates if (c / "train").is_dir() and (c / "train_masks").is_dir()), None)
+    root = data_folder(data_dir)
+    top = next((c for c in with_subfolders(root) if (c / "train").is_dir() and (c / "train_masks").is_dir()), None)
     if top is None:
         raise DataError(f"{root}: no Carvana data here (expected train/<car>_<view>.jpg and "
                         "train_masks/<car>_<view>_mask.gif)")
@@ -138,7 +118,7 @@ def find_carvana(data_dir: str | Path, valid_frac: float = 0.2, seed: int = 0, o
             continue
         pairs.append((img, mask))
     if missing:
-        _warn(f"skipped {len(missing)} image(s) without a mask, e.g. {missing[0]} "
+        warn(f"skipped {len(missing)} image(s) without a mask, e.g. {missing[0]} "
               "(--on-bad-input fail stops at the first)")
     if not pairs:
         raise DataError(f"{top / 'train_masks'}: no mask for any image in {top / 'train'}")
@@ -157,22 +137,9 @@ def find_carvana(data_dir: str | Path, valid_frac: float = 0.2, seed: int = 0, o
 # ---------------------------------------------------------------- decode
 
 
-def center_square(img: np.ndarray) -> np.ndarray:
-    """The largest centred square of an (H, W, C) image."""
-    h, w = img.shape[:2]
-    s = min(h, w)
-    y, x = (h - s) // 2, (w - s) // 2
-    return img[y : y + s, x : x + s]
-
-
-def resize(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """(H, W[, 3]) uint8 -> (size, size[, 3]) (or (h, w) for a pair), antialiased bicubic."""
-    from PIL import Image
-
-    h, w = (size, size) if isinstance(size, int) else size
-    if img.shape[:2] == (h, w):
-        return img
-    return np.asarray(Image.fromarray(img).resize((w, h), Image.BICUBIC, reducing_gap=None))
+def resize(img: np.ndarray, size: int) -> np.ndarray:
+    """(H, W[, 3]) uint8 -> (size, size[, 3]), antialiased bicubic."""
+    return resize_all(img, (size,))[size]
 
 
 def decode_mask(path: Path) -> np.ndarray:
@@ -212,63 +179,32 @@ def load_style(path: str | Path, size: int) -> np.ndarray:
     return resize(center_square(decode_image(p)), size)
 
 
-class _DecodeChunk:
-    """Ray Data map_batches function: each row holds one pickled chunk of items -> their
-    images at every size (and Carvana's masks and car ids)."""
+class _ImageryDecoder(Decoder):
+    """An item -> one row: kind "folder": an image path -> its centre square at every size;
+    "carvana": (image, mask) -> the whole frame squashed to a square at every size, as
+    lesson 14 did, its mask and its car id."""
 
     def __init__(self, kind: str, sizes: tuple[int, ...], on_bad: BadInput):
-        self.kind, self.sizes, self.on_bad = kind, sizes, on_bad
+        super().__init__(on_bad)
+        self.kind, self.sizes = kind, sizes
+        self.columns = {f"img{s}": ((s, s, 3), np.uint8) for s in sizes}
+        if kind == "carvana":
+            self.columns |= {f"mask{s}": ((s, s), np.uint8) for s in sizes} | {"car": ((), object)}
 
-    def __call__(self, batch: dict) -> dict:
-        cols: dict[str, list] = {f"img{s}": [] for s in self.sizes}
-        if self.kind == "carvana":
-            cols |= {f"mask{s}": [] for s in self.sizes} | {"car": []}
-        for blob in batch["chunk"]:
-            for item in pickle.loads(blob):
-                try:
-                    self._add(item, cols)
-                except DataError as e:
-                    if self.on_bad == "fail":
-                        raise
-                    _warn(f"skipped {e}")
-        out = {}
-        for k, v in cols.items():
-            if k == "car":
-                out[k] = np.asarray(v, dtype=object)
-            else:
-                s = int(k[3:] if k.startswith("img") else k[4:])
-                shape = (s, s, 3) if k.startswith("img") else (s, s)
-                out[k] = np.stack(v) if v else np.zeros((0, *shape), np.uint8)
-        return out
-
-    def _add(self, item, cols: dict) -> None:
+    def rows(self, item):
         if self.kind == "folder":
-            img = center_square(decode_image(Path(item)))
-            for s in self.sizes:
-                cols[f"img{s}"].append(resize(img, s))
+            yield {f"img{s}": a for s, a in resize_all(center_square(decode_image(Path(item))), self.sizes).items()}
             return
         image, mask = Path(item[0]), Path(item[1])
         img, m = decode_pair(image, mask)
-        for s in self.sizes:  # Carvana: the whole frame squashed to a square, as lesson 14 did
-            cols[f"img{s}"].append(resize(img, s))
-            cols[f"mask{s}"].append(resize_mask(m, s))
-        cols["car"].append(car_id(image))
-
-
-def _chunks(items: list, n_cpus: int, seed: int) -> list[list]:
-    """A few chunks per CPU, shuffled once so the cached rows are in random order."""
-    items = [tuple(str(p) for p in it) if isinstance(it, tuple) else str(it) for it in items]
-    random.Random(seed).shuffle(items)
-    size = max(16, min(500, -(-len(items) // (4 * n_cpus))))
-    return [items[i : i + size] for i in range(0, len(items), size)]
+        yield ({f"img{s}": a for s, a in resize_all(img, self.sizes).items()}
+               | {f"mask{s}": resize_mask(m, s) for s in self.sizes} | {"car": car_id(image)})
 
 
 def preprocess(source: ImageSet, sizes: tuple[int, ...], cache: Cache, name: str,
                on_bad: BadInput = "skip", seed: int = 0) -> tuple[dict, bool]:
     """Decode every split and resize to each size; (manifest, hit). A hit starts no Ray."""
-    sizes = tuple(sorted(set(int(s) for s in sizes)))
-    if not sizes or min(sizes) < 4:
-        raise ValueError(f"image sizes must be >= 4 px, got {sizes}")
+    sizes = image_sizes(sizes)
     rel = lambda items: [[str(Path(p).relative_to(source.root)) for p in (it if isinstance(it, tuple) else (it,))]
                          for it in items]
     key = digest({
@@ -278,22 +214,12 @@ def preprocess(source: ImageSet, sizes: tuple[int, ...], cache: Cache, name: str
     })
 
     def make(tmp: Path) -> dict:
-        from .runtime import cluster_cpus, init_ray
-
-        init_ray()
-        t0, rows, skipped = time.perf_counter(), {}, {}
-        for split, items in source.splits.items():
-            chunks = _chunks(items, cluster_cpus(), seed)
-            rows[split] = write_chunks(chunks, _DecodeChunk(source.kind, sizes, on_bad), tmp / split)
-            skipped[split] = len(items) - rows[split]
-            if skipped[split]:
-                _warn(f"{split}: skipped {skipped[split]} unreadable item(s) of {len(items)} "
-                      "(--on-bad-input fail stops at the first)")
-            if rows[split] == 0:
-                raise DataError(f"{source.root}: no readable images in split {split!r}")
+        t0 = time.perf_counter()
+        rows, skipped = decode_splits(source.splits, _ImageryDecoder(source.kind, sizes, on_bad), tmp,
+                                      root=source.root, seed=seed, chunk=(16, 500), noun="item")
         out = {
             "rows": rows, "skipped": skipped, "missing": source.missing, "sizes": list(sizes),
-            "source": str(source.root), "kind": source.kind, "seconds": round(time.perf_counter() - t0, 3),
+            "source": str(source.root), "kind": source.kind, "seconds": seconds_since(t0),
         }
         if source.kind == "carvana":
             out["cars"] = {s: sorted({car_id(Path(i)) for i, _ in items}) for s, items in source.splits.items()}

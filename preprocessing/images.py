@@ -5,16 +5,15 @@ CIFAR-10 comes in two layouts:
 - the python pickle batches: cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}
 - fast.ai's PNG folders: cifar10/{train,test}/<class>/*.png (and labels.txt)
 
-Per-file overhead dominates Ray Data's own file readers for small images (DESIGN.md:
-read_images ran 1,000 img/s where a plain loop ran 13,400), so each Ray Data task
-takes a chunk of files and decodes them with one PIL call each.
+The image primitives every image set uses are here too: decode_image (a file to RGB
+uint8, DataError naming a file that does not decode), center_square and resize_all
+(antialiased bicubic to each size). Decoding runs through preprocessing/chunked.py's
+template: each Ray Data task takes a chunk of files.
 """
 from __future__ import annotations
 
 import io
 import pickle
-import random
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,12 +22,12 @@ from typing import Literal
 
 import numpy as np
 
-from . import DataError
+from . import DataError, data_folder, with_subfolders
 from .cache import Cache, digest, fingerprint_files
+from .chunked import BadInput, Decoder, decode_splits, image_sizes, seconds_since
 
 TRANSFORM_VERSION = "images-v1"  # bump when the decode/resize code changes its output
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-BadInput = Literal["skip", "fail"]
 
 
 @dataclass
@@ -58,13 +57,8 @@ class ImageSource:
 def find_cifar10(data_dir: str | Path) -> ImageSource:
     """CIFAR-10 in either shipped layout, at data_dir or one folder below it (as an
     archive extracts): cifar-10-batches-py/ or a folder with train/ and test/."""
-    root = Path(data_dir).absolute()  # Ray workers run in other folders
-    if not root.exists():
-        raise DataError(f"{root}: no such folder")
-    if not root.is_dir():
-        raise DataError(f"{root}: not a folder")
-    candidates = [root] + sorted(p for p in root.iterdir() if p.is_dir())
-    for c in candidates:
+    root = data_folder(data_dir)
+    for c in with_subfolders(root):
         if (c / "data_batch_1").is_file() or (c / "test_batch").is_file():
             return _pickle_source(c)
         if (c / "train").is_dir() and (c / "test").is_dir():
@@ -168,7 +162,22 @@ def _load_batch(path: Path) -> tuple[np.ndarray, list[int]]:
     return data.transpose(0, 2, 3, 1), labels
 
 
-# ---------------------------------------------------------------- decode + resize
+# ---------------------------------------------------------------- decode + resize (every image set)
+
+
+def images_under(folder: Path, exts: tuple[str, ...], exclude: set[Path] = frozenset()) -> list[Path]:
+    """Every file with one of `exts` under folder at any depth, sorted; hidden files and
+    folders are left out."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts) and p not in exclude)
+
+
+def center_square(img: np.ndarray) -> np.ndarray:
+    """The largest centred square of an (H, W[, C]) image."""
+    h, w = img.shape[:2]
+    s = min(h, w)
+    y, x = (h - s) // 2, (w - s) // 2
+    return img[y : y + s, x : x + s]
 
 
 def resize_all(img: np.ndarray, sizes: tuple[int, ...]) -> dict[int, np.ndarray]:
@@ -206,51 +215,25 @@ def decode_image(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
 
 
-class _DecodeChunk:
-    """Ray Data map_batches function: rows each holding one pickled chunk of inputs ->
-    the chunk's images, decoded and resized. Each task gets only its own chunk (a function
-    holding every chunk cost each task 0.5 s to unpickle at CIFAR-10's size)."""
+class _CifarDecoder(Decoder):
+    """An item -> rows of its label and its image at every size: an item is (path, label)
+    in the folders layout, a whole batch file in the pickle one (a damaged batch stops the
+    run whatever on_bad says: it would lose 10,000 images)."""
 
     def __init__(self, layout: str, sizes: tuple[int, ...], on_bad: BadInput):
-        self.layout, self.sizes, self.on_bad = layout, sizes, on_bad
+        super().__init__(on_bad if layout == "folders" else "fail")
+        self.layout, self.sizes = layout, sizes
+        self.row_per_item = layout == "folders"
+        self.columns = {"label": ((), np.int64)} | {f"img{s}": ((s, s, 3), np.uint8) for s in sizes}
 
-    def __call__(self, batch: dict) -> dict:
-        images: dict[int, list] = {s: [] for s in self.sizes}
-        labels: list[int] = []
-        for blob in batch["chunk"]:
-            for img, label in self._decode(pickle.loads(blob)):
-                for s, arr in resize_all(img, self.sizes).items():
-                    images[s].append(arr)
-                labels.append(label)
-        out = {"label": np.asarray(labels, dtype=np.int64)}
-        for s in self.sizes:
-            out[f"img{s}"] = np.stack(images[s]) if labels else np.zeros((0, s, s, 3), np.uint8)
-        return out
-
-    def _decode(self, chunk: list):
+    def rows(self, item):
         if self.layout == "pickle":
-            data, labels = _load_batch(Path(chunk[0]))
-            yield from zip(data, labels)
-            return
-        for path, label in chunk:
-            try:
-                yield decode_image(path), label
-            except DataError as e:
-                if self.on_bad == "fail":
-                    raise
-                print(f"warning: skipped {e}", file=sys.stderr)
-
-
-def _chunks(source: ImageSource, split: str, n_cpus: int, seed: int) -> list[list]:
-    """Split a split's inputs into chunks: a few per CPU, shuffled once so the cached
-    rows are in random order (the class folders are sorted)."""
-    items = [(str(p), label) for p, label in source.splits[split]] if source.layout == "folders" else [
-        str(p) for p in source.splits[split]]
-    if source.layout == "pickle":
-        return [[p] for p in items]  # a batch file is the natural chunk (10,000 images)
-    random.Random(seed).shuffle(items)
-    size = max(64, min(2000, -(-len(items) // (4 * n_cpus))))
-    return [items[i : i + size] for i in range(0, len(items), size)]
+            data, labels = _load_batch(Path(item))
+            pairs = zip(data, labels)
+        else:
+            pairs = [(decode_image(Path(item[0])), item[1])]
+        for img, label in pairs:
+            yield {"label": label} | {f"img{s}": a for s, a in resize_all(img, self.sizes).items()}
 
 
 def preprocess_images(
@@ -262,9 +245,7 @@ def preprocess_images(
     seed: int = 0,
 ) -> tuple[dict, bool]:
     """Decode and resize every split to each size; (manifest, hit). A hit starts no Ray."""
-    sizes = tuple(sorted(set(int(s) for s in sizes)))
-    if not sizes or min(sizes) < 4:
-        raise ValueError(f"image sizes must be >= 4 px, got {sizes}")
+    sizes = image_sizes(sizes)
     key = digest(
         {
             "inputs": fingerprint_files(source.input_files(), source.root),
@@ -276,79 +257,18 @@ def preprocess_images(
     )
 
     def make(tmp: Path) -> dict:
-        from .runtime import cluster_cpus, init_ray
-
-        init_ray()
-        t0, rows, expected = time.perf_counter(), {}, {}
-        for split in source.splits:
-            chunks = _chunks(source, split, cluster_cpus(), seed)
-            rows[split] = write_chunks(chunks, _DecodeChunk(source.layout, sizes, on_bad), tmp / split)
-            # a damaged pickle batch stops the run, so only image folders can skip: no need to
-            # unpickle 50,000 images again just to count them
-            expected[split] = rows[split] if source.layout == "pickle" else source.count(split)
-            if rows[split] < expected[split]:
-                print(
-                    f"warning: {split}: skipped {expected[split] - rows[split]} unreadable image(s) "
-                    f"of {expected[split]} (--on-bad-input fail stops at the first)",
-                    file=sys.stderr,
-                )
-            if rows[split] == 0:
-                raise DataError(f"{source.root}: no readable images in split {split!r}")
+        t0 = time.perf_counter()
+        # a batch file is the natural chunk (10,000 images); image files a few chunks per CPU
+        chunk, shuffle = ((1, 1), False) if source.layout == "pickle" else ((64, 2000), True)
+        rows, skipped = decode_splits(source.splits, _CifarDecoder(source.layout, sizes, on_bad), tmp,
+                                      root=source.root, seed=seed, chunk=chunk, shuffle=shuffle)
         return {
             "rows": rows,
-            "skipped": {s: expected[s] - rows[s] for s in rows},
+            "skipped": skipped,
             "sizes": list(sizes),
             "classes": source.classes,
             "source": str(source.root),
-            "seconds": round(time.perf_counter() - t0, 3),
+            "seconds": seconds_since(t0),
         }
 
     return cache.build(name, key, make)
-
-
-def write_chunks(chunks: list, decode, out: Path) -> int:
-    """Decode each chunk in its own Ray Data task (``decode`` maps a batch holding one pickled
-    chunk to columns) and write parquet files to ``out``; the rows written. A DataError in a
-    task surfaces as itself, not wrapped in Ray's errors."""
-    import ray
-
-    rows_in = [{"chunk": pickle.dumps(c, protocol=5)} for c in chunks]
-    ds = ray.data.from_items(rows_in, override_num_blocks=len(rows_in)).map_batches(decode, batch_size=1)
-    # Ray Data reserves part of the CPUs for each operator: on 2 CPUs that ran this map one
-    # task at a time; the chunks are the only work, so let it use them all
-    ds.context.op_resource_reservation_enabled = False
-    try:
-        ds.write_parquet(str(out))
-    except Exception as e:  # Ray wraps the worker's DataError: surface its message
-        raise _unwrap_data_error(e) from None
-    return sum(f.num_rows for f in _parquet_files(out))
-
-
-def _parquet_files(folder: Path):
-    import pyarrow.parquet as pq
-
-    return [pq.ParquetFile(p).metadata for p in sorted(folder.glob("*.parquet"))]
-
-
-def _unwrap_data_error(e: BaseException) -> BaseException:
-    """Ray wraps a worker's DataError (RayTaskError -> UserCodeException -> DataError):
-    find it so the user sees one line naming the file, not Ray's stack."""
-    todo, seen = [e], set()
-    while todo:
-        x = todo.pop()
-        if x is None or id(x) in seen:
-            continue
-        seen.add(id(x))
-        if isinstance(x, DataError):
-            return DataError(str(x))
-        todo += [getattr(x, "cause", None), x.__cause__, x.__context__]
-    m = re.search(r"DataError: (.+)", str(e))
-    return DataError(m.group(1).strip()) if m else e
-
-
-def read_split(cache: Cache, manifest: dict, split: str, columns: list[str]):
-    """A cached split as a Ray Dataset of the given columns."""
-    import ray
-
-    folder = cache.path(manifest["name"], manifest["key"]) / split
-    return ray.data.read_parquet(str(folder), columns=columns)

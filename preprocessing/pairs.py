@@ -1,5 +1,5 @@
 """Parallel text for translation (lesson 11): readers, the question filter, and tokenized
-sentence pairs cached through text.py's SentencePiece path.
+sentence pairs cached through preprocessing/text's SentencePiece path.
 
 Readers -> PairSource:
 
@@ -26,7 +26,7 @@ work and starts no Ray:
 1. ``pairs-<key>``: the filtered, split pairs as parquet tables (``text``, ``label`` = the
    pair's index in its split) per split and language, or one table per split holding
    both languages (label 2i: source, 2i + 1: target) for a joint vocabulary;
-2. ``tokens-translate-*``: ``text.tokenize`` of those tables (SentencePiece trained on
+2. ``tokens-translate-*``: ``text.encoding.tokenize`` of those tables (SentencePiece trained on
    the training split, documents encoded in Ray Data tasks, [BOS] ids [EOS]);
 3. ``pairs-ids-<key>``: the two sides joined again by label, pairs longer than
    ``max_len`` tokens on either side dropped and counted: per split, parquet with
@@ -44,8 +44,12 @@ from typing import Iterator, Literal
 
 import numpy as np
 
-from . import DataError, text
+from . import DataError
 from .cache import Cache, digest
+from .chunked import BadInput
+from .text.corpus import load_tokens
+from .text.encoding import tokenize
+from .text.readers import find_table
 
 PAIRS_VERSION = "pairs-v1"  # bump when reading, filtering or splitting changes its output
 JOIN_VERSION = "pairs-ids-v1"  # bump when joining or the length limit changes its output
@@ -205,7 +209,7 @@ def iter_pairs(source: PairSource, split: str) -> Iterator[tuple[str, str]]:
 
 
 def _write_pairs(source: PairSource, tmp: Path, questions: bool, valid_pct: float, seed: int, joint: bool) -> dict:
-    """Read, filter and split every pair; write the tables text.tokenize reads."""
+    """Read, filter and split every pair; write the tables tokenize reads."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -293,7 +297,7 @@ def prepare(
     sample_docs: int = 50000,
     max_len: int = 30,
     seed: int = 0,
-    on_bad: text.BadInput = "skip",
+    on_bad: BadInput = "skip",
 ) -> tuple[dict, bool]:
     """Filter, split, tokenize and join (see the module docstring); (manifest, hit).
     The manifest holds rows, dropped (too long), vocab sizes and the SentencePiece models'
@@ -327,8 +331,8 @@ def prepare(
     langs = ["joint"] if joint else [source.src, source.tgt]
     tok: dict[str, tuple[dict, bool]] = {}
     for lang in langs:
-        tables = text.find_table({s: folder / f"{s}.{lang}.parquet" for s in ("train", "valid")}, "text", "label")
-        tok[lang] = text.tokenize(tables, cache, name=f"tokens-translate-{lang}", **spm_kw)
+        tables = find_table({s: folder / f"{s}.{lang}.parquet" for s in ("train", "valid")}, "text", "label")
+        tok[lang] = tokenize(tables, cache, name=f"tokens-translate-{lang}", **spm_kw)
     jkey = digest({"pairs": key, "tokens": {k: m["key"] for k, (m, _) in tok.items()}, "max_len": max_len,
                    "version": JOIN_VERSION})
     joined, join_hit = cache.build("pairs-ids", jkey, lambda tmp: _join(cache, folder, tok, source, joint, max_len, tmp))
@@ -349,7 +353,7 @@ def _join(cache: Cache, folder: Path, tok: dict, source: PairSource, joint: bool
     rows, dropped, tokens = {}, {}, {}
     for split in ("train", "valid"):
         if joint:
-            arr = text.load_tokens(cache, tok["joint"][0], split)
+            arr = load_tokens(cache, tok["joint"][0], split)
             texts = pq.read_table(folder / f"{split}.joint.parquet")
             n = len(texts) // 2
             pos_s, pos_t = _positions(arr.labels, n, 0), _positions(arr.labels, n, 1)
@@ -357,13 +361,13 @@ def _join(cache: Cache, folder: Path, tok: dict, source: PairSource, joint: bool
             all_text = texts.column("text").to_pylist()
             src_text, tgt_text = all_text[0::2], all_text[1::2]
         else:
-            a_src = text.load_tokens(cache, tok[source.src][0], split)
-            a_tgt = text.load_tokens(cache, tok[source.tgt][0], split)
+            a_src = load_tokens(cache, tok[source.src][0], split)
+            a_tgt = load_tokens(cache, tok[source.tgt][0], split)
             src_text = pq.read_table(folder / f"{split}.{source.src}.parquet").column("text").to_pylist()
             tgt_text = pq.read_table(folder / f"{split}.{source.tgt}.parquet").column("text").to_pylist()
             n = len(src_text)
             pos_s, pos_t = _positions(a_src.labels, n), _positions(a_tgt.labels, n)
-        len_s, len_t = np.diff(a_src.offsets), np.diff(a_tgt.offsets)
+        len_s, len_t = a_src.docs.lengths, a_tgt.docs.lengths
         ok = (pos_s >= 0) & (pos_t >= 0)  # tokenize skips a document that is empty after clean-up
         ok[ok] &= (len_s[pos_s[ok]] <= max_len) & (len_t[pos_t[ok]] <= max_len)
         keep = np.flatnonzero(ok)
@@ -371,19 +375,10 @@ def _join(cache: Cache, folder: Path, tok: dict, source: PairSource, joint: bool
         rows[split] = int(len(keep))
         if rows[split] == 0:
             raise DataError(f"{source.root}: no {split} pair is at most max_len={max_len} tokens long on both sides")
-
-        def col(a, pos):
-            lens = np.diff(a.offsets)[pos[keep]]
-            offsets = np.zeros(len(keep) + 1, np.int32)
-            np.cumsum(lens, out=offsets[1:])
-            flat = np.concatenate([a.doc(i) for i in pos[keep]]).astype(np.int32)
-            return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)), int(lens.sum())
-
-        src_col, n_src = col(a_src, pos_s)
-        tgt_col, n_tgt = col(a_tgt, pos_t)
-        tokens[split] = {"src": n_src, "tgt": n_tgt}
+        src, tgt = a_src.docs.take(pos_s[keep]), a_tgt.docs.take(pos_t[keep])
+        tokens[split] = {"src": int(src.offsets[-1]), "tgt": int(tgt.offsets[-1])}
         table = pa.table({
-            "src": src_col, "tgt": tgt_col,
+            "src": src.to_arrow(), "tgt": tgt.to_arrow(),
             "src_text": pa.array([src_text[i] for i in keep], pa.string()),
             "tgt_text": pa.array([tgt_text[i] for i in keep], pa.string()),
             "idx": pa.array(keep.astype(np.int64)),

@@ -27,8 +27,6 @@ that does not fit the data, not a damaged file.
 from __future__ import annotations
 
 import json
-import pickle
-import random
 import sys
 import time
 from collections import Counter
@@ -39,12 +37,12 @@ from xml.etree import ElementTree as ET
 
 import numpy as np
 
-from . import DataError
+from . import DataError, data_folder
 from .cache import Cache, digest, fingerprint_files
-from .images import decode_image, resize_all, write_chunks
+from .chunked import BadInput, Decoder, chunks, image_sizes, seconds_since, write_chunks
+from .images import decode_image, resize_all
 
 TRANSFORM_VERSION = "voc-v1"  # bump when the parse/decode/resize code changes its output
-BadInput = Literal["skip", "fail"]
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
@@ -101,11 +99,7 @@ def find_pascal(data_dir: str | Path, annotations: str = "auto") -> PascalSource
     or "auto" (the XML when both are there)."""
     if annotations not in ("auto", "voc", "json"):
         raise ValueError(f"annotations must be auto, voc or json, got {annotations!r}")
-    root = Path(data_dir).absolute()  # Ray workers run in other folders
-    if not root.exists():
-        raise DataError(f"{root}: no such folder")
-    if not root.is_dir():
-        raise DataError(f"{root}: not a folder")
+    root = data_folder(data_dir)
     folders = _below(root)
     voc = next((d for d in folders if (d / "ImageSets" / "Main").is_dir() and (d / "Annotations").is_dir()), None)
     js = next((d for d in folders if (d / "pascal_train2007.json").is_file()), None)
@@ -297,40 +291,25 @@ def input_files(source: PascalSource, splits: list[str]) -> tuple[list[Path], li
 # ---------------------------------------------------------------- decode + resize
 
 
-class _DecodeChunk:
-    """Ray Data map_batches function: one pickled chunk of records -> images resized to each
-    size (squashed, as the lessons did) and the boxes padded to max_obj rows (labels -1)."""
+class _VocDecoder(Decoder):
+    """A record -> one row: the image resized to each size (squashed, as the lessons did)
+    and its boxes padded to max_obj rows (labels -1)."""
 
     def __init__(self, sizes: tuple[int, ...], max_obj: int, on_bad: BadInput):
-        self.sizes, self.max_obj, self.on_bad = sizes, max_obj, on_bad
+        super().__init__(on_bad)
+        self.sizes, self.max_obj = sizes, max_obj
+        m = max_obj
+        self.columns = {"boxes": ((m, 4), np.float32), "labels": ((m,), np.int64), "difficult": ((m,), np.uint8)}
+        self.columns |= {f"img{s}": ((s, s, 3), np.uint8) for s in sizes}
 
-    def __call__(self, batch: dict) -> dict:
-        images: dict[int, list] = {s: [] for s in self.sizes}
-        boxes, labels, difficult = [], [], []
-        for blob in batch["chunk"]:
-            for path, b, lab, dif in pickle.loads(blob):
-                try:
-                    img = decode_image(Path(path))
-                except DataError as e:
-                    if self.on_bad == "fail":
-                        raise
-                    print(f"warning: skipped {e}", file=sys.stderr)
-                    continue
-                for s, arr in resize_all(img, self.sizes).items():
-                    images[s].append(arr)
-                n, m = len(lab), self.max_obj
-                boxes.append(np.concatenate([b, np.zeros((m - n, 4), np.float32)]))
-                labels.append(np.concatenate([lab, np.full(m - n, -1, np.int64)]))
-                difficult.append(np.concatenate([dif, np.zeros(m - n, np.uint8)]))
-        m = self.max_obj
-        out = {
-            "boxes": np.stack(boxes) if boxes else np.zeros((0, m, 4), np.float32),
-            "labels": np.stack(labels) if labels else np.zeros((0, m), np.int64),
-            "difficult": np.stack(difficult) if difficult else np.zeros((0, m), np.uint8),
-        }
-        for s in self.sizes:
-            out[f"img{s}"] = np.stack(images[s]) if boxes else np.zeros((0, s, s, 3), np.uint8)
-        return out
+    def rows(self, item):
+        path, b, lab, dif = item
+        img = decode_image(Path(path))
+        pad = self.max_obj - len(lab)
+        yield {"boxes": np.concatenate([b, np.zeros((pad, 4), np.float32)]),
+               "labels": np.concatenate([lab, np.full(pad, -1, np.int64)]),
+               "difficult": np.concatenate([dif, np.zeros(pad, np.uint8)])} | {
+            f"img{s}": a for s, a in resize_all(img, self.sizes).items()}
 
 
 def preprocess_pascal(
@@ -345,9 +324,7 @@ def preprocess_pascal(
 ) -> tuple[dict, bool]:
     """Decode and resize the train split and the validation split (cached as "train" and
     "valid") to each size, boxes scaled with them; (manifest, hit). A hit starts no Ray."""
-    sizes = tuple(sorted(set(int(s) for s in sizes)))
-    if not sizes or min(sizes) < 8:
-        raise ValueError(f"image sizes must be >= 8 px, got {sizes}")
+    sizes = image_sizes(sizes, min_px=8)
     for s in splits:
         if s not in source.splits:
             have = ", ".join(source.splits)
@@ -373,15 +350,12 @@ def preprocess_pascal(
             records[out_name] = _records(source, split, classes, tallies[out_name])
             if not records[out_name]:
                 raise DataError(f"{source.splits[split]}: no usable image in split {split!r}")
-        max_obj = max(len(r[2]) for recs in records.values() for r in recs)
+        decoder = _VocDecoder(sizes, max(len(r[2]) for recs in records.values() for r in recs), on_bad)
         init_ray()
         rows, skipped, objects = {}, {}, {}
         for out_name, split in zip(("train", "valid"), splits):
-            recs = list(records[out_name])
-            random.Random(seed).shuffle(recs)  # cached rows in random order
-            size = max(32, min(500, -(-len(recs) // (4 * cluster_cpus()))))
-            chunks = [recs[i:i + size] for i in range(0, len(recs), size)]
-            rows[out_name] = write_chunks(chunks, _DecodeChunk(sizes, max_obj, on_bad), tmp / out_name)
+            recs = records[out_name]
+            rows[out_name] = write_chunks(chunks(recs, cluster_cpus(), seed, 32, 500), decoder, tmp / out_name)
             listed = len(source.ids(split))
             skipped[out_name] = listed - rows[out_name]
             t = tallies[out_name]
@@ -396,13 +370,13 @@ def preprocess_pascal(
             "bad_input": {k: {r: n for r, n in t.reasons.items() if n} for k, t in tallies.items()},
             "warnings": {k: t.messages for k, t in tallies.items()},
             "objects": objects,
-            "max_objects": max_obj,
+            "max_objects": decoder.max_obj,
             "sizes": list(sizes),
             "classes": list(classes),
             "layout": source.layout,
             "splits": list(splits),
             "source": str(source.root),
-            "seconds": round(time.perf_counter() - t0, 3),
+            "seconds": seconds_since(t0),
         }
 
     manifest, hit = cache.build(name, key, make)

@@ -12,7 +12,7 @@ import ray  # noqa: F401,E402
 import ray.data  # noqa: F401,E402
 import ray.train  # noqa: F401,E402
 
-from preprocessing import samples
+from preprocessing.samples import cifar10 as cifar10_samples
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +33,7 @@ def ray_session():
 def cifar_small(tmp_path_factory) -> Path:
     """1,200 images (1,000 train, 200 test) in fast.ai's PNG layout. Read-only for tests."""
     out = tmp_path_factory.mktemp("data") / "cifar10"
-    samples.cifar10(out, size=1200, seed=1)
+    cifar10_samples.cifar10(out, size=1200, seed=1)
     return out
 
 

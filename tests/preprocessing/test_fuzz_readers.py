@@ -1,11 +1,11 @@
 """Property-based tests: random bytes and random valid-looking files fed to every reader.
 Whatever the input, a reader returns well-formed data or raises DataError (a counted skip
-under --on-bad-input skip); configs raise ConfigError. No other exception escapes.
+under --on-bad-input skip). No other exception escapes (the configs' fuzz tests are in
+tests/core/test_config_fuzz.py).
 
 Runs are derandomized (the same examples every run, so CI is repeatable); set
 FASTRAY_FUZZ_EXAMPLES=500 to explore that many fresh random examples per test."""
 import io
-import json
 import os
 import pickle
 import shutil
@@ -21,10 +21,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pipelines import config as configs
-from pipelines import registry
-from preprocessing import DataError, text
-from preprocessing.images import _DecodeChunk, _load_batch, decode_image, find_cifar10
+from preprocessing import DataError
+from preprocessing.images import _CifarDecoder, _load_batch, decode_image, find_cifar10
+from preprocessing.text.documents import is_title, iter_docs
+from preprocessing.text.encoding import _chunks
+from preprocessing.text.readers import find_imdb, find_table, find_wikitext, table_labels
 
 N = int(os.environ.get("FASTRAY_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(max_examples=N, deadline=None, derandomize="FASTRAY_FUZZ_EXAMPLES" not in os.environ, database=None,
@@ -105,7 +106,7 @@ def test_the_decode_task_skips_and_counts_or_fails_with_a_data_error(scratch, fi
     folder = scratch / "chunk"
     shutil.rmtree(folder, ignore_errors=True)
     paths = [(str(_file(folder, f"{i}.png", b)), i) for i, b in enumerate(files)]
-    fn = _DecodeChunk("folders", (8, 16), on_bad)
+    fn = _CifarDecoder("folders", (8, 16), on_bad)
     try:
         out = fn({"chunk": [pickle.dumps(paths)]})
     except DataError:
@@ -193,7 +194,7 @@ def test_finding_cifar10_imdb_or_wikitext_in_any_tree(scratch, tree):
     root = scratch / "tree"
     shutil.rmtree(root, ignore_errors=True)
     _make_tree(root, tree)
-    for find in (find_cifar10, text.find_imdb, text.find_wikitext):
+    for find in (find_cifar10, find_imdb, find_wikitext):
         try:
             src = find(root)
         except DataError as e:
@@ -211,7 +212,7 @@ def test_finding_cifar10_imdb_or_wikitext_in_any_tree(scratch, tree):
                       st.sampled_from([b"", b"   \n\t ", b"<br /><br />", b"&#39;", b"\xef\xbb\xbf", b"caf\xe9"])))
 def test_an_imdb_review_is_text_or_a_data_error(scratch, data):
     p = _file(scratch / "imdb", "0_1.txt", data)
-    [(doc, label)] = list(text._docs("imdb", [(str(p), 1)]))
+    [(doc, label)] = list(iter_docs("imdb", [(str(p), 1)]))
     assert label == 1
     if isinstance(doc, DataError):
         assert str(doc).startswith(f"{p}: ")
@@ -239,16 +240,16 @@ def test_wikitext_articles_are_text_or_data_errors(scratch, data, cpus):
     shutil.rmtree(root, ignore_errors=True)
     _file(root, "wiki.train.tokens", data)
     try:
-        src = text.find_wikitext(root)
+        src = find_wikitext(root)
     except DataError as e:
         assert not data and "empty file" in str(e)
         return
     seen = 0
-    for chunk in text._chunks(src, "train", cpus, 0, None):
-        for doc, label in text._docs("wikitext", chunk):
+    for chunk in _chunks(src, "train", cpus, 0, None):
+        for doc, label in iter_docs("wikitext", chunk):
             assert label == -1 and isinstance(doc, (str, DataError))
             seen += 1
-    titles = sum(1 for l in data.split(b"\n") if text._is_title(l + b"\n"))
+    titles = sum(1 for l in data.split(b"\n") if is_title(l + b"\n"))
     assert seen <= titles + 1
 
 
@@ -293,76 +294,16 @@ def test_a_table_is_read_or_is_a_data_error(scratch, f):
     suffix, data = f
     p = _file(scratch / "table", f"corpus{suffix}", data)
     try:
-        src = text.find_table(p)
-        texts, labels, classes = text._table_labels(src)
+        src = find_table(p)
+        texts, labels, classes = table_labels(src)
     except DataError as e:
         assert str(p) in str(e) and "\n" not in str(e)
         return
     assert len(texts["train"]) == len(labels["train"]) and labels["train"].dtype == np.int64
-    chunks = text._chunks(src, "train", 2, 0, {"texts": texts, "labels": labels})
+    chunks = _chunks(src, "train", 2, 0, {"texts": texts, "labels": labels})
     for chunk in chunks:
-        for doc, label in text._docs("table", chunk):
+        for doc, label in iter_docs("table", chunk):
             assert isinstance(doc, (str, DataError)) and isinstance(label, int)
-
-
-# ---------------------------------------------------------------- configs
-
-JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
-                           lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
-                           max_leaves=6)
-
-
-def _pipeline_configs():
-    return [registry.get(n).configs for n in registry.names()]
-
-
-@FUZZ
-@given(data=st.data())
-def test_a_json_config_loads_or_is_a_config_error(scratch, data):
-    cfgs = data.draw(st.sampled_from(_pipeline_configs()))
-    fields = list(configs.fields(type(cfgs["default"])))
-    raw = data.draw(st.one_of(
-        st.binary(max_size=80),
-        JSON_VALUES.map(lambda v: json.dumps(v).encode()),
-        st.dictionaries(st.sampled_from(fields + ["base", "nope"]), JSON_VALUES, max_size=4).map(lambda d: json.dumps(d).encode()),
-    ))
-    p = _file(scratch / "cfg", "c.json", raw)
-    try:
-        cfg, label = configs.load(cfgs, str(p))
-    except configs.ConfigError as e:
-        assert "\n" not in str(e)
-        return
-    assert type(cfg) is type(cfgs["default"]) and label == str(p)
-
-
-@FUZZ
-@given(data=st.data())
-def test_a_set_override_applies_or_is_a_config_error(data):
-    cfgs = data.draw(st.sampled_from(_pipeline_configs()))
-    fields = list(configs.fields(type(cfgs["default"])))
-    items = data.draw(st.lists(st.one_of(
-        st.tuples(st.sampled_from(fields), st.text(max_size=12)).map(lambda kv: f"{kv[0]}={kv[1]}"),
-        st.text(max_size=12),
-    ), max_size=3))
-    try:
-        cfg = configs.apply(cfgs["tiny"], configs.parse_sets(items))
-    except configs.ConfigError as e:
-        assert "\n" not in str(e)
-        return
-    assert type(cfg) is type(cfgs["tiny"])
-
-
-@pytest.mark.parametrize("text", ['{"base": [1]}', '{"base": null}', '{"base": {"a": 1}}', '{"bs": [1, 2]}',
-                                  '{"groups": {"a": 1}}', '{"lr": Infinity}', '{"lr": NaN}', '{"epochs": 1e400}',
-                                  '{"epochs": 10000000000000000000000}', '{"moms": "0.9"}', '"tiny"', 'null'])
-def test_json_config_edge_cases_are_config_errors_or_configs(tmp_path, text):
-    from pipelines.cifar10_darknet import CONFIGS
-
-    p = _file(tmp_path, "c.json", text.encode())
-    try:
-        configs.load(CONFIGS, str(p))
-    except configs.ConfigError as e:
-        assert "\n" not in str(e)
 
 
 # ---------------------------------------------------------------- the README's rows, pinned
@@ -388,7 +329,7 @@ def test_a_damaged_batches_meta_costs_only_the_class_names(tmp_path, capsys):
 
 def test_a_non_utf8_wikitext_article_is_one_counted_skip(tmp_path):
     p = _file(tmp_path, "wiki.train.tokens", b" = Good = \n fine text \n = Bad = \n caf\xe9 \n")
-    docs = list(text._docs("wikitext", (str(p), 0, p.stat().st_size)))
+    docs = list(iter_docs("wikitext", (str(p), 0, p.stat().st_size)))
     assert [type(d) for d, _ in docs] == [str, DataError]
     assert str(docs[1][0]) == f"{p}: article at byte 23: not UTF-8 text (byte 0xe9 at offset 14)"
 
@@ -403,21 +344,13 @@ def test_a_table_column_of_the_wrong_type_is_a_data_error(tmp_path, column, msg)
     p = tmp_path / "t.parquet"
     pq.write_table(pa.table(column), p)
     with pytest.raises(DataError, match=msg):
-        text._table_labels(text.find_table(p))
+        table_labels(find_table(p))
 
 
 def test_empty_table_rows_are_counted_skips(tmp_path):
     p = _file(tmp_path, "t.csv", b'text,label\n"good one",1\n"",0\n"   ",1\n')
-    src = text.find_table(p)
-    texts, labels, _ = text._table_labels(src)
-    [chunk] = text._chunks(src, "train", 1, 0, {"texts": texts, "labels": labels})
-    docs = [d for d, _ in text._docs("table", chunk)]
+    src = find_table(p)
+    texts, labels, _ = table_labels(src)
+    [chunk] = _chunks(src, "train", 1, 0, {"texts": texts, "labels": labels})
+    docs = [d for d, _ in iter_docs("table", chunk)]
     assert docs[0] == "good one" and [str(d) for d in docs[1:]] == [f"{p}: row 1: empty document", f"{p}: row 2: empty document"]
-
-
-@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
-def test_a_non_finite_float_is_refused(value):
-    from pipelines.cifar10_darknet import CONFIGS
-
-    with pytest.raises(configs.ConfigError, match=rf"--set lr={value}: expected float \(nan and inf are refused\)"):
-        configs.apply(CONFIGS["tiny"], configs.parse_sets([f"lr={value}"]))

@@ -1,4 +1,4 @@
-"""preprocessing.samples.cifar10: layout, determinism, sizes and a cheap learnability check."""
+"""preprocessing.samples.cifar10.cifar10: layout, determinism, sizes and a cheap learnability check."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from preprocessing.samples import CIFAR10_CLASSES, cifar10
+from preprocessing.samples.cifar10 import CIFAR10_CLASSES, cifar10
 
 
 def _tree(root: Path) -> dict[str, str]:

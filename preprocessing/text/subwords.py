@@ -1,0 +1,171 @@
+"""SentencePiece: trained once on a deterministic sample of the training documents and
+cached; decode and normalize for round trips. Special ids: unk 0, pad 1, bos 2, eos 3."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator, Literal
+
+from .. import DataError
+from ..cache import Cache, digest, fingerprint_paths
+from . import BOS_ID, EOS_ID, PAD_ID, SPECIAL_IDS, TEXT_VERSION, UNK_ID
+from .documents import fixup, iter_docs
+from .readers import TextSource, table_labels
+
+_SPAN_BYTES = 1 << 20  # WikiText sampling unit for SentencePiece's training sample
+_SAMPLE_MAX_BYTES = 32 << 20  # SentencePiece's sample stops here whatever sample_docs says
+
+
+def _sample_units(source: TextSource, sample_docs: int, seed: int) -> list:
+    """The deterministic choice of what SentencePiece learns from: imdb files; WikiText
+    1 MB spans in random order (read until sample_docs articles); a table's train file."""
+    rng = random.Random(seed)
+    if source.kind == "imdb":
+        items = [it for s in source.train_splits() for it in source.splits[s]]
+        return items if len(items) <= sample_docs else rng.sample(items, sample_docs)
+    if source.kind == "wikitext":
+        spans = []
+        for s in source.train_splits():
+            for path, start, stop in source.splits[s]:
+                spans += [(path, a, min(a + _SPAN_BYTES, stop)) for a in range(start, stop, _SPAN_BYTES)]
+        rng.shuffle(spans)
+        return spans
+    return [it for s in source.train_splits() for it in source.splits[s]]
+
+
+def _sample_texts(source: TextSource, units: list, sample_docs: int, seed: int) -> list[str]:
+    """The sample's documents, at most sample_docs of them and _SAMPLE_MAX_BYTES in all
+    (unreadable or empty ones are left out here: tokenize counts them)."""
+    if source.kind == "imdb":
+        docs = iter_docs("imdb", units)
+    elif source.kind == "wikitext":
+        docs = (d for span in units for d in iter_docs("wikitext", span))
+    else:
+        all_texts, _, _ = table_labels(TextSource(source.root, "table", {"train": units}, [], source.options))
+        rows = all_texts["train"]
+        pick = range(len(rows)) if len(rows) <= sample_docs else sorted(random.Random(seed).sample(range(len(rows)), sample_docs))
+        docs = ((fixup(rows[i]), 0) for i in pick if rows[i] and rows[i].strip())
+    texts: list[str] = []
+    size = 0
+    for text, _ in docs:
+        if isinstance(text, str):
+            texts.append(text)
+            size += len(text)
+            if len(texts) >= sample_docs or size >= _SAMPLE_MAX_BYTES:
+                break
+    return texts
+
+
+def _sentences(texts: list[str], max_bytes: int = 8192) -> Iterator[str]:
+    """Training lines for SentencePiece: paragraphs, long ones cut at spaces (it skips a
+    line longer than its max_sentence_length)."""
+    for t in texts:
+        for line in t.split("\n"):
+            line = line.strip()
+            while len(line) > max_bytes // 4:  # characters may take up to 4 bytes
+                cut = line.rfind(" ", 0, max_bytes // 4)
+                cut = cut if cut > 0 else max_bytes // 4
+                yield line[:cut]
+                line = line[cut:].strip()
+            if line:
+                yield line
+
+
+def train_spm(
+    source: TextSource,
+    cache: Cache,
+    vocab_size: int = 30000,
+    model_type: Literal["unigram", "bpe"] = "unigram",
+    character_coverage: float = 0.9999,
+    sample_docs: int = 10000,
+    seed: int = 0,
+) -> Path:
+    """Train SentencePiece on a deterministic sample of the training documents; the path
+    of the cached model. The cache key is the sample's content hash and the parameters;
+    an index keyed by the sampled files' (path, size, mtime) finds it again without
+    reading them. vocab_size is an upper bound (a small corpus gives fewer pieces).
+    Special ids: unk 0, pad 1, bos 2, eos 3. Runs in this process (no Ray)."""
+    return train_spm_manifest(source, cache, vocab_size, model_type, character_coverage, sample_docs, seed)[0]
+
+
+def train_spm_manifest(source: TextSource, cache: Cache, vocab_size: int, model_type: str, character_coverage: float,
+                       sample_docs: int, seed: int) -> tuple[Path, dict, bool]:
+    """train_spm's work: (the model's path, its cache manifest, hit)."""
+    if model_type not in ("unigram", "bpe"):
+        raise ValueError(f"model_type must be 'unigram' or 'bpe', got {model_type!r}")
+    if vocab_size < 8 or sample_docs < 1 or not 0.9 <= character_coverage <= 1.0:
+        raise ValueError(
+            f"need vocab_size >= 8, sample_docs >= 1 and 0.9 <= character_coverage <= 1 "
+            f"(got {vocab_size}, {sample_docs}, {character_coverage})"
+        )
+    params = {"vocab_size": vocab_size, "model_type": model_type, "character_coverage": character_coverage,
+              "seed": seed, "special": SPECIAL_IDS, "version": TEXT_VERSION}
+    units = _sample_units(source, sample_docs, seed)
+    index_key = digest({"files": fingerprint_paths(sorted({u[0] for u in units}), source.root),
+                        "units": digest([u[1:] for u in units]),
+                        "kind": source.kind, "options": source.options, "sample_docs": sample_docs, **params})
+    ref = cache.lookup("spm-index", index_key)
+    if ref is not None:
+        found = cache.lookup("spm", ref["spm_key"])
+        if found is not None:
+            return cache.path("spm", ref["spm_key"]) / "spm.model", found, True
+    texts = _sample_texts(source, units, sample_docs, seed)
+    if not texts:
+        raise DataError(f"{source.root}: no readable training documents to learn SentencePiece from")
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\0")
+    key = digest({"sample": h.hexdigest(), **params})
+
+    def make(tmp: Path) -> dict:
+        import sentencepiece as spm
+
+        t0 = time.perf_counter()
+        tmp.mkdir(parents=True)
+        buf = io.BytesIO()
+        spm.set_random_generator_seed(seed)
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=_sentences(texts), model_writer=buf, vocab_size=vocab_size,
+            model_type=model_type, character_coverage=character_coverage,
+            unk_id=UNK_ID, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+            hard_vocab_limit=False, max_sentence_length=8192, num_threads=os.cpu_count() or 1,
+            minloglevel=2,
+        )
+        model = buf.getvalue()
+        (tmp / "spm.model").write_bytes(model)
+        sp = spm.SentencePieceProcessor(model_proto=model)
+        return {"sha256": hashlib.sha256(model).hexdigest(), "vocab_size": sp.get_piece_size(),
+                **params, "sample_docs": len(texts), "sample_bytes": sum(len(t) for t in texts),
+                "seconds": round(time.perf_counter() - t0, 3)}
+
+    manifest, hit = cache.build("spm", key, make)
+    cache.build("spm-index", index_key, lambda tmp: tmp.mkdir(parents=True) or {"spm_key": key})
+    return cache.path("spm", key) / "spm.model", manifest, hit
+
+
+@lru_cache(maxsize=4)
+def processor(model_path: str):
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor(model_file=model_path)
+
+
+def decode(ids, model_path: str | Path) -> str:
+    """Token ids (a list, array or tensor; special ids are dropped) -> text."""
+    return processor(str(model_path)).decode([int(i) for i in ids if int(i) > EOS_ID or int(i) == UNK_ID])
+
+
+def normalize(text: str, model_path: str | Path) -> str:
+    """What decode(encode(text)) gives: fixup, SentencePiece's normalisation (NFKC,
+    whitespace runs and newlines to one space, trimmed). Characters outside the
+    vocabulary come back as " ⁇ " instead."""
+    norm = processor(str(model_path)).normalize(fixup(text))
+    return norm.replace("\u2581", " ").strip()
+
+

@@ -1,0 +1,33 @@
+"""preprocessing.text.documents: WikiText articles whole and once whatever the byte spans."""
+from preprocessing.text.documents import wikitext_articles
+
+
+WIKI = (
+    " \n"
+    " = Valkyria Chronicles = \n"
+    " \n"
+    " Senjō no Valkyria is a tactical role @-@ playing game . \n"
+    " \n"
+    " = = Gameplay = = \n"
+    " \n"
+    " The game has 1 @,@ 000 units . \n"
+    " = Tower Building = \n"
+    " \n"
+    " The tower is 3 @.@ 5 m tall . \n"
+    " = Third = \n"
+    " Short . \n"
+)
+
+
+def test_wikitext_articles_whatever_the_spans(tmp_path):
+    f = tmp_path / "wiki.train.tokens"
+    f.write_bytes(WIKI.encode())
+    size = f.stat().st_size
+    whole = [t.decode() for _, t in wikitext_articles(str(f), 0, size)]
+    assert [t.splitlines()[0].strip() for t in whole] == [
+        "= Valkyria Chronicles =", "= Tower Building =", "= Third ="]
+    assert "= = Gameplay = =" in whole[0] and "1 @,@ 000" in whole[0]
+    # cut into spans of any width: every article exactly once, whole, in order
+    for step in (1, 7, 30, 64, size):
+        parts = [t.decode() for a in range(0, size, step) for _, t in wikitext_articles(str(f), a, min(a + step, size))]
+        assert parts == whole, step
