@@ -14,10 +14,14 @@ it cannot use. The template does the rest, the same way for every data set:
 and the bad-input policy: under ``on_bad="skip"`` an item whose decoding raises DataError
 is left out with a warning (and counted: items - rows), under ``"fail"`` the first one
 stops the run, its message surfacing as a DataError rather than as Ray's wrapped errors.
+The entries a reader listed but left out because they are not regular files (a FIFO, a
+dangling symlink: see preprocessing/__init__.py) get the same policy from
+``listing_skips``, before anything is read or looked up in the cache.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import random
 import re
@@ -28,7 +32,7 @@ from typing import Iterator, Literal
 
 import numpy as np
 
-from . import DataError
+from . import DataError, problem_message
 
 BadInput = Literal["skip", "fail"]
 
@@ -151,24 +155,61 @@ def write_chunks(chunk_list: list, decoder: Decoder, out: Path) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in sorted(out.glob("*.parquet")))
 
 
+def listing_skips(unusable: dict[str, list[tuple[str, str]]], on_bad: BadInput) -> dict[str, dict[str, int]]:
+    """The policy for the entries a reader listed but left out of each split because they
+    are not regular files ({split: [(path, reason)]}): under "fail" a DataError naming the
+    first (by path); under "skip" one warning per split and {split: {reason: count}} (what the
+    manifest's "bad_input" holds and its "skipped" counts). Opens nothing, starts no Ray."""
+    if on_bad not in ("skip", "fail"):
+        raise ValueError(f"on_bad must be 'skip' or 'fail', got {on_bad!r}")
+    if on_bad == "fail" and any(unusable.values()):
+        raise DataError(problem_message(*min(e for bad in unusable.values() for e in bad)))  # the first by path
+    out: dict[str, dict[str, int]] = {}
+    for split, bad in unusable.items():
+        if not bad:
+            continue
+        counts: dict[str, int] = {}
+        for _, reason in bad:
+            counts[reason] = counts.get(reason, 0) + 1
+        out[split] = dict(sorted(counts.items()))
+        why = ", ".join(f"{n} {r}" for r, n in out[split].items())
+        warn(f"{split}: skipped {len(bad)} listed entr{'y' if len(bad) == 1 else 'ies'} that "
+             f"{'is' if len(bad) == 1 else 'are'} not a regular file ({why}), e.g. {problem_message(*bad[0])} "
+             "(--on-bad-input fail stops at the first)")
+    return out
+
+
+def unusable_key(unusable: dict[str, list[tuple[str, str]]], root: Path) -> dict:
+    """What of `unusable` decides a cache key: each split's (path relative to root, reason);
+    {} when there is none, so that a clean folder keeps the key it always had."""
+    listed = {s: sorted([os.path.relpath(p, root), r] for p, r in bad) for s, bad in unusable.items() if bad}
+    return {"unusable": listed} if listed else {}
+
+
 def decode_splits(splits: dict[str, list], decoder: Decoder, out: Path, *, root: Path, seed: int,
-                  chunk: tuple[int, int], noun: str = "image", shuffle: bool = True) -> tuple[dict, dict]:
-    """Every split's items decoded into out/<split>/ (starts or joins Ray); (rows, skipped)
-    per split. A skip is warned about once per split; a split left empty is a DataError."""
+                  chunk: tuple[int, int], noun: str = "image", shuffle: bool = True,
+                  left_out: dict[str, dict[str, int]] | None = None) -> tuple[dict, dict, dict]:
+    """Every split's items decoded into out/<split>/ (starts or joins Ray); (rows, skipped,
+    bad_input) per split. ``left_out``: listing_skips' counts, added to skipped; bad_input
+    holds every skip's reason ({reason: count}; "unreadable <noun>" for a decode skip). A
+    skip is warned about once per split; a split left empty is a DataError."""
     from .runtime import cluster_cpus, init_ray
 
+    left_out = left_out or {}
     init_ray()
-    rows, skipped = {}, {}
+    rows, skipped, bad_input = {}, {}, {}
     for split, items in splits.items():
         parts = chunks(items, cluster_cpus(), seed, *chunk, shuffle=shuffle)
         rows[split] = write_chunks(parts, decoder, out / split)
-        skipped[split] = len(items) - rows[split] if decoder.row_per_item else 0
-        if skipped[split]:
-            warn(f"{split}: skipped {skipped[split]} unreadable {noun}(s) of {len(items)} "
+        failed = len(items) - rows[split] if decoder.row_per_item else 0
+        if failed:
+            warn(f"{split}: skipped {failed} unreadable {noun}(s) of {len(items)} "
                  "(--on-bad-input fail stops at the first)")
+        bad_input[split] = dict(left_out.get(split, {})) | ({f"unreadable {noun}": failed} if failed else {})
+        skipped[split] = failed + sum(left_out.get(split, {}).values())
         if rows[split] == 0:
             raise DataError(f"{root}: no readable images in split {split!r}")
-    return rows, skipped
+    return rows, skipped, bad_input
 
 
 def seconds_since(t0: float) -> float:

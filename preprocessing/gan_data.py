@@ -14,6 +14,12 @@ Readers:
 
 Images are center-cropped to a square and resized (antialiased bicubic) to the one size the
 pipeline trains at, through preprocessing/chunked.py's template (a chunk of files a task).
+
+Only regular files are read (preprocessing/__init__.py): an entry named like an image that
+is a FIFO, a socket, a device, a folder or a dangling symlink is left out at listing
+(GanSource.unusable), a counted skip under --on-bad-input skip (in the split its path
+would have been drawn for; unpaired: train for trainA/B, valid for testA/B), a DataError
+naming it under fail.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ import numpy as np
 
 from . import DataError, data_folder, with_subfolders
 from .cache import Cache, digest, fingerprint_files
-from .chunked import BadInput, Decoder, decode_splits, seconds_since
+from .chunked import BadInput, Decoder, decode_splits, listing_skips, seconds_since, unusable_key
 from .images import center_square, decode_image, images_under, resize_all
 
 TRANSFORM_VERSION = "gan-data-v1"  # bump when the decode/resize code changes its output
@@ -45,6 +51,8 @@ class GanSource:
     kind: Literal["folder", "unpaired"]
     splits: dict[str, list] = field(default_factory=dict)
     folders: dict[str, int] = field(default_factory=dict)
+    # per split, the listed entries that are not regular files: (path, reason)
+    unusable: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
     def input_files(self) -> list[Path]:
         files = set()
@@ -69,7 +77,8 @@ def find_image_folder(data_dir: str | Path, valid_frac: float = 0.1, valid_max: 
     if not 0 < valid_frac < 1 or valid_max < 1 or not 0 < data_frac <= 1:
         raise ValueError(f"need 0 < valid_frac < 1, valid_max >= 1 and 0 < data_frac <= 1, "
                          f"got {valid_frac}, {valid_max}, {data_frac}")
-    files = images_under(root, IMAGE_EXTS)
+    bad: list[tuple[str, str]] = []
+    files = images_under(root, IMAGE_EXTS, unusable=bad)
     if len(files) < 2:
         raise DataError(f"{root}: {'one image' if files else 'no JPEG, PNG or WebP images'} in this folder or "
                         "below; need at least two (a training and a validation one)")
@@ -81,7 +90,10 @@ def find_image_folder(data_dir: str | Path, valid_frac: float = 0.1, valid_max: 
     if not train:
         raise DataError(f"{root}: no training images left (of {len(files)}) with valid_frac={valid_frac}, "
                         f"data_frac={data_frac}")
-    return GanSource(root, "folder", {"train": train, "valid": sorted(held)}, {".": len(files)})
+    unusable = {"train": [], "valid": []}
+    for p, reason in bad:
+        unusable["valid" if _draw(str(Path(p).relative_to(root)), seed) < valid_frac else "train"].append((p, reason))
+    return GanSource(root, "folder", {"train": train, "valid": sorted(held)}, {".": len(files)}, unusable)
 
 
 def find_unpaired(data_dir: str | Path, seed: int = 0) -> GanSource:
@@ -92,17 +104,18 @@ def find_unpaired(data_dir: str | Path, seed: int = 0) -> GanSource:
         raise DataError(f"{root}: no CycleGAN data here (expected trainA/, trainB/, testA/ and testB/ "
                         "image folders, as horse2zebra.zip extracts)")
     files = {}
+    unusable: dict[str, list] = {"train": [], "valid": []}
     for name in UNPAIRED:
         d = top / name
         if not d.is_dir():
             raise DataError(f"{d}: missing (CycleGAN's layout has trainA/, trainB/, testA/ and testB/)")
-        files[name] = images_under(d, IMAGE_EXTS)
+        files[name] = images_under(d, IMAGE_EXTS, unusable=unusable["train" if name.startswith("train") else "valid"])
         if not files[name]:
             raise DataError(f"{d}: no JPEG, PNG or WebP images")
     rng = random.Random(seed)
     splits = {split: _pair(files[f"{prefix}A"], files[f"{prefix}B"], rng)
               for split, prefix in (("train", "train"), ("valid", "test"))}
-    return GanSource(top, "unpaired", splits, {k: len(v) for k, v in files.items()})
+    return GanSource(top, "unpaired", splits, {k: len(v) for k, v in files.items()}, unusable)
 
 
 def _pair(a: list[Path], b: list[Path], rng: random.Random) -> list[tuple[Path, Path]]:
@@ -146,19 +159,23 @@ def preprocess(source: GanSource, size: int, cache: Cache, name: str, on_bad: Ba
     """Decode every split and resize to `size`; (manifest, hit). A hit starts no Ray."""
     if size < 4:
         raise ValueError(f"image size must be >= 4 px, got {size}")
+    left_out = listing_skips(source.unusable, on_bad)  # before the cache: `fail` fails on a hit too
     rel = lambda it: [str(Path(p).relative_to(source.root)) for p in (it if isinstance(it, tuple) else (it,))]
     key = digest({
         "inputs": fingerprint_files(source.input_files(), source.root),
         "splits": {k: [rel(it) for it in v] for k, v in source.splits.items()},  # which file went where, paired how
         "kind": source.kind, "size": size, "seed": seed, "version": TRANSFORM_VERSION,
+        **unusable_key(source.unusable, source.root),
     })
 
     def make(tmp: Path) -> dict:
         t0 = time.perf_counter()
         indexed = {split: list(enumerate(items)) for split, items in source.splits.items()}
-        rows, skipped = decode_splits(indexed, _GanDecoder(source.kind, size, on_bad), tmp, root=source.root,
-                                      seed=seed, chunk=(16, 1000), noun="image" if source.kind == "folder" else "pair")
-        return {"rows": rows, "skipped": skipped, "folders": source.folders, "size": size, "kind": source.kind,
+        rows, skipped, bad_input = decode_splits(
+            indexed, _GanDecoder(source.kind, size, on_bad), tmp, root=source.root, seed=seed, chunk=(16, 1000),
+            noun="image" if source.kind == "folder" else "pair", left_out=left_out)
+        return {"rows": rows, "skipped": skipped, "bad_input": bad_input, "folders": source.folders, "size": size,
+                "kind": source.kind,
                 "source": str(source.root), "seconds": seconds_since(t0)}
 
     return cache.build(name, key, make)

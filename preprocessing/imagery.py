@@ -14,10 +14,17 @@ resolution the low-resolution inputs and the high-resolution targets are resizes
 same square crop (antialiased bicubic), one column per size; for Carvana the image and its
 mask (mask resized as grey levels, then thresholded at half), through
 preprocessing/chunked.py's template: each Ray Data task takes a chunk of files.
+
+Only regular files are read (preprocessing/__init__.py): an entry named like an image (or
+a mask) that is a FIFO, a socket, a device, a folder or a dangling symlink is left out at
+listing (ImageSet.unusable), a counted skip under --on-bad-input skip, a DataError naming
+it under fail. A style image named by path that is not a regular file is a DataError.
 """
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -26,9 +33,9 @@ from typing import Literal
 
 import numpy as np
 
-from . import DataError, data_folder, with_subfolders
+from . import DataError, data_folder, file_problem, problem_message, read_regular, split_usable, with_subfolders
 from .cache import Cache, digest, fingerprint_files
-from .chunked import BadInput, Decoder, decode_splits, image_sizes, seconds_since, warn
+from .chunked import BadInput, Decoder, decode_splits, image_sizes, listing_skips, seconds_since, unusable_key, warn
 from .images import center_square, decode_image, images_under, resize_all
 
 TRANSFORM_VERSION = "imagery-v1"  # bump when the decode/resize code changes its output
@@ -45,6 +52,8 @@ class ImageSet:
     kind: Literal["folder", "carvana"]
     splits: dict[str, list] = field(default_factory=dict)
     missing: int = 0  # images left out at listing (Carvana: no mask), counted as skipped
+    # per split, the listed entries that are not regular files: (path, reason)
+    unusable: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
     def input_files(self) -> list[Path]:
         out = []
@@ -71,12 +80,15 @@ def find_image_folder(data_dir: str | Path, valid_frac: float = 0.2, seed: int =
     skip = {Path(p).absolute() for p in exclude}
     valid_dir = next((root / v for v in ("valid", "val") if (root / v).is_dir()), None)
     if (root / "train").is_dir() and valid_dir is not None:
-        splits = {name: images_under(d, IMAGE_EXTS, skip) for name, d in (("train", root / "train"), ("valid", valid_dir))}
+        unusable: dict[str, list] = {"train": [], "valid": []}
+        splits = {name: images_under(d, IMAGE_EXTS, skip, unusable[name])
+                  for name, d in (("train", root / "train"), ("valid", valid_dir))}
         for name, d in (("train", root / "train"), ("valid", valid_dir)):
             if not splits[name]:
                 raise DataError(f"{d}: no JPEG or PNG images")
-        return ImageSet(root, "folder", splits)
-    files = images_under(root, IMAGE_EXTS, skip)
+        return ImageSet(root, "folder", splits, unusable=unusable)
+    bad: list[tuple[str, str]] = []
+    files = images_under(root, IMAGE_EXTS, skip, bad)
     if not files:
         raise DataError(f"{root}: no JPEG or PNG images in this folder or below")
     if len(files) < 2:
@@ -87,7 +99,11 @@ def find_image_folder(data_dir: str | Path, valid_frac: float = 0.2, seed: int =
     if not valid:  # a small folder: hold out one image rather than none
         valid = [files[-1]]
     vs = set(valid)
-    return ImageSet(root, "folder", {"train": [p for p in files if p not in vs], "valid": valid})
+    # an unusable entry is counted in the split its path would have been drawn for
+    unusable = {"train": [], "valid": []}
+    for p, reason in bad:
+        unusable["valid" if _in_valid(os.path.relpath(p, root), valid_frac, seed) else "train"].append((p, reason))
+    return ImageSet(root, "folder", {"train": [p for p in files if p not in vs], "valid": valid}, unusable=unusable)
 
 
 def car_id(image: Path) -> str:
@@ -104,12 +120,19 @@ def find_carvana(data_dir: str | Path, valid_frac: float = 0.2, seed: int = 0, o
     if top is None:
         raise DataError(f"{root}: no Carvana data here (expected train/<car>_<view>.jpg and "
                         "train_masks/<car>_<view>_mask.gif)")
-    images = sorted(p for p in (top / "train").iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    bad: list[tuple[str, str]] = []
+    images = split_usable(sorted(p for p in (top / "train").iterdir() if p.suffix.lower() in IMAGE_EXTS), bad)
     if not images:
         raise DataError(f"{top / 'train'}: no JPEG or PNG images")
-    pairs, missing = [], []
+    pairs, missing, bad_masks = [], [], {}
     for img in images:
-        mask = next((m for ext in MASK_EXTS if (m := top / "train_masks" / f"{img.stem}_mask{ext}").is_file()), None)
+        # the first mask name that exists (lexists: a FIFO or a dangling link is one too)
+        mask = next((m for ext in MASK_EXTS
+                     if os.path.lexists(m := top / "train_masks" / f"{img.stem}_mask{ext}")), None)
+        if mask is not None and (problem := file_problem(mask)):
+            bad_masks[str(mask)] = car_id(img)
+            bad.append((str(mask), problem))
+            continue
         if mask is None:
             msg = f"{img}: no mask (expected {top / 'train_masks' / (img.stem + '_mask.gif')})"
             if on_bad == "fail":
@@ -131,7 +154,12 @@ def find_carvana(data_dir: str | Path, valid_frac: float = 0.2, seed: int = 0, o
     valid_cars = set(cars[: max(1, round(len(cars) * valid_frac))])
     splits = {"train": [p for p in pairs if car_id(p[0]) not in valid_cars],
               "valid": [p for p in pairs if car_id(p[0]) in valid_cars]}
-    return ImageSet(top, "carvana", splits, missing=len(missing))
+    unusable = {"train": [], "valid": []}
+    for p, reason in bad:  # counted in the split of its car (a car not drawn for valid trains)
+        unusable["valid" if bad_masks.get(p, car_id(Path(p))) in valid_cars else "train"].append((p, reason))
+    if on_bad == "fail":
+        listing_skips(unusable, on_bad)  # raises, naming the first
+    return ImageSet(top, "carvana", splits, missing=len(missing), unusable=unusable)
 
 
 # ---------------------------------------------------------------- decode
@@ -147,9 +175,11 @@ def decode_mask(path: Path) -> np.ndarray:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(read_regular(path))) as im:  # a FIFO is refused unopened
             im.load()
             grey = np.asarray(im.convert("L"))
+    except DataError:
+        raise
     except Exception as e:
         raise DataError(f"{path}: not a readable mask ({type(e).__name__}: {e})") from None
     # a palette that maps 1 to white gives 0/255; one that keeps the raw 0/1 gives 0/1
@@ -174,8 +204,9 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
 def load_style(path: str | Path, size: int) -> np.ndarray:
     """A style image by path -> (size, size, 3) uint8 (centre square, resized)."""
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"style image {p}: no such file")
+    problem = file_problem(p)
+    if problem:
+        raise DataError(f"style image {problem_message(p, problem)}")
     return resize(center_square(decode_image(p)), size)
 
 
@@ -203,22 +234,27 @@ class _ImageryDecoder(Decoder):
 
 def preprocess(source: ImageSet, sizes: tuple[int, ...], cache: Cache, name: str,
                on_bad: BadInput = "skip", seed: int = 0) -> tuple[dict, bool]:
-    """Decode every split and resize to each size; (manifest, hit). A hit starts no Ray."""
+    """Decode every split and resize to each size; (manifest, hit). A hit starts no Ray.
+    The listed entries that are not regular files are skipped and counted, or under
+    on_bad="fail" a DataError naming the first, before the cache is looked at."""
     sizes = image_sizes(sizes)
+    left_out = listing_skips(source.unusable, on_bad)
     rel = lambda items: [[str(Path(p).relative_to(source.root)) for p in (it if isinstance(it, tuple) else (it,))]
                          for it in items]
     key = digest({
         "inputs": fingerprint_files(source.input_files(), source.root),
         "splits": {k: rel(v) for k, v in source.splits.items()},  # which file went where
         "kind": source.kind, "sizes": sizes, "seed": seed, "version": TRANSFORM_VERSION,
+        **unusable_key(source.unusable, source.root),
     })
 
     def make(tmp: Path) -> dict:
         t0 = time.perf_counter()
-        rows, skipped = decode_splits(source.splits, _ImageryDecoder(source.kind, sizes, on_bad), tmp,
-                                      root=source.root, seed=seed, chunk=(16, 500), noun="item")
+        rows, skipped, bad_input = decode_splits(source.splits, _ImageryDecoder(source.kind, sizes, on_bad), tmp,
+                                                 root=source.root, seed=seed, chunk=(16, 500), noun="item",
+                                                 left_out=left_out)
         out = {
-            "rows": rows, "skipped": skipped, "missing": source.missing, "sizes": list(sizes),
+            "rows": rows, "skipped": skipped, "bad_input": bad_input, "missing": source.missing, "sizes": list(sizes),
             "source": str(source.root), "kind": source.kind, "seconds": seconds_since(t0),
         }
         if source.kind == "carvana":

@@ -9,10 +9,16 @@ The image primitives every image set uses are here too: decode_image (a file to 
 uint8, DataError naming a file that does not decode), center_square and resize_all
 (antialiased bicubic to each size). Decoding runs through preprocessing/chunked.py's
 template: each Ray Data task takes a chunk of files.
+
+Only regular files are read (preprocessing/__init__.py): an entry of a class folder named
+like an image that is a FIFO, a socket, a device, a folder or a dangling symlink is left out
+at listing (ImageSource.unusable) and is, under --on-bad-input skip, a counted skip with its
+reason in the manifest's "bad_input", under fail a DataError naming it.
 """
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import sys
 import time
@@ -22,9 +28,9 @@ from typing import Literal
 
 import numpy as np
 
-from . import DataError, data_folder, with_subfolders
+from . import DataError, data_folder, file_problem, problem_message, read_regular, split_usable, with_subfolders
 from .cache import Cache, digest, fingerprint_files
-from .chunked import BadInput, Decoder, decode_splits, image_sizes, seconds_since
+from .chunked import BadInput, Decoder, decode_splits, image_sizes, listing_skips, seconds_since, unusable_key
 
 TRANSFORM_VERSION = "images-v1"  # bump when the decode/resize code changes its output
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -39,6 +45,8 @@ class ImageSource:
     classes: list[str]
     # pickle: the batch files of each split; folders: (path, label) of every image
     splits: dict[str, list] = field(default_factory=dict)
+    # per split, the listed entries that are not regular files: (path, reason)
+    unusable: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
     def input_files(self) -> list[Path]:
         if self.layout == "pickle":
@@ -59,7 +67,7 @@ def find_cifar10(data_dir: str | Path) -> ImageSource:
     archive extracts): cifar-10-batches-py/ or a folder with train/ and test/."""
     root = data_folder(data_dir)
     for c in with_subfolders(root):
-        if (c / "data_batch_1").is_file() or (c / "test_batch").is_file():
+        if os.path.lexists(c / "data_batch_1") or os.path.lexists(c / "test_batch"):  # a FIFO too: named in the error
             return _pickle_source(c)
         if (c / "train").is_dir() and (c / "test").is_dir():
             return image_folders(c, ("train", "test"))
@@ -72,15 +80,18 @@ def find_cifar10(data_dir: str | Path) -> ImageSource:
 def _pickle_source(folder: Path) -> ImageSource:
     train = sorted(folder.glob("data_batch_*"))
     test = [folder / "test_batch"]
-    missing = [p.name for p in train + test if not p.is_file()]
+    missing = [p.name for p in train + test if file_problem(p) == "missing"]
     if not train or missing:
         raise DataError(f"{folder}: incomplete CIFAR-10 pickle batches (missing {missing or 'data_batch_*'})")
+    for p in train + test:  # a batch holds 10,000 images: one that is no regular file stops the run
+        if problem := file_problem(p):
+            raise DataError(problem_message(p, problem))
     classes = [f"class{i}" for i in range(10)]
     meta = folder / "batches.meta"
     if meta.is_file():
         try:
-            with open(meta, "rb") as f:
-                names = [n.decode() if isinstance(n, bytes) else str(n) for n in _unpickle(f)[b"label_names"]]
+            names = [n.decode() if isinstance(n, bytes) else str(n)
+                     for n in _unpickle(io.BytesIO(read_regular(meta)))[b"label_names"]]
             if len(names) != 10:
                 raise ValueError(f"{len(names)} label names, expected 10")
             classes = names
@@ -103,19 +114,22 @@ def image_folders(root: Path, splits: tuple[str, str] = ("train", "test")) -> Im
         raise DataError(f"{train_dir}: no class folders (expected {train_dir}/<class>/*.png)")
     label = {c: i for i, c in enumerate(dirs)}
     out: dict[str, list] = {}
+    unusable: dict[str, list[tuple[str, str]]] = {}
     for split, name in zip(splits, ("train", "valid")):
         d = root / split
         if not d.is_dir():
             raise DataError(f"{d}: missing (expected {d}/<class>/*.png)")
-        items = []
+        items, bad = [], []
         for cdir in sorted(p for p in d.iterdir() if p.is_dir()):
             if cdir.name not in label:
                 raise DataError(f"{cdir}: class folder not in {train_dir} (classes: {', '.join(dirs)})")
-            items += [(p, label[cdir.name]) for p in sorted(cdir.iterdir()) if p.suffix.lower() in IMAGE_EXTS]
+            named = sorted(p for p in cdir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+            items += [(p, label[cdir.name]) for p in split_usable(named, bad)]
         if not items:
-            raise DataError(f"{d}: no images (expected {d}/<class>/*.png)")
-        out[name] = items
-    return ImageSource(root, "folders", dirs, out)
+            raise DataError(f"{d}: no images (expected {d}/<class>/*.png)"
+                            + (f"; {len(bad)} entries named like images are not regular files" if bad else ""))
+        out[name], unusable[name] = items, bad
+    return ImageSource(root, "folders", dirs, out, unusable)
 
 
 class _BatchUnpickler(pickle.Unpickler):
@@ -148,8 +162,7 @@ def _unpickle(f) -> dict:
 def _load_batch(path: Path) -> tuple[np.ndarray, list[int]]:
     """One CIFAR pickle batch -> (N, 32, 32, 3) uint8 images and N labels."""
     try:
-        with open(path, "rb") as f:
-            d = _unpickle(f)
+        d = _unpickle(io.BytesIO(read_regular(path)))
         raw = np.asarray(d[b"data"])
         if raw.dtype == object or not (np.issubdtype(raw.dtype, np.integer) and raw.size % 3072 == 0):
             raise ValueError(f"data is {raw.dtype} of shape {raw.shape}, expected uint8 rows of 3072")
@@ -165,11 +178,15 @@ def _load_batch(path: Path) -> tuple[np.ndarray, list[int]]:
 # ---------------------------------------------------------------- decode + resize (every image set)
 
 
-def images_under(folder: Path, exts: tuple[str, ...], exclude: set[Path] = frozenset()) -> list[Path]:
-    """Every file with one of `exts` under folder at any depth, sorted; hidden files and
-    folders are left out."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts) and p not in exclude)
+def images_under(folder: Path, exts: tuple[str, ...], exclude: set[Path] = frozenset(),
+                 unusable: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Every regular file (or symlink to one) with one of `exts` under folder at any depth,
+    sorted; hidden files and folders are left out. An entry named like an image that is not
+    a regular file (a FIFO, a socket, a device, a folder, a dangling symlink) is left out
+    too, and appended to `unusable` as (path, reason) when that list is given."""
+    named = sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts) and p not in exclude)
+    return split_usable(named, [] if unusable is None else unusable)
 
 
 def center_square(img: np.ndarray) -> np.ndarray:
@@ -202,7 +219,7 @@ def decode_image(path: Path) -> np.ndarray:
     from PIL import Image
 
     try:
-        data = Path(path).read_bytes()
+        data = read_regular(path)  # a FIFO or a device is refused unopened, so nothing blocks
         if not data:
             raise ValueError("empty file")
         with Image.open(io.BytesIO(data)) as im:
@@ -211,6 +228,8 @@ def decode_image(path: Path) -> np.ndarray:
                 raise ValueError(f"claims {w}x{h} pixels (at most {MAX_PIXELS:,} are decoded)")
             im.load()  # decode now: a truncated file fails here, not later
             return np.asarray(im.convert("RGB"))
+    except DataError:
+        raise
     except Exception as e:
         raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
 
@@ -244,8 +263,11 @@ def preprocess_images(
     on_bad: BadInput = "skip",
     seed: int = 0,
 ) -> tuple[dict, bool]:
-    """Decode and resize every split to each size; (manifest, hit). A hit starts no Ray."""
+    """Decode and resize every split to each size; (manifest, hit). A hit starts no Ray.
+    The listed entries that are not regular files are skipped and counted, or under
+    on_bad="fail" a DataError naming the first, before the cache is looked at."""
     sizes = image_sizes(sizes)
+    left_out = listing_skips(source.unusable, on_bad)
     key = digest(
         {
             "inputs": fingerprint_files(source.input_files(), source.root),
@@ -253,6 +275,7 @@ def preprocess_images(
             "sizes": sizes,
             "seed": seed,
             "version": TRANSFORM_VERSION,
+            **unusable_key(source.unusable, source.root),
         }
     )
 
@@ -260,11 +283,13 @@ def preprocess_images(
         t0 = time.perf_counter()
         # a batch file is the natural chunk (10,000 images); image files a few chunks per CPU
         chunk, shuffle = ((1, 1), False) if source.layout == "pickle" else ((64, 2000), True)
-        rows, skipped = decode_splits(source.splits, _CifarDecoder(source.layout, sizes, on_bad), tmp,
-                                      root=source.root, seed=seed, chunk=chunk, shuffle=shuffle)
+        rows, skipped, bad_input = decode_splits(source.splits, _CifarDecoder(source.layout, sizes, on_bad), tmp,
+                                                 root=source.root, seed=seed, chunk=chunk, shuffle=shuffle,
+                                                 left_out=left_out)
         return {
             "rows": rows,
             "skipped": skipped,
+            "bad_input": bad_input,
             "sizes": list(sizes),
             "classes": source.classes,
             "source": str(source.root),

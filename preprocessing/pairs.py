@@ -13,7 +13,9 @@ Readers -> PairSource:
   the folder. ``tsv_langs`` names the languages of the first two columns.
 
 Files of a pair with different line counts, an empty file, or text that is not UTF-8 is a
-DataError naming the file. A pair with an empty side is dropped and counted.
+DataError naming the file, and so is a line file or pairs file that is there but is not a
+regular file (a FIFO, a folder, a dangling symlink: judged by stat, never opened, so nothing
+blocks). A pair with an empty side is dropped and counted.
 
 Lesson 11's question filter (``questions=True``): keep the pairs whose English side
 starts with "Wh" and has a "?" before any "." or "!", and whose other side has a "?"
@@ -44,7 +46,7 @@ from typing import Iterator, Literal
 
 import numpy as np
 
-from . import DataError
+from . import DataError, file_problem, open_regular, problem_message, regular_file
 from .cache import Cache, digest
 from .chunked import BadInput
 from .text.corpus import load_tokens
@@ -101,26 +103,23 @@ def find_pairs(
     (data_dir itself, or the only .tsv/.txt file in the folder)."""
     _check_langs(src, tgt)
     root = Path(data_dir).absolute()
-    if not root.exists():
+    if not os.path.lexists(root):
         raise DataError(f"{root}: no such file or folder")
-    if root.is_file():
-        return _tsv_source(root, src, tgt, tsv_langs)
+    if not root.is_dir():  # a file the user named: a pairs file, and a regular one
+        return _tsv_source(regular_file(root), src, tgt, tsv_langs)
     candidates = [root] + sorted(p for p in root.iterdir() if p.is_dir())
     for c in candidates:
         pair = (c / f"{stem}.{src}", c / f"{stem}.{tgt}")
-        if any(p.is_file() for p in pair):
-            missing = [p for p in pair if not p.is_file()]
-            if missing:
-                raise DataError(f"{missing[0]}: missing (its pair {[p for p in pair if p.is_file()][0].name} is there)")
-            splits = {"train": tuple(str(p) for p in pair)}
+        if any(os.path.lexists(p) for p in pair):  # a FIFO or a dangling link named so counts: it is named below
+            splits = {"train": _line_pair(pair)}
             held = (c / f"{valid_stem}.{src}", c / f"{valid_stem}.{tgt}") if valid_stem else ()
-            if held and any(p.is_file() for p in held):
-                missing = [p for p in held if not p.is_file()]
-                if missing:
-                    raise DataError(f"{missing[0]}: missing (its pair {[p for p in held if p.is_file()][0].name} is there)")
-                splits["valid"] = tuple(str(p) for p in held)
+            if held and any(os.path.lexists(p) for p in held):
+                splits["valid"] = _line_pair(held)
             return PairSource(c, "lines", src, tgt, splits)
-    tsvs = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in TSV_SUFFIXES)
+    named = sorted(p for p in root.iterdir() if p.suffix.lower() in TSV_SUFFIXES and not p.is_dir())
+    tsvs = [p for p in named if file_problem(p) is None]
+    if not tsvs and named:  # only a FIFO or a dangling link is named like a pairs file
+        raise DataError(problem_message(named[0], file_problem(named[0])))
     if len(tsvs) == 1:
         return _tsv_source(tsvs[0], src, tgt, tsv_langs)
     if len(tsvs) > 1:
@@ -128,6 +127,19 @@ def find_pairs(
                         f"give the one to use as --data")
     raise DataError(f"{root}: no parallel text here (expected {stem}.{src} and {stem}.{tgt}, one sentence a line, "
                     f"or a tab-separated pairs file)")
+
+
+def _line_pair(pair: tuple[Path, Path]) -> tuple[str, str]:
+    """Both files of a line-file pair, one of which is there; DataError naming one that is
+    missing or is not a regular file."""
+    problems = [file_problem(p) for p in pair]
+    for p, problem in zip(pair, problems):
+        if problem == "missing":
+            other = pair[1] if p == pair[0] else pair[0]
+            raise DataError(f"{p}: missing (its pair {other.name} is there)")
+        if problem:
+            raise DataError(problem_message(p, problem))
+    return tuple(str(p) for p in pair)
 
 
 def _tsv_source(path: Path, src: str, tgt: str, tsv_langs: tuple[str, str]) -> PairSource:
@@ -139,9 +151,9 @@ def _tsv_source(path: Path, src: str, tgt: str, tsv_langs: tuple[str, str]) -> P
 
 def _lines(path: str) -> Iterator[str]:
     """A line file's lines (newline stripped), checked for UTF-8; an empty file is an error."""
-    if os.path.getsize(path) == 0:
-        raise DataError(f"{path}: empty file")
-    with open(path, "rb") as f:
+    with open_regular(path) as f:  # a FIFO is a DataError, never opened
+        if os.fstat(f.fileno()).st_size == 0:
+            raise DataError(f"{path}: empty file")
         for i, raw in enumerate(f, 1):
             try:
                 yield raw.decode("utf-8").rstrip("\r\n")

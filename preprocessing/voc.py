@@ -20,13 +20,18 @@ manifest's "skipped", with `fail` a DataError naming the file at the first:
   XML that does not parse: the image is skipped;
 - a box outside its image by more than one pixel, or empty (xmax <= xmin): the box is
   dropped (boxes off by at most a pixel are clipped); an image left with no box is skipped;
-- a JPEG that does not decode: the image is skipped.
+- a JPEG that does not decode: the image is skipped;
+- a listed JPEG or XML that is not a regular file (a FIFO, a socket, a device, a folder, a
+  dangling symlink: judged by stat, never opened, so nothing blocks): the image is skipped,
+  counted under that reason ("FIFO", "dangling symlink", ...).
+An image set .txt or a JSON that is there but is not a regular file is a DataError naming it.
 A class name that is not among the config's classes is always an error: it is a config
 that does not fit the data, not a damaged file.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -37,7 +42,7 @@ from xml.etree import ElementTree as ET
 
 import numpy as np
 
-from . import DataError, data_folder
+from . import DataError, data_folder, file_problem, problem_message, read_regular, regular_file
 from .cache import Cache, digest, fingerprint_files
 from .chunked import BadInput, Decoder, chunks, image_sizes, seconds_since, write_chunks
 from .images import decode_image, resize_all
@@ -77,7 +82,11 @@ class PascalSource:
         """Image ids (voc) or file names (json) the split lists, in its order."""
         path = self.splits[split]
         if self.layout == "voc":
-            return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+            try:
+                text = read_regular(path).decode()
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: not UTF-8 text ({e})") from None
+            return [line.split()[0] for line in text.splitlines() if line.strip()]
         return [im["file_name"] for im in _load_json(path)["images"]]
 
 
@@ -102,9 +111,11 @@ def find_pascal(data_dir: str | Path, annotations: str = "auto") -> PascalSource
     root = data_folder(data_dir)
     folders = _below(root)
     voc = next((d for d in folders if (d / "ImageSets" / "Main").is_dir() and (d / "Annotations").is_dir()), None)
-    js = next((d for d in folders if (d / "pascal_train2007.json").is_file()), None)
+    # lexists: an image set or JSON there that is not a regular file (a FIFO) is named in an error
+    js = next((d for d in folders if os.path.lexists(d / "pascal_train2007.json")), None)
     if annotations in ("auto", "voc") and voc is not None:
-        splits = {s: voc / "ImageSets" / "Main" / f"{s}.txt" for s in SPLITS if (voc / "ImageSets" / "Main" / f"{s}.txt").is_file()}
+        splits = {s: regular_file(voc / "ImageSets" / "Main" / f"{s}.txt") for s in SPLITS
+                  if os.path.lexists(voc / "ImageSets" / "Main" / f"{s}.txt")}
         if "train" not in splits:
             raise DataError(f"{voc / 'ImageSets' / 'Main'}: no train.txt")
         return PascalSource(voc, "voc", voc / "JPEGImages", splits)
@@ -112,7 +123,8 @@ def find_pascal(data_dir: str | Path, annotations: str = "auto") -> PascalSource
         images = next((d / "JPEGImages" for d in _below(js, 3) if (d / "JPEGImages").is_dir()), None)
         if images is None:
             raise DataError(f"{js}: pascal_train2007.json but no JPEGImages/ folder at or below it")
-        splits = {s: js / f"pascal_{s}2007.json" for s in SPLITS if (js / f"pascal_{s}2007.json").is_file()}
+        splits = {s: regular_file(js / f"pascal_{s}2007.json") for s in SPLITS
+                  if os.path.lexists(js / f"pascal_{s}2007.json")}
         return PascalSource(js, "json", images, splits)
     want = {"voc": "VOCdevkit/VOC2007 with Annotations/ and ImageSets/Main/",
             "json": "pascal_train2007.json beside a folder holding JPEGImages/"}
@@ -125,7 +137,7 @@ def find_pascal(data_dir: str | Path, annotations: str = "auto") -> PascalSource
 
 def _load_json(path: Path) -> dict:
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(read_regular(path))
         if not isinstance(data, dict) or not isinstance(data.get("images"), list):
             raise ValueError("no 'images' list")
         return data
@@ -145,7 +157,7 @@ def parse_xml(path: Path, image: Path) -> Annotation:
     """One VOC XML. Raises DataError (naming the file) when it has no usable size or does
     not parse; boxes are returned as written (check_boxes judges them)."""
     try:
-        root = ET.parse(path).getroot()
+        root = ET.fromstring(read_regular(path))  # DataError, unopened, for a FIFO
     except (OSError, ET.ParseError) as e:
         raise DataError(f"{path}: not a readable VOC annotation ({e})") from None
     size = root.find("size")
@@ -238,13 +250,21 @@ def _records(source: PascalSource, split: str, classes: tuple[str, ...], tally: 
     out = []
     for item in source.ids(split):
         jpeg = source.images / (item if source.layout == "json" else f"{item}.jpg")
-        if not jpeg.is_file():
+        problem = file_problem(jpeg)
+        if problem == "missing":
             tally.bad("listed but absent", f"{source.splits[split]}: lists {item!r} but {jpeg} does not exist")
+            continue
+        if problem:
+            tally.bad(problem, problem_message(jpeg, problem))
             continue
         if source.layout == "voc":
             xml = source.root / "Annotations" / f"{item}.xml"
-            if not xml.is_file():
+            problem = file_problem(xml)
+            if problem == "missing":
                 tally.bad("no annotation", f"{source.splits[split]}: lists {item!r} but {xml} does not exist")
+                continue
+            if problem:
+                tally.bad(problem, problem_message(xml, problem))
                 continue
             try:
                 ann = parse_xml(xml, jpeg)
@@ -274,8 +294,9 @@ def _records(source: PascalSource, split: str, classes: tuple[str, ...], tally: 
 
 
 def input_files(source: PascalSource, splits: list[str]) -> tuple[list[Path], list[str]]:
-    """(files that exist, names of listed files that do not) of the splits: what decides the
-    cache key, found by stat alone (no annotation is parsed on a cache hit)."""
+    """(regular files, names of listed files that are absent or not regular files) of the
+    splits: what decides the cache key, found by stat alone (no annotation is parsed on a
+    cache hit)."""
     files, absent = [], []
     for split in splits:
         files.append(source.splits[split])
@@ -284,7 +305,8 @@ def input_files(source: PascalSource, splits: list[str]) -> tuple[list[Path], li
             if source.layout == "voc":
                 paths.append(source.root / "Annotations" / f"{item}.xml")
             for p in paths:
-                (files if p.is_file() else absent).append(p if p.is_file() else str(p))
+                problem = file_problem(p)
+                (files if problem is None else absent).append(p if problem is None else str(p))
     return sorted(set(files)), sorted(set(absent))
 
 

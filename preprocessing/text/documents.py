@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from typing import Iterator
 
-from .. import DataError
+from .. import DataError, open_regular
 
 
 def fixup(text: str) -> str:
@@ -38,7 +38,7 @@ def is_title(line: bytes) -> bool:
 def wikitext_articles(path: str, start: int, stop: int) -> Iterator[tuple[int, bytes]]:
     """(byte offset, raw text) of each article whose title line starts in [start, stop).
     The text before the first title belongs to the span that starts at 0."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         if start > 0:
             f.seek(start - 1)
             f.readline()  # to the first line that starts at or after `start`
@@ -65,7 +65,7 @@ def iter_docs(kind: str, chunk) -> Iterator[tuple[str | DataError, int]]:
     if kind == "imdb":
         for path, label in chunk:
             try:
-                with open(path, "rb") as f:
+                with open_regular(path) as f:  # a FIFO is a DataError, never opened
                     text = fixup(_decode_utf8(f.read(), str(path)))
                 if not text.strip():
                     raise DataError(f"{path}: empty document")

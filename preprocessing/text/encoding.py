@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import DataError
 from ..cache import Cache, digest, fingerprint_paths
-from ..chunked import BadInput, chunks, data_errors, map_chunks
+from ..chunked import BadInput, chunks, data_errors, listing_skips, map_chunks, unusable_key
 from . import SPECIAL_IDS, TEXT_VERSION
 from .corpus import Ragged
 from .documents import iter_docs
@@ -132,12 +132,14 @@ def tokenize(
     """Encode every split with SentencePiece (trained by train_spm with these parameters);
     (manifest, hit). Writes <cache>/<name>-<key>/<split>/part-*.parquet with columns ids
     (list<int32>: [BOS] + pieces (+ [EOS])), len (int32) and label (int64), and a copy of
-    the model as spm.model. An unreadable, non-UTF-8 or empty document is skipped and
-    counted (on_bad="skip") or stops the run with a DataError naming it ("fail").
-    The manifest holds rows, skipped, tokens and bytes per split, vocab_size, spm_model
-    (its path), special_ids, classes and seconds. A hit starts no Ray and reads no document."""
-    if on_bad not in ("skip", "fail"):
-        raise ValueError(f"on_bad must be 'skip' or 'fail', got {on_bad!r}")
+    the model as spm.model. An unreadable, non-UTF-8 or empty document, or a listed entry
+    that is not a regular file (source.unusable: a FIFO, a dangling symlink), is skipped and
+    counted (on_bad="skip") or stops the run with a DataError naming it ("fail"; for an
+    unusable entry before anything is read, on a cache hit too).
+    The manifest holds rows, skipped, bad_input ({split: {reason: count}}), tokens and bytes
+    per split, vocab_size, spm_model (its path), special_ids, classes and seconds. A hit
+    starts no Ray and reads no document."""
+    left_out = listing_skips(source.unusable, on_bad)  # ValueError for an unknown on_bad
     name = name or f"tokens-{source.kind}"
     t0 = time.perf_counter()
     model, spm_manifest, spm_hit = train_spm_manifest(source, cache, vocab_size, model_type, character_coverage, sample_docs, seed)
@@ -149,6 +151,7 @@ def tokenize(
         "kind": source.kind, "options": source.options, "spm": spm_manifest["sha256"],
         "spm_params": [vocab_size, model_type, character_coverage, sample_docs],
         "add_eos": add_eos, "seed": seed, "version": TEXT_VERSION,
+        **unusable_key(source.unusable, source.root),
     })
 
     def make(tmp: Path) -> dict:
@@ -174,22 +177,28 @@ def tokenize(
         with data_errors():
             res = sorted(map_chunks(rows, fn).take_all(), key=lambda r: (str(r["split"]), int(r["id"])))
         stats: dict[str, dict] = {k: {} for k in ("rows", "skipped", "tokens", "bytes")}
+        bad_input: dict[str, dict[str, int]] = {}
         for split in source.splits:
             mine = [r for r in res if r["split"] == split]
             for k in stats:
                 stats[k][split] = int(sum(r[k] for r in mine))
-            if stats["skipped"][split]:
+            failed = stats["skipped"][split]
+            bad_input[split] = dict(left_out.get(split, {})) | (
+                {"unreadable or empty document": failed} if failed else {})
+            if failed:
                 errors = [line for r in mine for line in str(r["errors"]).splitlines()]
-                total = stats["rows"][split] + stats["skipped"][split]
+                total = stats["rows"][split] + failed
                 print(
-                    f"warning: {split}: skipped {stats['skipped'][split]} unreadable or empty document(s) of {total} "
+                    f"warning: {split}: skipped {failed} unreadable or empty document(s) of {total} "
                     f"(on_bad='fail' stops at the first): {'; '.join(errors[:3])}",
                     file=sys.stderr,
                 )
+            stats["skipped"][split] += sum(left_out.get(split, {}).values())
             if stats["rows"][split] == 0:
                 raise DataError(f"{source.root}: no readable documents in split {split!r}")
         return {
             **stats,
+            "bad_input": bad_input,
             "kind": source.kind,
             "source": str(source.root),
             "classes": classes,

@@ -1,5 +1,11 @@
 """Text readers: the shipped formats -> TextSource (IMDb's aclImdb/, WikiText token
-files, a CSV or parquet table), and a table's texts and labels."""
+files, a CSV or parquet table), and a table's texts and labels.
+
+Only regular files are read (preprocessing/__init__.py): an IMDb entry named *.txt that is
+a FIFO, a socket, a device, a folder or a dangling symlink is left out at listing
+(TextSource.unusable), a counted skip under --on-bad-input skip, a DataError naming it
+under fail (text.encoding.tokenize applies the policy); a WikiText token file or a table
+that is there but is not a regular file is a DataError naming it."""
 from __future__ import annotations
 
 import os
@@ -9,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from .. import DataError, data_folder, with_subfolders
+from .. import DataError, data_folder, file_problem, regular_file, with_subfolders
 
 IMDB_CLASSES = ["neg", "pos"]
 WIKITEXT_FILES = {"train": "wiki.train.tokens", "valid": "wiki.valid.tokens", "test": "wiki.test.tokens"}
@@ -31,6 +37,8 @@ class TextSource:
     splits: dict[str, list] = field(default_factory=dict)
     classes: list[str] = field(default_factory=list)  # label i is classes[i]; a table's fill in at tokenize
     options: dict = field(default_factory=dict)  # table: text_col, label_col
+    # per split, the listed entries that are not regular files: (path, reason)
+    unusable: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
     def input_files(self) -> list[str]:
         """Every input file once, in a fixed order (IMDb's are unique and sorted per folder)."""
@@ -52,13 +60,15 @@ def find_imdb(data_dir: str | Path) -> TextSource:
     if found is None:
         raise DataError(f"{root}: no IMDb here (expected aclImdb/ with train/pos, train/neg, test/pos, test/neg)")
     splits: dict[str, list] = {}
+    unusable: dict[str, list[tuple[str, str]]] = {}
     for split, name in (("train", "train"), ("valid", "test")):
         items: list = []
+        unusable[split] = []
         for label, cls in enumerate(IMDB_CLASSES):
             d = found / name / cls
             if not d.is_dir():
                 raise DataError(f"{d}: missing (expected {d}/*.txt, one review a file)")
-            files = _txt_files(d)
+            files = _txt_files(d, unusable[split])
             if not files:
                 raise DataError(f"{d}: no reviews (expected {d}/*.txt)")
             items += [(f, label) for f in files]
@@ -66,30 +76,45 @@ def find_imdb(data_dir: str | Path) -> TextSource:
     # aclImdb keeps the unlabelled reviews in train/unsup/, fast.ai's imdb.tgz in unsup/
     unsup = next((d for d in (found / "train" / "unsup", found / "unsup") if d.is_dir()), None)
     if unsup is not None:
-        files = _txt_files(unsup)
+        bad: list[tuple[str, str]] = []
+        files = _txt_files(unsup, bad)
         if files:
-            splits["unsup"] = [(f, -1) for f in files]
-    return TextSource(found, "imdb", splits, list(IMDB_CLASSES))
+            splits["unsup"], unusable["unsup"] = [(f, -1) for f in files], bad
+    return TextSource(found, "imdb", splits, list(IMDB_CLASSES), unusable=unusable)
 
 
-def _txt_files(d: Path) -> list[str]:
+def _txt_files(d: Path, unusable: list[tuple[str, str]]) -> list[str]:
+    """The regular files (or symlinks to one) named *.txt in d, sorted, as strings; each
+    other *.txt entry is appended to `unusable` as (path, reason). DirEntry.is_file needs
+    no stat call for a plain file, so 100,000 reviews list as fast as before."""
+    names, bad = [], []
     with os.scandir(d) as it:
-        names = sorted(e.name for e in it if e.name.endswith(".txt") and e.is_file())
-    return [f"{d}{os.sep}{n}" for n in names]
+        for e in it:
+            if e.name.endswith(".txt"):
+                (names if e.is_file() else bad).append(e.name)
+    for n in sorted(bad):
+        p = f"{d}{os.sep}{n}"
+        problem = file_problem(p)
+        if problem is None:  # became a regular file since the listing
+            names.append(n)
+        else:
+            unusable.append((p, problem))
+    return [f"{d}{os.sep}{n}" for n in sorted(names)]
 
 
 def find_wikitext(data_dir: str | Path) -> TextSource:
     """WikiText-103 (or -2) token files at data_dir or one folder below it: wiki.train.tokens
     is required, wiki.valid.tokens and wiki.test.tokens are used when present."""
     root = data_folder(data_dir)
-    found = next((c for c in with_subfolders(root) if (c / WIKITEXT_FILES["train"]).is_file()), None)
+    # lexists: a token file there that is not a regular file (a FIFO) is named in an error
+    found = next((c for c in with_subfolders(root) if os.path.lexists(c / WIKITEXT_FILES["train"])), None)
     if found is None:
         raise DataError(f"{root}: no WikiText here (expected wiki.train.tokens, wiki.valid.tokens, wiki.test.tokens)")
     splits = {}
     for split, name in WIKITEXT_FILES.items():
         f = found / name
-        if f.is_file():
-            size = f.stat().st_size
+        if os.path.lexists(f):
+            size = regular_file(f).stat().st_size
             if size == 0:
                 raise DataError(f"{f}: empty file")
             splits[split] = [(str(f), 0, size)]
@@ -107,9 +132,7 @@ def find_table(
         raise ValueError("find_table needs at least one file")
     splits, has_label = {}, []
     for split, p in named.items():
-        p = Path(p).absolute()
-        if not p.is_file():
-            raise DataError(f"{p}: no such file")
+        p = regular_file(p)  # a FIFO, a folder, a dangling link: a DataError naming it
         cols = _table_columns(p)
         if text_col not in cols:
             raise DataError(f"{p}: no column {text_col!r} (columns: {', '.join(cols)})")
