@@ -32,7 +32,7 @@ from preprocessing import DataError, download
 
 from .core import config as configs
 from .core import logs, registry, tracking
-from .core.storage import Storage, check_cluster
+from .core.storage import Storage, check_cluster, is_uri
 
 EXIT_USAGE, EXIT_ERROR = 2, 1
 PLACEMENTS = ("pack", "spread")
@@ -99,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
         q.add_argument("--on-bad-input", choices=("skip", "fail"), default="skip",
                        help="an unreadable input file: skip it and count it (default) or stop")
+        q.add_argument("-v", "--verbose", action="store_true",
+                       help="show Ray's, Ray Data's, Ray Train's and MLflow's own lines (default: the run folder's fastray.log)")
         q.add_argument("--storage", default=None, metavar="PATH_OR_URI",
                        help="shared storage for checkpoints (runs/), the cache (cache/) and MLflow artifacts "
                             "(mlartifacts/): a path every node sees; default $FASTRAY_STORAGE, "
@@ -195,10 +197,12 @@ def cmd_preprocess(args) -> dict:
     cache = Cache(storage.cache_dir(args.cache_dir))
     data, is_sample = _data_dir(pipe, args)
     cfg, _ = _config(pipe, args, "sample" if is_sample else "default")
-    # a cold build on a cluster reads and writes from many nodes: check that they see the folders
-    check_cluster(storage, cache, None, data=data)
     t0 = time.perf_counter()
-    manifest, hit = pipe.preprocess(cfg, data, cache, args.on_bad_input)
+    log = cache.root / "logs" / f"preprocess-{args.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    with logs.internals_to(log, mlflow=False):
+        # a cold build on a cluster reads and writes from many nodes: check that they see the folders
+        check_cluster(storage, cache, None, data=data)
+        manifest, hit = pipe.preprocess(cfg, data, cache, args.on_bad_input)
     seconds = time.perf_counter() - t0
     say(f"cache {'hit' if hit else 'miss'}: {manifest['key']} ({seconds:.2f}s)")
     return {
@@ -220,16 +224,21 @@ def cmd_run(args) -> dict:
     with _placement(args.placement):  # a bad $FASTRAY_PLACEMENT fails before any work
         data, is_sample = _data_dir(pipe, args)
         cfg, label = _config(pipe, args, "sample" if is_sample else "default")
-        check_cluster(storage, cache, args.tracking_uri, data=data)
         if is_sample and args.config is None:
             say("using the 'sample' config")
         name = args.run_name or f"{args.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        with tracking.artifact_storage(storage.artifacts()):
+        with logs.internals_to(_log_file(checkpoints, name)), tracking.artifact_storage(storage.artifacts()):
+            check_cluster(storage, cache, args.tracking_uri, data=data)
             return fit(
                 args.name, cfg, data_dir=data, cache=cache, name=name,
                 num_workers=args.num_workers, use_gpu=args.use_gpu, tracking_uri=args.tracking_uri,
-                storage=checkpoints, on_bad=args.on_bad_input, config_label=label,
+                storage=checkpoints, on_bad=args.on_bad_input, config_label=label, sample=is_sample,
             )
+
+
+def _log_file(checkpoints: str, name: str) -> Path:
+    """The run folder's log of Ray's and MLflow's own lines (beside a URI storage: ./runs/NAME)."""
+    return (Path("runs") if is_uri(checkpoints) else Path(checkpoints)) / name / "fastray.log"
 
 
 def cmd_tune(args) -> dict:
@@ -247,7 +256,8 @@ def cmd_tune(args) -> dict:
     search = {k: getattr(args, k) for k in ("num_samples", "max_concurrent", "workers_per_trial",
                                             "gpus_per_worker", "search", "time_budget", "seed")}
     name = args.run_name or f"{args.name}-tune-{digest([configs.to_dict(cfg), search, str(data)])[:8]}"
-    with _placement(args.placement), tracking.artifact_storage(storage.artifacts()):
+    with _placement(args.placement), tracking.artifact_storage(storage.artifacts()), \
+            logs.internals_to(_log_file(checkpoints, name)):
         return tune(
             args.name, cfg, data_dir=data, cache=cache, name=name, config_label=label,
             num_samples=args.num_samples, max_concurrent=args.max_concurrent, workers_per_trial=args.workers_per_trial,
@@ -275,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logs.setup()
+    if getattr(args, "verbose", False):
+        os.environ["FASTRAY_VERBOSE"] = "1"
     try:
         emit(COMMANDS[args.command](args))
         return 0

@@ -5,27 +5,63 @@ import logging
 import os
 
 
+LOG_FILE_ENV = "FASTRAY_LOG_FILE"  # set: Ray's and MLflow's own lines go to this file, not the terminal
+ROUTED = ("ray", "mlflow", "alembic", "py.warnings")  # the loggers whose lines are internals
+
+
 def init_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster named by RAY_ADDRESS, or start a local Ray. Idempotent."""
+    """Join the cluster named by RAY_ADDRESS, or start a local Ray. Idempotent. With
+    $FASTRAY_LOG_FILE set, the workers' output and Ray's own log lines go to that file."""
     import ray
 
     if ray.is_initialized():
         return
     # Ray Train V2 copies worker prints into its own log as well: each line came twice
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    log_file = os.environ.get(LOG_FILE_ENV)
+    if log_file:
+        import ray.data  # noqa: F401  (configures its loggers on import: route them too)
+    route_logs(log_file)
     address = os.environ.get("RAY_ADDRESS")
-    kwargs: dict = dict(logging_level=logging.WARNING, configure_logging=True)
+    kwargs: dict = dict(logging_level=logging.WARNING, configure_logging=not log_file, log_to_driver=not log_file)
     if address:
         ray.init(address=address, **kwargs)
     else:
         # the dashboard stays on: Ray Train's placement-group cleaner asks its State API
         # whether a killed driver's controller is gone
         ray.init(num_cpus=num_cpus, **kwargs)
-    # progress bars stay (stderr); Ray Data's per-operator log lines do not help a user
+    route_logs(log_file)
+    # progress bars on the terminal unless quiet; Ray Data's per-operator log lines do not help a user
     from ray.data import DataContext
 
-    DataContext.get_current().enable_progress_bars = True
+    DataContext.get_current().enable_progress_bars = not log_file
     DataContext.get_current().print_on_execution_start = False
+
+
+_handlers: dict[str, logging.Handler] = {}
+
+
+def route_logs(path: str | None) -> None:
+    """Send the terminal lines of Ray's, Ray Data's, Ray Train's, Tune's and MLflow's loggers
+    (and Python warnings) to the file `path` instead; None leaves them as they are."""
+    if not path:
+        return
+    if path not in _handlers:
+        handler = logging.FileHandler(path, delay=True)  # no file until a line comes
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        _handlers[path] = handler
+    handler = _handlers[path]
+    logging.captureWarnings(True)
+    loggers = [logging.getLogger(n) for n in ROUTED]
+    loggers += [lg for n, lg in list(logging.root.manager.loggerDict.items())
+                if isinstance(lg, logging.Logger) and n.startswith(tuple(f"{r}." for r in ROUTED))]
+    for lg in loggers:  # each gets the file itself: ray.init() empties the "ray" logger's handlers
+        for h in list(lg.handlers):
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):  # the terminal
+                lg.removeHandler(h)
+        if handler not in lg.handlers:
+            lg.addHandler(handler)
+        lg.propagate = False
 
 
 def cluster_cpus() -> int:

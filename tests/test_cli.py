@@ -67,10 +67,21 @@ def _mlflow(workdir):
     return MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}")
 
 
-def test_run_tiny_end_to_end_records_mlflow(capsys, cifar_small, workdir, ray_session):
-    code, obj, err = run_cli(capsys, "run", "cifar10-darknet", "--data", str(cifar_small), "--config", "tiny",
-                             "--name", "e2e")
-    assert code == 0, err
+def test_run_tiny_end_to_end_records_mlflow_and_prints_only_its_own_lines(cifar_small, workdir, ray_session):
+    """As a job log shows it (stderr not a terminal): a header, one line an epoch, the summary;
+    Ray's, Ray Data's, Ray Train's and MLflow's own lines in the run folder's log; -v shows them."""
+    env = {**os.environ, "RAY_ADDRESS": ray_session}
+    argv = [sys.executable, "-m", "pipelines", "run", "cifar10-darknet", "--data", str(cifar_small),
+            "--config", "tiny", "--name", "e2e"]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=workdir, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    obj = json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 5 and all(l.startswith("[e2e] ") for l in lines), proc.stderr[-3000:]
+    assert "cifar10-darknet, config tiny" in lines[0] and "MLflow run" in lines[0]
+    assert lines[1].startswith("[e2e] epoch 1/2 train_loss=") and "valid_loss=" in lines[1] and "lr=" in lines[1]
+    assert lines[3].startswith("[e2e] done in ") and "accuracy" in lines[3] and "http://127.0.0.1:5000/#/" in lines[4]
+    assert (workdir / "runs" / "e2e" / "fastray.log").stat().st_size > 0
     assert {"run_id", "experiment", "metrics", "seconds"} <= set(obj)
     assert 0.0 <= obj["metrics"]["accuracy"] <= 1.0 and obj["metrics"]["epoch"] == 2
     client = _mlflow(workdir)
@@ -78,11 +89,17 @@ def test_run_tiny_end_to_end_records_mlflow(capsys, cifar_small, workdir, ray_se
     assert run.info.status == "FINISHED"
     assert run.data.params["config.nf"] == "8" and run.data.tags["fastray.world_size"] == "1"
     assert run.data.tags["fastray.pipeline"] == "cifar10-darknet" and run.data.tags["fastray.cache_key"]
+    assert run.data.metrics["best_accuracy"] == max(m.value for m in client.get_metric_history(obj["run_id"], "accuracy"))
     steps = [m.step for m in client.get_metric_history(obj["run_id"], "accuracy")]
     assert steps == [1, 2]
     files = {f.path for d in ("", "plots", "model", "predictions") for f in client.list_artifacts(obj["run_id"], d or None)}
     assert {"config.json", "plots/schedule.png", "plots/curves.png", "model/model.pt",
             "predictions/predictions.png"} <= files
+
+    # -v: the same command (the finished run: nothing left to train) with Ray's own lines back
+    verbose = subprocess.run(argv + ["-v"], env=env, capture_output=True, text=True, cwd=workdir, timeout=600)
+    assert verbose.returncode == 0, verbose.stderr[-3000:]
+    assert any(not l.startswith("[e2e] ") for l in verbose.stderr.splitlines()), verbose.stderr[-3000:]
 
 
 def test_two_workers_ddp(capsys, cifar_small, workdir, ray_session):

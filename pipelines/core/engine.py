@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from . import registry, tracking
+from . import logs, registry, tracking
 from .config import to_dict
 from .loop import RunSpec, train_loop_per_worker
 from .phases import Schedule
@@ -44,8 +44,10 @@ def fit(
     storage: str | None = None,
     on_bad: str = "skip",
     config_label: str = "",
+    sample: bool = False,
 ) -> dict:
-    """Preprocess (cached), train with Ray Train, record in MLflow; the summary dict."""
+    """Preprocess (cached), train with Ray Train, record in MLflow; the summary dict.
+    `sample`: the data was generated sample data (said in the header and in MLflow)."""
     t_start = time.perf_counter()
     pipe = registry.get(pipeline)
     if hasattr(pipe, "run"):  # a pipeline that trains no model runs its own way
@@ -61,12 +63,12 @@ def fit(
     with run_lock(run_dir, name):  # one process per run name
         return _fit(pipe, cfg, data_dir=data_dir, cache=cache, name=name, num_workers=num_workers, use_gpu=use_gpu,
                     tracking_uri=tracking_uri, storage_path=storage_path, run_dir=run_dir, on_bad=on_bad,
-                    config_label=config_label, t_start=t_start)
+                    config_label=config_label, sample=sample, t_start=t_start)
 
 
 def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_workers: int, use_gpu: bool,
          tracking_uri: str | None, storage_path: str, run_dir: str, on_bad: str, config_label: str,
-         t_start: float) -> dict:
+         sample: bool, t_start: float) -> dict:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -101,17 +103,21 @@ def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_work
         tags={
             "fastray.pipeline": pipeline, "fastray.config": config_label, "fastray.cache_key": manifest["key"],
             "fastray.git_commit": tracking.git_commit(), "fastray.world_size": num_workers,
-            "fastray.device": "cuda" if use_gpu else "cpu", "fastray.ray_address": ray.get_runtime_context().gcs_address,
+            "fastray.device": "cuda" if use_gpu else "cpu", "fastray.generated_sample": sample,
             **init_tags,
         },
     )
     run_log = tracking.RunLogger(uri, run_id)
     if not resumed:
         _log_plan(run_log, sched, cfg)
-    logger.info(f"[{name}] MLflow run {run_id} ({'resumed' if resumed else 'new'}) in {uri}")
+    logger.info(f"[{name}] {pipeline}, config {config_label or '?'}, data {data_dir}"
+                f"{' (generated sample data)' if sample else ''}: {sched.total_epochs} epoch(s) of {steps_per_epoch} "
+                f"batch(es) of {cfg.bs}, {num_workers} worker(s) x {cpus_per_worker} CPU{' + 1 GPU' if use_gpu else ''}; "
+                f"MLflow run {run_id} ({'resumed' if resumed else 'new'}) in {uri}")
 
+    relay = logs.Relay()  # the workers' lines and progress, printed here
     spec = RunSpec(pipeline, cfg, name, num_workers, cpus_per_worker, use_gpu, steps_per_epoch, uri, run_id,
-                   run_dir=run_dir, manifest=manifest)
+                   run_dir=run_dir, manifest=manifest, log_queue=relay.queue)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec},
@@ -137,6 +143,8 @@ def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_work
     except BaseException:
         run_log.finish("FAILED")
         raise
+    finally:
+        relay.close()
     fit_seconds = time.perf_counter() - t_fit
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     if "nonfinite_step" in metrics:
@@ -145,7 +153,17 @@ def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_work
     with tempfile.TemporaryDirectory() as d:
         if tracking.plot_curves(run_log, Path(d) / "curves.png"):
             run_log.artifact(Path(d) / "curves.png", "plots")
+    total = time.perf_counter() - t_start
+    best = _best(run_log, pipe)
+    run_log.metrics({"total_seconds": total, **({f"best_{pipe.metric}": best[1]} if best else {})}, step=sched.total_epochs)
     run_log.finish()
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    final = metrics.get(pipe.metric)
+    logger.info(f"[{name}] done in {logs.duration(total)}: {pipe.metric} {final:.4g}"
+                + (f" (best {best[1]:.4g} at epoch {best[0]})" if best else "")
+                + f"; checkpoint {checkpoint}; model in the run's artifacts (model/model.pt)\n"
+                + f"[{name}] see it in the MLflow UI: {tracking.run_url(uri, run_id)}"
+                if final is not None else f"[{name}] done in {logs.duration(total)}")
     return {
         "run_id": run_id,
         "experiment": pipeline,
@@ -154,10 +172,18 @@ def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_work
         "world_size": num_workers,
         "cache": "hit" if hit else "miss",
         "resumed": resumed,
-        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "checkpoint": checkpoint,
         "fit_seconds": round(fit_seconds, 2),
         "seconds": round(time.perf_counter() - t_start, 2),
     }
+
+
+def _best(run_log: tracking.RunLogger, pipe: Any) -> tuple[int, float] | None:
+    """(epoch, value) of the best headline metric in the run's history."""
+    history = [(s, v) for s, v in run_log.history(pipe.metric) if v == v] if pipe.metric else []
+    if not history:
+        return None
+    return (max if pipe.mode == "max" else min)(history, key=lambda sv: sv[1])
 
 
 def _in_thread(fn: Any) -> Any:

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from . import registry, tracking
+from . import logs, registry, tracking
 from .batching import batch_len
 from .contract import RunContext, autocast, step_optimizer, unwrap
 from .phases import Schedule, make_optimizer, same_optimizer, set_frozen, set_hyper
@@ -43,6 +43,7 @@ class RunSpec:
     run_id: str           # the MLflow run rank 0 logs to ("" under Tune: the driver logs)
     run_dir: str          # storage_path/name: Ray Train's checkpoints of this run
     manifest: dict = field(default_factory=dict)  # preprocess()'s manifest
+    log_queue: Any = None  # the driver's Ray queue for fastray's lines (logs.Relay), or None
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -122,6 +123,7 @@ def run_loop(spec: RunSpec, session: Any, pipe: Any = None) -> None:
         t0, seen, sums = time.perf_counter(), 0, defaultdict(float)
         ctx.step = step = epoch * spe
         bad_step = torch.full((), -1, device=device)  # the first step whose loss is not finite, on the device
+        tick = t0
         if reset:
             reset()
         for i, batch in enumerate(pipe.batches(session.shard(data), ctx, train=True)):
@@ -167,6 +169,11 @@ def run_loop(spec: RunSpec, session: Any, pipe: Any = None) -> None:
             bad_step = torch.where(finite | (bad_step >= 0), bad_step, step + 1)
             seen += batch_len(batch)
             ctx.step = step = step + 1
+            if rank0 and time.perf_counter() - tick > 0.5:  # the driver's progress bar, twice a second
+                tick = time.perf_counter()
+                logs.progress(name=spec.name, epoch=epoch + 1, epochs=sched.total_epochs, batch=i + 1, batches=spe,
+                              seen=seen * session.world, seconds=tick - t0,
+                              loss=(sums["loss"] / (i + 1)).item() if "loss" in sums else None)
         steps = max(1, step - epoch * spe)
         train_seconds = time.perf_counter() - t0
         if int(bad_step) >= 0:  # one sync an epoch; every rank sees it (DDP spreads nan to all)
@@ -203,11 +210,11 @@ def run_loop(spec: RunSpec, session: Any, pipe: Any = None) -> None:
         if run_log and epoch + 1 not in logged:
             run_log.metrics(metrics, step=epoch + 1)  # after the checkpoint is safe: never twice
         if rank0:
-            shown = {k: metrics[k] for k in metrics if k.startswith("train_") or k == pipe.metric}
+            shown = [k for k in metrics if k.startswith("train_")] + [k for k in ("valid_loss", pipe.metric, "lr") if k in metrics]
             logger.info(
-                f"[{spec.name}] epoch {epoch + 1}/{sched.total_epochs} data={data} "
-                + " ".join(f"{k}={v:.4f}" for k, v in shown.items())
-                + f" {metrics['images_per_s']:.0f} img/s {metrics['epoch_seconds']:.1f}s"
+                f"[{spec.name}] epoch {epoch + 1}/{sched.total_epochs} "
+                + " ".join(f"{k}={metrics[k]:.4g}" for k in dict.fromkeys(shown))
+                + f" {metrics['epoch_seconds']:.1f}s ({metrics['images_per_s']:.0f} ex/s, data {data})"
             )
             with tempfile.TemporaryDirectory() as d:
                 ctx.out_dir = Path(d)
@@ -248,10 +255,9 @@ def _keep_first(batches: Iterable, ctx: RunContext) -> Iterator:
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train's entry point on each worker."""
-    from . import logs
     from .sessions import RayTrainSession
 
-    logs.setup()
+    logs.setup(queue=config["spec"].log_queue)
     try:
         run_loop(config["spec"], RayTrainSession())
     except NonFiniteLoss:

@@ -58,6 +58,16 @@ def is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
+def run_url(uri: str, run_id: str) -> str:
+    """Where a person sees the run: its page on the tracking server, or `fastray ui` for a
+    local store (which serves it on 127.0.0.1:5000)."""
+    exp = _client(uri).get_run(run_id).info.experiment_id
+    page = f"/#/experiments/{exp}/runs/{run_id}"
+    if is_server(uri):
+        return uri.rstrip("/") + page
+    return f"http://127.0.0.1:5000{page} (start it with `fastray ui`)"
+
+
 def require_reachable(uri: str, timeout: float = 5.0) -> None:
     """A tracking server that does not answer /health within `timeout` seconds is a one-line
     error before any work (MLflow's own client would retry for minutes, silently)."""
