@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=None, help="number of items")
 
     download.add_parser(sub)
+    ui = sub.add_parser("ui", help="the MLflow UI on the runs' store, at http://127.0.0.1:PORT")
+    ui.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
+    ui.add_argument("--port", type=int, default=5000)
     tr = sub.add_parser("translate", help="translate lines (stdin or --file) with a trained translate run")
     tr.add_argument("run_id", help="the MLflow run id of a finished `fastray run translate`")
     tr.add_argument("--file", type=Path, default=None, help="one sentence a line (default: stdin)")
@@ -271,6 +274,27 @@ def cmd_download(args) -> dict:
     return download.cmd_download(args, pipelines={n: registry.get(n).dataset for n in registry.names()})
 
 
+def cmd_ui(args) -> dict:
+    """The MLflow UI on the store the runs went to, on 127.0.0.1, one worker; until Ctrl-C."""
+    import subprocess
+
+    uri = tracking.resolve_uri(args.tracking_uri)
+    if tracking.is_server(uri):  # the server is the UI already
+        say(f"the runs are on the tracking server {uri}: open {uri.rstrip('/')}/#/experiments")
+        return {"url": f"{uri.rstrip('/')}/#/experiments"}
+    url = f"http://127.0.0.1:{args.port}/#/experiments"
+    say(f"MLflow UI for {uri}: {url} (Ctrl-C stops it)")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(args.port), "--workers", "1"]
+    try:
+        code = subprocess.call(cmd)
+    except KeyboardInterrupt:
+        code = 0
+    if code:
+        raise ValueError(f"mlflow server ended with exit code {code} (is port {args.port} taken? try --port)")
+    return {"url": url}
+
+
 def cmd_translate(args) -> dict:
     from .lessons.translate import cmd_translate as translate  # the one lesson with a command of its own
 
@@ -278,7 +302,7 @@ def cmd_translate(args) -> dict:
 
 
 COMMANDS = {"list": cmd_list, "sample-data": cmd_sample_data, "download": cmd_download, "preprocess": cmd_preprocess,
-            "run": cmd_run, "tune": cmd_tune, "translate": cmd_translate}
+            "run": cmd_run, "tune": cmd_tune, "translate": cmd_translate, "ui": cmd_ui}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
-import sys
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger("fastray")
 
 DEFAULT_URI = "sqlite:///mlruns.db"
 
@@ -102,17 +104,24 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
+# MLflow 3's UI opens an experiment of this kind in its model-training view (runs, metrics),
+# not the GenAI traces page it infers for an experiment without the tag
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(uri: str, name: str) -> str:
     client = _client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         want = _artifact_root(uri)
         if want and _storage_artifacts and not exp.artifact_location.startswith(want):
-            print(f"warning: experiment {name!r} keeps the artifact location it was created with, "
-                  f"{exp.artifact_location}, not {want}", file=sys.stderr, flush=True)
+            logger.warning(f"warning: experiment {name!r} keeps the artifact location it was created with, "
+                           f"{exp.artifact_location}, not {want}")
+        if exp.tags.get("mlflow.experimentKind") is None:  # made by an older fastray
+            client.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=_artifact_root(uri))
+        return client.create_experiment(name, artifact_location=_artifact_root(uri), tags=EXPERIMENT_KIND)
     except Exception:  # created meanwhile by another process
         return client.get_experiment_by_name(name).experiment_id
 
