@@ -280,9 +280,10 @@ def cmd_ui(args) -> dict:
 
     uri = tracking.resolve_uri(args.tracking_uri)
     if tracking.is_server(uri):  # the server is the UI already
-        say(f"the runs are on the tracking server {uri}: open {uri.rstrip('/')}/#/experiments")
-        return {"url": f"{uri.rstrip('/')}/#/experiments"}
-    url = f"http://127.0.0.1:{args.port}/#/experiments"
+        url = f"{uri.rstrip('/')}/#/experiments?{tracking.MODEL_TRAINING_VIEW}"
+        say(f"the runs are on the tracking server {uri}: open {url}")
+        return {"url": url}
+    url = f"http://127.0.0.1:{args.port}/#/experiments?{tracking.MODEL_TRAINING_VIEW}"
     say(f"MLflow UI for {uri}: {url} (Ctrl-C stops it)")
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
            "--port", str(args.port), "--workers", "1"]

@@ -64,7 +64,7 @@ def run_url(uri: str, run_id: str) -> str:
     """Where a person sees the run: its page on the tracking server, or `fastray ui` for a
     local store (which serves it on 127.0.0.1:5000)."""
     exp = _client(uri).get_run(run_id).info.experiment_id
-    page = f"/#/experiments/{exp}/runs/{run_id}"
+    page = f"/#/experiments/{exp}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
     if is_server(uri):
         return uri.rstrip("/") + page
     return f"http://127.0.0.1:5000{page} (start it with `fastray ui`)"
@@ -104,9 +104,11 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
-# MLflow 3's UI opens an experiment of this kind in its model-training view (runs, metrics),
-# not the GenAI traces page it infers for an experiment without the tag
+# MLflow 3's UI opens on its GenAI traces page unless the URL (or the browser's last choice)
+# says "workflowType=machine_learning": the model-training view of runs and metrics. The
+# experiment's kind tag says the same to the parts of the UI that read it.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 
 
 def experiment_id(uri: str, name: str) -> str:
