@@ -62,13 +62,14 @@ class RunContext:
     steps_per_epoch: int = 1          # batches each worker takes per training epoch
     total_epochs: int = 1
     epoch: int = 0                    # the epoch being trained or evaluated (0-based)
-    step: int = 0                     # batches trained so far in the run (the schedule's unit)
+    global_step: int = 0              # batches trained so far in the run (the schedule's unit)
     phase: Any = None                 # the TrainingPhase of `step`, and its index
     phase_index: int = 0
     out_dir: Path | None = None       # where on_epoch_end writes its files (rank 0)
     valid_batch: Any = None           # the first validation batch of the epoch, as to_device made it
     optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
     scaler: Any = None                # torch.amp.GradScaler under fp16
+    _calls: dict[str, int] = field(default_factory=dict)  # step() calls per optimizer (accumulation)
 
     @property
     def bs(self) -> int:
@@ -78,22 +79,26 @@ class RunContext:
     @property
     def progress(self) -> float:
         """Fraction of the run's training batches done, in [0, 1]."""
-        return min(1.0, self.step / max(1, self.total_epochs * self.steps_per_epoch))
+        return min(1.0, self.global_step / max(1, self.total_epochs * self.steps_per_epoch))
 
     @property
     def is_last_epoch(self) -> bool:
         return self.epoch == self.total_epochs - 1
 
-    # ---- manual optimisation (pipelines with manual_optimization = True)
+    # ---- the optimisation (the engine's own, and manual_optimization pipelines')
     def backward(self, loss: torch.Tensor) -> None:
-        """Backward outside autocast, scaled under fp16."""
+        """Backward of loss / cfg.accum (the gradients of `accum` batches add up to their
+        mean), outside autocast, scaled under fp16."""
+        loss = loss / self.cfg.accum
         with torch.autocast(self.device.type, enabled=False):
             (self.scaler.scale(loss) if self.scaler else loss).backward()
 
     def step(self, name: str) -> None:
-        """Clip (cfg.clip), step and zero the gradients of the optimizer `name`."""
-        opt = self.optimizers[name]
-        step_optimizer(opt, self.cfg.clip, self.scaler)
+        """Every cfg.accum-th call for the optimizer `name`: clip (cfg.clip), step, zero its
+        gradients; the calls between only let the gradients add up."""
+        self._calls[name] = self._calls.get(name, 0) + 1
+        if self._calls[name] % self.cfg.accum == 0:
+            step_optimizer(self.optimizers[name], self.cfg.clip, self.scaler)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

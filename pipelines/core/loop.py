@@ -121,7 +121,7 @@ def run_loop(spec: RunSpec, session: Any, pipe: Any = None) -> None:
         ctx.epoch = epoch
         model.train()
         t0, seen, sums = time.perf_counter(), 0, defaultdict(float)
-        ctx.step = step = epoch * spe
+        ctx.global_step = step = epoch * spe
         bad_step = torch.full((), -1, device=device)  # the first step whose loss is not finite, on the device
         tick = t0
         if reset:
@@ -160,7 +160,7 @@ def run_loop(spec: RunSpec, session: Any, pipe: Any = None) -> None:
                 # DDP: all-reduce the gradients once per optimizer step, not once per batch
                 sync = contextlib.nullcontext() if steps_now or not hasattr(model, "no_sync") else model.no_sync()
                 with sync:
-                    ctx.backward(losses["loss"] / accum)
+                    ctx.backward(losses["loss"])  # (divided by accum there)
                 if steps_now:
                     step_optimizer(opt, cfg.clip, ctx.scaler)
             for k, v in losses.items():
@@ -168,7 +168,7 @@ def run_loop(spec: RunSpec, session: Any, pipe: Any = None) -> None:
             finite = torch.stack([v.detach().float() for v in losses.values()]).isfinite().all()
             bad_step = torch.where(finite | (bad_step >= 0), bad_step, step + 1)
             seen += batch_len(batch)
-            ctx.step = step = step + 1
+            ctx.global_step = step = step + 1
             if rank0 and time.perf_counter() - tick > 0.5:  # the driver's progress bar, twice a second
                 tick = time.perf_counter()
                 logs.progress(name=spec.name, epoch=epoch + 1, epochs=sched.total_epochs, batch=i + 1, batches=spe,

@@ -1,22 +1,26 @@
 """Lesson 12: a Wasserstein GAN (DCGAN nets) on LSUN bedrooms and a CycleGAN on horse2zebra.
 
-Both train two networks with two optimizers in the engine's one loop: the pipeline owns
-the optimizers (optimizers() -> {"gen", "critic"|"disc"}), the phases give an LR factor
-(1.0, then CycleGAN's linear decay to 0), and the engine checkpoints and restores both.
-Generator and critic/discriminators sit in one nn.Module whose forward computes one loss
-per call, so train_step calls the (DDP-wrapped) model once per loss and the gradients are
-all-reduced; find_unused_parameters covers the net a call leaves out.
+Both train two networks with two optimizers in the engine's one loop, by manual
+optimisation: the pipeline owns the optimizers (optimizers() -> {"gen", "critic"|"disc"})
+and train_step calls ctx.backward(loss) and ctx.step(name) for each;
+the phases give an LR factor (1.0, then CycleGAN's linear decay to 0), and the engine
+checkpoints and restores both. Generator and critic/discriminators sit in one nn.Module whose forward
+computes one loss per call, so train_step calls the (DDP-wrapped) model once per loss and
+the gradients are all-reduced; find_unused_parameters covers the net a call leaves out.
+While one optimizer's loss is computed the other's parameters do not require grad
+(training_only), so its backward leaves their gradients alone.
 
-WGAN (Arjovsky et al. 2017, as lesson 12): RMSprop, critic weights clipped to +-0.01 after
-each critic step, a critic step per batch and a generator step after every n_critic of
-them (100 for the first 25 generator steps and every 500th). The counters are buffers of
-the model, so a resumed run continues the schedule where it stopped.
+WGAN (Arjovsky et al. 2017, as lesson 12): RMSprop, critic weights clipped to
++-weight_clip (0.01) after each critic step, a critic step per batch and a generator step
+after every n_critic of them (100 for the first 25 generator steps and every 500th). The
+schedule is a function of ctx.global_step (the run's batch count: one critic step each), so a
+resumed run continues it where it stopped.
 
 CycleGAN (Zhu et al. 2017, the authors' code that lesson 12 ran): a generator step (LSGAN
 + cycle L1 + identity L1) then a discriminator step on images from a pool of 50 generated
 ones; Adam 2e-4, beta1 0.5, constant LR then a linear decay to 0.
 
-The learning checks (tests/test_gans.py) are the metrics evaluate() reports each epoch:
+The learning checks (tests/lessons/test_gans.py) are the metrics evaluate() reports each epoch:
 - WGAN: how close generated images' statistics come to the held-out real ones': the
   Frechet distance between Gaussians fitted to 4x4-pixel thumbnails (48 numbers: the
   colour layout), the largest per-channel mean and std gaps, and the total variation
@@ -27,10 +31,10 @@ The learning checks (tests/test_gans.py) are the metrics evaluate() reports each
 """
 from __future__ import annotations
 
-import weakref
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -38,11 +42,14 @@ from torch import nn
 
 from models.cyclegan import CycleGAN, CycleGANConfig
 from models.dcgan import DCGANConfig, WGAN
-from preprocessing import gan_data, samples_gans
-from preprocessing.images import read_split
+from preprocessing import gan_data
+from preprocessing.samples import horse2zebra as horse2zebra_samples, lsun as lsun_samples
+from preprocessing.chunked import read_split
 
+from ..core import plots
+from ..core.contract import Pipeline, RunContext, TrainConfig, unwrap
 from ..core.phases import TrainingPhase
-from ..core.contract import Pipeline, RunContext, TrainConfig
+from ..core.vision import random_flip, side_by_side, to_float
 
 
 # learning checks: a trained generator passes, an untrained one fails (figures: tests/test_gans.py)
@@ -66,13 +73,9 @@ def cyclegan_passes(metrics: dict[str, float]) -> bool:
             and _figure(metrics, "cycle_l1") <= CYCLEGAN_PASS_CYCLE)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
 def to_signed(img: torch.Tensor) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1] (the generators' tanh range)."""
-    x = img.permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
+    x = to_float(img).mul_(2).sub_(1)
     return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
 
 
@@ -176,49 +179,58 @@ def fit_judge(feat_a: torch.Tensor, feat_b: torch.Tensor, steps: int = 200, wd: 
     return lambda f: torch.sigmoid(((f.double() - mu) / sd) @ w + b)
 
 
-def save_grid(rows: list[torch.Tensor], path: Path, min_side: int = 64) -> Path:
-    """Rows of (N, 3, H, W) images in [0, 1] -> one PNG; small images enlarged (nearest)."""
-    from torchvision.utils import save_image
+def image_rows(rows: list[tuple[str, torch.Tensor]], path: Path, title: str, cols: int = 8) -> Path:
+    """Labelled rows of (N, 3, H, W) images in [0, 1] as one figure, `cols` images a line
+    (a longer row wraps onto the next lines; its label is on the first)."""
+    lines = [(label if i == 0 else "", x[i : i + cols].detach().float().cpu().clamp(0, 1))
+             for label, x in rows for i in range(0, len(x), cols)]
+    fig = plots.figure((1.1 * cols + 0.6, 1.1 * len(lines) + 0.5))
+    axes = fig.subplots(len(lines), cols, squeeze=False)
+    for r, (label, x) in enumerate(lines):
+        for c in range(cols):
+            ax = axes[r][c]
+            if c >= len(x):
+                ax.axis("off")
+                continue
+            ax.imshow(x[c].permute(1, 2, 0).numpy(), vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(label, fontsize=8)
+    return plots.save(fig, path, title=title)
 
-    x = torch.cat([r.detach().float().cpu() for r in rows])
-    if x.shape[-1] < min_side:
-        x = F.interpolate(x, scale_factor=min_side // x.shape[-1], mode="nearest")
-    save_image(x, str(path), nrow=len(rows[0]), padding=2, pad_value=1.0)
-    return path
 
-
-class _EpochGrids:
-    """Each epoch's grid, kept on the worker until the end of training.
-
-    The engine calls artifacts() once, after the last epoch: to log a grid *every* epoch,
-    evaluate() keeps one per epoch here (keyed by the model, dropped with it) and
-    final_artifacts() writes them all. Only the epochs of this attempt are kept: a resumed
-    run logs its own from where it resumed."""
-
-    def __init__(self):
-        self._by_model: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-    def add(self, model: nn.Module, step: int, rows: list[torch.Tensor]) -> None:
-        self._by_model.setdefault(model, []).append((step, [r.detach().cpu() for r in rows]))
-
-    def write(self, model: nn.Module, out_dir: Path) -> list[Path]:
-        return [save_grid(rows, out_dir / f"step_{step:07d}.png") for step, rows in self._by_model.get(model, [])]
+@contextlib.contextmanager
+def training_only(ctx: RunContext, name: str) -> Iterator[None]:
+    """While the loss of optimizer `name` is computed, the other optimizers' parameters do
+    not require grad (Lightning's toggle_optimizer): its backward leaves their gradients
+    alone (ctx.step zeroes only the stepped optimizer's) and costs less. The loss still
+    flows through those nets' activations (the generator's through the critic)."""
+    others = [p for k, opt in ctx.optimizers.items() if k != name
+              for g in opt.param_groups for p in g["params"] if p.requires_grad]
+    for p in others:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in others:
+            p.requires_grad_(True)
 
 
 # ---------------------------------------------------------------- WGAN
 
 
 @dataclass(frozen=True)
-class WGANConfig:
+class WGANConfig(TrainConfig):
+    """Each training batch is one critic step (TrainConfig's bs 64 and epochs 1 are lesson
+    12's); with `accum` N, each optimizer steps on the gradients of N of its calls."""
+
     size: int = 64              # image side, px (a power of two >= 16; lesson 12: 64)
     nz: int = 100               # noise size (lesson 12: 100)
     ngf: int = 64               # generator width: channels of its last block, doubled towards 4x4
     ndf: int = 64               # critic width: channels of its first conv, doubled per stride
     extra_layers: int = 1       # extra 3x3 conv blocks in both nets (lesson 12: 1)
-    bs: int = 64                # global batch size, split evenly across workers
-    epochs: int = 1             # passes over the training images; each batch is one critic step
     lr: float = 1e-4            # RMSprop LR of both nets (lesson 12: 1e-4)
-    clip: float = 0.01          # critic weights clipped to [-clip, clip] after each critic step
+    weight_clip: float = 0.01   # critic weights clamped to [-weight_clip, weight_clip] after each critic step
     n_critic: int = 5           # critic steps per generator step
     warmup_critic: int = 100    # critic steps per generator step for the first warmup_gen_steps
     warmup_gen_steps: int = 25  # generator steps, and for every boost_every-th (lesson 12: 100, 25, 500)
@@ -227,14 +239,11 @@ class WGANConfig:
     valid_max: int = 1000       # ... at most this many
     data_frac: float = 1.0      # fraction of the other images that trains (lesson 12: 0.1 of LSUN)
     n_show: int = 16            # generated images (fixed noise) in each epoch's grid
-    seed: int = 0               # init, the split, the fixed noise
-    max_failures: int = 1       # Ray Train restarts of the worker group after a failure
-    bf16: bool = True           # autocast to bfloat16 on a GPU
 
     def __post_init__(self):
-        if self.bs < 1 or self.epochs < 1 or self.lr <= 0 or self.clip <= 0:
-            raise ValueError(f"need bs >= 1, epochs >= 1, lr > 0 and clip > 0 (bs={self.bs}, epochs={self.epochs}, "
-                             f"lr={self.lr}, clip={self.clip})")
+        super().__post_init__()
+        if self.lr <= 0 or self.weight_clip <= 0:
+            raise ValueError(f"need lr > 0 and weight_clip > 0 (lr={self.lr}, weight_clip={self.weight_clip})")
         if min(self.n_critic, self.warmup_critic) < 1 or self.warmup_gen_steps < 0 or self.boost_every < 0:
             raise ValueError(f"need n_critic, warmup_critic >= 1 and warmup_gen_steps, boost_every >= 0 "
                              f"(got {self.n_critic}, {self.warmup_critic}, {self.warmup_gen_steps}, {self.boost_every})")
@@ -242,6 +251,28 @@ class WGANConfig:
 
     def dcgan(self) -> DCGANConfig:
         return DCGANConfig(size=self.size, nz=self.nz, ngf=self.ngf, ndf=self.ndf, n_extra=self.extra_layers)
+
+
+def _critic_steps_at(g: int, cfg: WGANConfig) -> int:
+    """Critic steps taken when generator step g (0-based) is taken: the run before step g is
+    warmup_critic long for g < warmup_gen_steps and every boost_every-th g, else n_critic."""
+    warm = min(g + 1, cfg.warmup_gen_steps)
+    if cfg.boost_every > 0 and g >= cfg.warmup_gen_steps:
+        warm += g // cfg.boost_every - (cfg.warmup_gen_steps - 1) // cfg.boost_every
+    return cfg.n_critic * (g + 1) + (cfg.warmup_critic - cfg.n_critic) * warm
+
+
+def wgan_gen_steps(critic_steps: int, cfg: WGANConfig) -> int:
+    """Generator steps lesson 12's n-critic schedule takes within its first `critic_steps`
+    critic steps (a binary search: the run's step count is all the state it needs)."""
+    lo, hi = 0, max(0, critic_steps)  # each run holds >= 1 critic step: fewer than critic_steps + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _critic_steps_at(mid, cfg) <= critic_steps:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 WGAN_CONFIGS = {
@@ -258,17 +289,24 @@ WGAN_CONFIGS = {
 
 
 class _GANPipeline(Pipeline):
-    """What both GAN pipelines share: one image size, no LR search beyond the LR itself."""
+    """What both GAN pipelines share: two optimizers stepped by train_step, one image size,
+    a grid of samples after every epoch, no LR search beyond the LR itself."""
 
+    manual_optimization = True
     ddp_kwargs = {"find_unused_parameters": True}  # each forward call uses part of the model
-    _grids = _EpochGrids()
 
     def datasets(self, cfg, cache, manifest: dict) -> dict[str, Any]:
         return {name: read_split(cache, manifest, split, self.columns)
                 for name, split in (("train", "train"), ("valid", "valid"))}
 
-    def final_artifacts(self, model, cfg, out_dir: Path) -> dict[str, list[Path]]:
-        return {"samples": self._grids.write(model, out_dir)}
+    def on_epoch_end(self, model: nn.Module, ctx: RunContext) -> dict[str, list[Path]]:
+        """This epoch's grid of samples, and on the last epoch predictions() too."""
+        with torch.no_grad():
+            grid = self.samples(model, ctx, ctx.out_dir / f"epoch_{ctx.epoch + 1:03d}.png")
+            return {**({"samples": [grid]} if grid else {}), **super().on_epoch_end(model, ctx)}
+
+    def samples(self, model: nn.Module, ctx: RunContext, path: Path) -> Path | None:
+        raise NotImplementedError
 
     def search_space(self, cfg) -> dict[str, Any]:
         from ray import tune
@@ -286,7 +324,7 @@ class WGANPipeline(_GANPipeline):
 
     # ---- data
     def sample_data(self, out: Path, size: int | None = None) -> dict:
-        return samples_gans.rooms(out, size=size or 2000)
+        return lsun_samples.rooms(out, size=size or 2000)
 
     def preprocess(self, cfg: WGANConfig, data_dir: Path, cache, on_bad: str = "skip"):
         source = gan_data.find_image_folder(data_dir, cfg.valid_frac, cfg.valid_max, cfg.data_frac, cfg.seed)
@@ -304,42 +342,44 @@ class WGANPipeline(_GANPipeline):
         return [TrainingPhase(cfg.epochs, 1.0)]  # a factor on the optimizers' own constant LR
 
     # ---- steps
-    def to_device(self, cfg, batch: dict[str, torch.Tensor], train: bool):
+    def to_device(self, batch: dict[str, torch.Tensor], ctx: RunContext, train: bool):
         return to_signed(batch["img"])
 
-    def train_step(self, model, real: torch.Tensor, opt: dict, cfg: WGANConfig) -> dict[str, torch.Tensor]:
-        """One critic step on this batch, then a generator step if the schedule says so."""
-        net: WGAN = _unwrap(model)
-        loss_c, d_real, d_fake = model("critic", real=real, z=self._noise(net, len(real), real.device, cfg))
-        optimizer_step(opt["critic"], loss_c)
-        net.clip_critic(cfg.clip)
-        net.critic_steps += 1
-        net.critic_run += 1
-        if int(net.critic_run) >= net.critic_iters(cfg.n_critic, cfg.warmup_critic, cfg.warmup_gen_steps, cfg.boost_every):
-            loss_g = model("gen", z=self._noise(net, len(real), real.device, cfg))
-            optimizer_step(opt["gen"], loss_g)
-            net.gen_steps += 1
-            net.critic_run.zero_()
-            net.last_gen_loss.copy_(loss_g.detach())
+    def train_step(self, model, real: torch.Tensor, ctx: RunContext) -> dict[str, torch.Tensor]:
+        """One critic step on this batch, then a generator step when the n-critic schedule
+        says so: this batch is critic step ctx.global_step + 1 of the run."""
+        cfg, net = ctx.cfg, unwrap(model)
+        with training_only(ctx, "critic"):
+            loss_c, d_real, d_fake = model("critic", real=real, z=self._noise(ctx, net, len(real)))
+        ctx.backward(loss_c)
+        ctx.step("critic")
+        net.clip_critic(cfg.weight_clip)
+        if self._gen_loss is None:
+            self._gen_loss = loss_c.detach().new_zeros(())
+        if wgan_gen_steps(ctx.global_step + 1, cfg) > wgan_gen_steps(ctx.global_step, cfg):
+            with training_only(ctx, "gen"):
+                loss_g = model("gen", z=self._noise(ctx, net, len(real)))
+            ctx.backward(loss_g)
+            ctx.step("gen")
+            self._gen_loss = loss_g.detach()
         # the critic's gap D(fake) - D(real) is the Wasserstein estimate (up to the clipping's scale)
         return {"critic_loss": loss_c.detach(), "wasserstein": d_fake - d_real, "d_real": d_real,
-                "d_fake": d_fake, "gen_loss": net.last_gen_loss.clone()}
+                "d_fake": d_fake, "gen_loss": self._gen_loss}
 
-    _rngs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    _gen_loss: torch.Tensor | None = None  # the last generator loss, logged between generator steps
+    _rng: torch.Generator | None = None
 
-    def _noise(self, net: WGAN, n: int, device: torch.device, cfg: WGANConfig) -> torch.Tensor:
+    def _noise(self, ctx: RunContext, net: WGAN, n: int) -> torch.Tensor:
         """Training noise from a generator of this worker's own: the engine seeds every
         worker alike (the same init), and the same noise on every worker would shrink the
         generator's data-parallel batch to one worker's."""
-        rng = self._rngs.get(net)
-        if rng is None:
-            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-            rng = self._rngs[net] = torch.Generator(device).manual_seed(cfg.seed * 1000 + 100 + rank)
-        return torch.randn(n, net.cfg.nz, 1, 1, device=device, generator=rng)
+        if self._rng is None:
+            self._rng = torch.Generator(ctx.device).manual_seed(ctx.cfg.seed * 1000 + 100 + ctx.rank)
+        return torch.randn(n, net.cfg.nz, 1, 1, device=ctx.device, generator=self._rng)
 
-    def evaluate(self, model, batches: Iterable, cfg: WGANConfig) -> dict[str, float]:
+    def evaluate(self, model, batches: Iterable, ctx: RunContext) -> dict[str, float]:
         """Generated images (fixed noise) against this worker's held-out real ones."""
-        net: WGAN = _unwrap(model)
+        cfg, net = ctx.cfg, unwrap(model)
         g = torch.Generator().manual_seed(cfg.seed + 1)
         stats, n, device = ImageStats(), 0, None
         for real in batches:
@@ -349,23 +389,34 @@ class WGANPipeline(_GANPipeline):
             n += len(real)
         if not n:
             return {"fd": 0.0, "mean_gap": 0.0, "std_gap": 0.0, "hist_tv": 0.0, "n": 0}
-        fixed = net.noise(cfg.n_show, generator=torch.Generator().manual_seed(cfg.seed + 2)).to(device)
-        self._grids.add(net, int(net.critic_steps), [to_unit(net("sample", z=fixed))])
         return {**stats.compare(), "n": n}
 
-    def artifacts(self, model, batch, cfg: WGANConfig, out_dir: Path) -> list[Path]:
+    def _fixed_samples(self, model: WGAN, ctx: RunContext) -> torch.Tensor:
+        """The generator's images, in [0, 1], of the same n_show noise vectors every epoch."""
+        fixed = model.noise(ctx.cfg.n_show, generator=torch.Generator().manual_seed(ctx.cfg.seed + 2))
+        return to_unit(model("sample", z=fixed.to(ctx.device)))
+
+    def samples(self, model: WGAN, ctx: RunContext, path: Path) -> Path:
+        steps = wgan_gen_steps(ctx.global_step, ctx.cfg)
+        return image_rows([("generated", self._fixed_samples(model, ctx))], path,
+                          f"WGAN, fixed noise after epoch {ctx.epoch + 1}/{ctx.total_epochs} "
+                          f"({ctx.global_step} critic steps, {steps} generator steps)")
+
+    def predictions(self, model: WGAN, batch: torch.Tensor, ctx: RunContext) -> list[Path]:
         """The fixed noise's images over real held-out ones."""
-        fixed = model.noise(cfg.n_show, generator=torch.Generator().manual_seed(cfg.seed + 2)).to(batch.device)
-        with torch.no_grad():
-            fake = to_unit(model("sample", z=fixed))
-        return [save_grid([fake, to_unit(batch[: cfg.n_show])], out_dir / "generated_vs_real.png")]
+        n = ctx.cfg.n_show
+        rows = [("generated", self._fixed_samples(model, ctx)), ("real (held out)", to_unit(batch[:n]))]
+        return [image_rows(rows, ctx.out_dir / "generated_vs_real.png", f"WGAN after epoch {ctx.epoch + 1}/"
+                           f"{ctx.total_epochs}: generated (fixed noise) and real images")]
 
 
 # ---------------------------------------------------------------- CycleGAN
 
 
 @dataclass(frozen=True)
-class CycleGANPipelineConfig:
+class CycleGANPipelineConfig(TrainConfig):
+    """With `accum` N, each optimizer steps on the gradients of N batches."""
+
     size: int = 256               # image side, px (lesson 12 / the authors: 256)
     ngf: int = 64                 # generator width
     ndf: int = 64                 # discriminator width
@@ -381,15 +432,12 @@ class CycleGANPipelineConfig:
     lambda_identity: float = 0.5  # identity L1 weight, as a fraction of lambda_cycle
     pool_size: int = 50           # generated images the discriminators may see again
     flip: bool = True             # random horizontal flips while training
-    n_show: int = 4               # fixed test images of each domain in each epoch's grid (A->B->A, B->A->B)
-    seed: int = 0                 # init, the pairing, the pools
-    max_failures: int = 1         # Ray Train restarts of the worker group after a failure
-    bf16: bool = True             # autocast to bfloat16 on a GPU
+    n_show: int = 4               # validation image pairs in each epoch's grid (A->B->A, B->A->B)
 
     def __post_init__(self):
-        if self.bs < 1 or self.epochs < 1 or self.const_epochs < 0 or self.lr <= 0 or not 0 <= self.beta1 < 1:
-            raise ValueError(f"need bs >= 1, epochs >= 1, const_epochs >= 0, lr > 0 and 0 <= beta1 < 1 "
-                             f"(bs={self.bs}, epochs={self.epochs}, const_epochs={self.const_epochs}, "
+        super().__post_init__()
+        if self.const_epochs < 0 or self.lr <= 0 or not 0 <= self.beta1 < 1:
+            raise ValueError(f"need const_epochs >= 0, lr > 0 and 0 <= beta1 < 1 (const_epochs={self.const_epochs}, "
                              f"lr={self.lr}, beta1={self.beta1})")
         net = self.cyclegan()
         if self.size < net.min_size() or self.size % 2 ** self.n_down:
@@ -420,11 +468,11 @@ class CycleGANPipeline(_GANPipeline):
     configs = CYCLEGAN_CONFIGS
     metric = "domain_acc"
     mode = "max"
-    columns = ["a", "b", "idx"]
+    columns = ["a", "b"]
 
     # ---- data
     def sample_data(self, out: Path, size: int | None = None) -> dict:
-        return samples_gans.horse2zebra(out, size=size or 1000)
+        return horse2zebra_samples.horse2zebra(out, size=size or 1000)
 
     def preprocess(self, cfg: CycleGANPipelineConfig, data_dir: Path, cache, on_bad: str = "skip"):
         source = gan_data.find_unpaired(data_dir, cfg.seed)
@@ -446,45 +494,46 @@ class CycleGANPipeline(_GANPipeline):
         return ([TrainingPhase(const, 1.0)] if const else []) + ([TrainingPhase(decay, (1.0, 0.0), "linear")] if decay else [])
 
     # ---- steps
-    def to_device(self, cfg, batch: dict[str, torch.Tensor], train: bool):
+    def to_device(self, batch: dict[str, torch.Tensor], ctx: RunContext, train: bool):
         a, b = to_signed(batch["a"]), to_signed(batch["b"])
         if train:
             # the domains are unpaired: draw new pairs within the batch (the rows' order is
             # shuffled each epoch, so batches differ), and flip each image on its own
             b = b[torch.randperm(len(b), device=b.device)]
-            if cfg.flip:
-                a = torch.where(torch.rand(len(a), 1, 1, 1, device=a.device) < 0.5, a.flip(3), a)
-                b = torch.where(torch.rand(len(b), 1, 1, 1, device=b.device) < 0.5, b.flip(3), b)
-        return a, b, batch["idx"]
+            if ctx.cfg.flip:
+                (a,), (b,) = random_flip(a), random_flip(b)
+        return a, b
 
-    def train_step(self, model, batch, opt: dict, cfg) -> dict[str, torch.Tensor]:
+    def train_step(self, model, batch, ctx: RunContext) -> dict[str, torch.Tensor]:
         """A generator step, then a discriminator step on pooled generated images."""
-        a, b, _ = batch
-        net: CycleGAN = _unwrap(model)
-        loss_g, parts, fake_a, fake_b = model("gen", real_a=a, real_b=b)
-        optimizer_step(opt["gen"], loss_g)
-        loss_d, d_parts = model("disc", real_a=a, real_b=b, fake_a=net.pool_a.query(fake_a),
-                                fake_b=net.pool_b.query(fake_b))
-        optimizer_step(opt["disc"], loss_d)
-        net.steps += 1
+        a, b = batch
+        net: CycleGAN = unwrap(model)
+        with training_only(ctx, "gen"):
+            loss_g, parts, fake_a, fake_b = model("gen", real_a=a, real_b=b)
+        ctx.backward(loss_g)
+        ctx.step("gen")
+        with training_only(ctx, "disc"):
+            loss_d, d_parts = model("disc", real_a=a, real_b=b, fake_a=net.pool_a.query(fake_a),
+                                    fake_b=net.pool_b.query(fake_b))
+        ctx.backward(loss_d)
+        ctx.step("disc")
         return {"gen_loss": loss_g.detach(), **parts, "disc_loss": loss_d.detach(), **d_parts}
 
-    def evaluate(self, model, batches: Iterable, cfg) -> dict[str, float]:
+    _fixed: tuple[torch.Tensor, torch.Tensor] | None = None  # the validation images each epoch's grid translates
+
+    def evaluate(self, model, batches: Iterable, ctx: RunContext) -> dict[str, float]:
         """Cycle error, and the domain judge (fitted to the real test images of both
         domains on this worker) on the translations."""
-        net: CycleGAN = _unwrap(model)
+        net = unwrap(model)
         feats: dict[str, list] = {"a": [], "b": [], "fake_a": [], "fake_b": []}
-        cyc, n, shown = None, 0, []
-        for a, b, idx in batches:
+        cyc, n = None, 0
+        for a, b in batches:
             fake_b, fake_a = net("translate", real_a=a, real_b=b)
             rec_a, rec_b = net("translate", real_a=fake_a, real_b=fake_b)[::-1]
             err = (to_unit(rec_a) - to_unit(a)).abs().mean((1, 2, 3)) + (to_unit(rec_b) - to_unit(b)).abs().mean((1, 2, 3))
             cyc = err.sum() / 2 if cyc is None else cyc + err.sum() / 2
             for k, x in (("a", a), ("b", b), ("fake_a", fake_a), ("fake_b", fake_b)):
                 feats[k].append(domain_features(to_unit(x)))
-            keep = idx < cfg.n_show  # the fixed test images: the first rows of the test pairs
-            if keep.any():
-                shown.append((idx[keep], a[keep], fake_b[keep], rec_a[keep], b[keep], fake_a[keep], rec_b[keep]))
             n += len(a)
         if not n:
             return {"domain_acc": 0.0, "cycle_l1": 0.0, "judge_real_acc": 0.0, "n": 0}
@@ -493,19 +542,32 @@ class CycleGANPipeline(_GANPipeline):
             judge = fit_judge(f["a"], f["b"])
         to_b, to_a = (judge(f["fake_b"]) > 0.5).double().mean(), (judge(f["fake_a"]) <= 0.5).double().mean()
         real_acc = ((judge(f["b"]) > 0.5).double().mean() + (judge(f["a"]) <= 0.5).double().mean()) / 2
-        if shown:
-            order = torch.cat([s[0] for s in shown]).argsort()
-            cols = [torch.cat([s[i] for s in shown])[order] for i in range(1, 7)]
-            self._grids.add(net, int(net.steps), [to_unit(c) for c in cols])
         return {"domain_acc": float((to_b + to_a) / 2), "a_to_b": float(to_b), "b_to_a": float(to_a),
                 "judge_real_acc": float(real_acc), "cycle_l1": float(cyc) / n, "n": n}
 
-    def artifacts(self, model, batch, cfg, out_dir: Path) -> list[Path]:
-        """Rows: A, G_AB(A), G_BA(G_AB(A)), B, G_BA(B), G_AB(G_BA(B)) of a validation batch
-        (transposed: one column per image)."""
-        a, b, _ = batch
-        with torch.no_grad():
-            fake_b, fake_a = model("translate", real_a=a[: cfg.n_show], real_b=b[: cfg.n_show])
-            rec_a, rec_b = model("translate", real_a=fake_a, real_b=fake_b)[::-1]
-        rows = [a[: cfg.n_show], fake_b, rec_a, b[: cfg.n_show], fake_a, rec_b]
-        return [save_grid([to_unit(r) for r in rows], out_dir / "a_to_b_to_a.png")]
+    def samples(self, model: CycleGAN, ctx: RunContext, path: Path) -> Path | None:
+        """The same validation images every epoch (the first n_show of the first validation
+        batch rank 0 evaluated in this run), translated and back."""
+        if self._fixed is None and ctx.valid_batch is not None:
+            a, b = ctx.valid_batch
+            self._fixed = a[: ctx.cfg.n_show].clone(), b[: ctx.cfg.n_show].clone()
+        if self._fixed is None:
+            return None
+        return _translations(model, *self._fixed, path,
+                             f"CycleGAN, the same validation images after epoch {ctx.epoch + 1}/{ctx.total_epochs}")
+
+    def predictions(self, model: CycleGAN, batch, ctx: RunContext) -> list[Path]:
+        """The first images of the last epoch's first validation batch, translated and back."""
+        a, b = batch
+        return [_translations(model, a[: ctx.cfg.n_show], b[: ctx.cfg.n_show], ctx.out_dir / "a_to_b_to_a.png",
+                              f"CycleGAN after epoch {ctx.epoch + 1}/{ctx.total_epochs}: "
+                              "validation images translated and back")]
+
+
+def _translations(model: CycleGAN, a: torch.Tensor, b: torch.Tensor, path: Path, title: str) -> Path:
+    """One row per image pair: A, G_AB(A), G_BA(G_AB(A)), B, G_BA(B), G_AB(G_BA(B))."""
+    fake_b, fake_a = model("translate", real_a=a, real_b=b)
+    rec_a, rec_b = model("translate", real_a=fake_a, real_b=fake_b)[::-1]
+    names = ("A", "A to B", "A to B to A", "B", "B to A", "B to A to B")
+    cols = [to_unit(x) for x in (a, fake_b, rec_a, b, fake_a, rec_b)]
+    return side_by_side(list(zip(names, cols)), path, n=len(a), title=title)

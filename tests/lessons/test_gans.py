@@ -1,7 +1,9 @@
-"""GANs (lesson 12): the DCGAN/WGAN and CycleGAN models, the GAN readers, and both
-pipelines end to end: the learning checks on the sample data (a trained generator passes,
-an untrained one fails), data-parallel runs, and a resume that restores both optimizers."""
+"""GANs (lesson 12): the DCGAN/WGAN and CycleGAN models, the WGAN's n-critic schedule, the
+GAN readers, and both pipelines: the learning checks on the sample data (a trained
+generator passes, an untrained one fails; both data-parallel on two workers) and, in
+process on random images, a resume that restores both optimizers and goes on."""
 import copy
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -13,14 +15,19 @@ from torch import nn
 
 from models.cyclegan import CycleGAN, CycleGANConfig, ImagePool, ResnetBlock, lsgan_loss
 from models.dcgan import DCGANConfig, WGAN
-from pipelines import gans, registry
-from pipelines.__main__ import main
-from pipelines.engine import LocalSession, RunSpec, load_state, run_loop
-from preprocessing import DataError, gan_data, samples_gans
+from pipelines.core import registry
+from pipelines.core.contract import RunContext
+from pipelines.core.loop import RunSpec, run_loop
+from pipelines.core.sessions import LocalSession
+from pipelines.lessons import gans
+from preprocessing import DataError, gan_data
 from preprocessing.cache import Cache
+from preprocessing.samples import horse2zebra as h2z_sample, lsun
 
 
 def run_cli(capsys, *argv):
+    from pipelines.__main__ import main
+
     code = main(list(argv))
     out, err = capsys.readouterr()
     lines = [l for l in out.splitlines() if l.strip()]
@@ -49,6 +56,19 @@ def test_wgan_critic_schedule_clipping_and_losses():
         m.gen_steps.fill_(g)
         iters.append(m.critic_iters(5, 100, 25, 500))
     assert iters == [100, 100, 5, 5, 5, 100, 5, 100]  # lesson 12's schedule
+    # the pipeline's schedule is a function of the run's step count: 25 runs of 100 critic
+    # steps, then 5 a generator step, and 100 again before the 501st generator step
+    lesson = gans.WGANConfig()
+    assert [gans.wgan_gen_steps(s, lesson) for s in (0, 99, 100, 2499, 2500, 2505, 4875, 4974, 4975)] == \
+        [0, 0, 1, 24, 25, 26, 500, 500, 501]
+    for cfg in (lesson, gans.WGAN_CONFIGS["tiny"], dataclasses.replace(lesson, warmup_gen_steps=0, boost_every=7)):
+        g = run = 0
+        for s in range(1, 5001):  # the model's counters, stepped as the old train_step did
+            run += 1
+            m.gen_steps.fill_(g)
+            if run >= m.critic_iters(cfg.n_critic, cfg.warmup_critic, cfg.warmup_gen_steps, cfg.boost_every):
+                g, run = g + 1, 0
+            assert gans.wgan_gen_steps(s, cfg) == g, (cfg, s)
     m.clip_critic(0.01)
     assert max(p.abs().max().item() for p in m.critic.parameters()) <= 0.01
     real = torch.rand(4, 3, 16, 16) * 2 - 1
@@ -56,7 +76,10 @@ def test_wgan_critic_schedule_clipping_and_losses():
     assert torch.allclose(loss, d_real - d_fake) and loss.requires_grad
     loss.backward()
     assert all(p.grad is None for p in m.generator.parameters())  # the critic step leaves G alone
-    assert set(m.state_dict()) >= {"gen_steps", "critic_run", "critic_steps"}  # checkpointed
+    # weight_clip is the critic's weight clamp; clip (TrainConfig) the gradient norm, off
+    assert (lesson.weight_clip, lesson.clip) == (0.01, 0.0)
+    with pytest.raises(ValueError, match="weight_clip > 0"):
+        gans.WGANConfig(weight_clip=0)
 
 
 def test_cyclegan_shapes_losses_and_pool():
@@ -87,7 +110,7 @@ def test_cyclegan_shapes_losses_and_pool():
 
 
 def test_readers_of_an_image_folder_and_the_cyclegan_layout(tmp_path):
-    samples_gans.rooms(tmp_path / "lsun", size=40, px=16)
+    lsun.rooms(tmp_path / "lsun", size=40, px=16)
     assert len(list((tmp_path / "lsun" / "bedroom").glob("*/*/*.jpg"))) == 40  # LSUN's nesting
     src = gan_data.find_image_folder(tmp_path / "lsun", valid_frac=0.25)
     train, valid = src.splits["train"], src.splits["valid"]
@@ -95,7 +118,7 @@ def test_readers_of_an_image_folder_and_the_cyclegan_layout(tmp_path):
     assert gan_data.find_image_folder(tmp_path / "lsun", valid_frac=0.25).splits == src.splits  # stable
     assert len(gan_data.find_image_folder(tmp_path / "lsun", valid_frac=0.25, valid_max=2).splits["valid"]) == 2
 
-    info = samples_gans.horse2zebra(tmp_path / "h2z", size=20, px=16)
+    info = h2z_sample.horse2zebra(tmp_path / "h2z", size=20, px=16)
     assert (info["trainA"], info["trainB"], info["testA"], info["testB"]) == (8, 8, 2, 2)
     for p in sorted((tmp_path / "h2z" / "trainB").glob("*.jpg"))[:3]:
         p.unlink()
@@ -121,31 +144,31 @@ def test_readers_of_an_image_folder_and_the_cyclegan_layout(tmp_path):
 @pytest.fixture(scope="module")
 def rooms(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gans") / "lsun"
-    samples_gans.rooms(out, size=2000, seed=1)
+    lsun.rooms(out, size=2000, seed=1)
     return out
 
 
 @pytest.fixture(scope="module")
 def horse2zebra(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gans") / "horse2zebra"
-    samples_gans.horse2zebra(out, size=1000, seed=1)
+    h2z_sample.horse2zebra(out, size=1000, seed=1)
     return out
 
 
-def _valid_batches(pipe, cfg, data: Path, cache: Cache, bs: int = 100):
-    """The held-out split from the run's cache (a hit: no Ray), as the pipeline's batches."""
+def _untrained(pipe, cfg, data: Path, cache: Cache, bs: int = 100) -> dict:
+    """evaluate() of a freshly initialised model on the held-out split of the run's cache
+    (a hit: no Ray)."""
     manifest, hit = pipe.preprocess(cfg, data, cache)
     assert hit
+    ctx = RunContext(cfg=cfg, manifest=manifest)
     arrays = gan_data.read_arrays(cache, manifest, "valid", pipe.columns)
     n = len(arrays[pipe.columns[0]])
-    return [pipe.to_device(cfg, {k: torch.as_tensor(v[i : i + bs]) for k, v in arrays.items()}, False)
-            for i in range(0, n, bs)], manifest
-
-
-def _evaluate(pipe, model, batches, cfg) -> dict:
-    model.eval()
+    batches = [pipe.to_device({k: torch.as_tensor(v[i : i + bs]) for k, v in arrays.items()}, ctx, False)
+               for i in range(0, n, bs)]
+    torch.manual_seed(cfg.seed)
+    model = pipe.build_model(cfg).eval()
     with torch.no_grad():
-        return pipe.evaluate(model, batches, cfg)
+        return pipe.evaluate(model, batches, ctx)
 
 
 def _artifacts(workdir: Path, run_id: str, folder: str) -> list[str]:
@@ -161,10 +184,9 @@ def test_wgan_sample_passes_the_learning_check(capsys, rooms, workdir, ray_sessi
     pipe = registry.get("wgan")
     cfg = pipe.configs["sample"]
     trained = obj["metrics"]
-    assert {"train_wasserstein", "train_critic_loss", "train_gen_loss", "lr_gen", "lr_critic", "valid_hist_tv"} <= set(trained)
-    batches, _ = _valid_batches(pipe, cfg, rooms, Cache(workdir / "cache"))
-    torch.manual_seed(cfg.seed)
-    untrained = _evaluate(pipe, pipe.build_model(cfg), batches, cfg)
+    assert {"train_wasserstein", "train_critic_loss", "train_gen_loss", "lr_gen", "lr_critic",
+            "valid_hist_tv"} <= set(trained)
+    untrained = _untrained(pipe, cfg, rooms, Cache(workdir / "cache"))
     print(f"\nWGAN sample: trained fd={trained['fd']:.4f} hist_tv={trained['valid_hist_tv']:.3f} "
           f"mean_gap={trained['valid_mean_gap']:.3f}; untrained fd={untrained['fd']:.4f} "
           f"hist_tv={untrained['hist_tv']:.3f} mean_gap={untrained['mean_gap']:.3f}")
@@ -185,9 +207,7 @@ def test_cyclegan_sample_passes_the_learning_check(capsys, horse2zebra, workdir,
     trained = obj["metrics"]
     assert {"train_gen_loss", "train_cycle", "train_identity", "train_disc_loss", "lr_gen", "lr_disc"} <= set(trained)
     assert trained["lr_gen"] < 0.2 * cfg.lr  # the linear decay to 0 ran
-    batches, _ = _valid_batches(pipe, cfg, horse2zebra, Cache(workdir / "cache"))
-    torch.manual_seed(cfg.seed)
-    untrained = _evaluate(pipe, pipe.build_model(cfg), batches, cfg)
+    untrained = _untrained(pipe, cfg, horse2zebra, Cache(workdir / "cache"))
     print(f"\nCycleGAN sample: trained domain_acc={trained['domain_acc']:.3f} "
           f"(A->B {trained['valid_a_to_b']:.3f}, B->A {trained['valid_b_to_a']:.3f}) "
           f"cycle_l1={trained['valid_cycle_l1']:.4f}; untrained domain_acc={untrained['domain_acc']:.3f} "
@@ -200,10 +220,24 @@ def test_cyclegan_sample_passes_the_learning_check(capsys, horse2zebra, workdir,
     assert _artifacts(workdir, obj["run_id"], "predictions") == ["predictions/a_to_b_to_a.png"]
 
 
-def _newest_checkpoint(run_dir: Path) -> dict:
-    folders = sorted((p for p in run_dir.glob("checkpoint_*") if (p / "epoch.txt").is_file()),
-                     key=lambda p: int((p / "epoch.txt").read_text()))
-    return load_state(folders[-1])
+class ArrayShard:
+    """Rows in memory, with the one method core.batching.device_batches calls (no Ray)."""
+
+    def __init__(self, **cols: torch.Tensor):
+        self.cols = cols
+
+    def iter_torch_batches(self, batch_size: int, device, **_):
+        n = len(next(iter(self.cols.values())))
+        for i in range(0, n, batch_size):
+            yield {k: v[i : i + batch_size].to(device) for k, v in self.cols.items()}
+
+
+def _random_shards(name: str, cfg, train_rows: int, valid_rows: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    img = lambda n: torch.randint(0, 256, (n, cfg.size, cfg.size, 3), dtype=torch.uint8, generator=g)
+    if name == "wgan":
+        return {"train": ArrayShard(img=img(train_rows)), "valid": ArrayShard(img=img(valid_rows))}
+    return {split: ArrayShard(a=img(n), b=img(n)) for split, n in (("train", train_rows), ("valid", valid_rows))}
 
 
 def _assert_same(a, b, where: str):
@@ -221,56 +255,74 @@ def _assert_same(a, b, where: str):
         assert a == b, where
 
 
-@pytest.mark.parametrize("name, data", [("wgan", "rooms")])  # the engine's restore is the same for cyclegan
-def test_tiny_run_resumes_both_optimizers(name, data, capsys, workdir, ray_session, request, monkeypatch):
-    """One epoch; the same --name with two epochs resumes from it. The optimizers' states the
-    engine restores are the saved ones, tensor for tensor, and so are the WGAN's schedule
-    counters (buffers). (One worker: the sample tests above train with two.)"""
-    data_dir = request.getfixturevalue(data)
-    argv = ["run", name, "--data", str(data_dir), "--config", "tiny", "--name", "r"]
-    code, first, err = run_cli(capsys, *argv, "--epochs", "1")
-    assert code == 0, err[-3000:]
-    assert first["world_size"] == 1 and first["metrics"]["epoch"] == 1
-    saved = _newest_checkpoint(workdir / "runs" / "r")
-    pipe = registry.get(name)
-    opt_names = {"wgan": {"gen", "critic"}, "cyclegan": {"gen", "disc"}}[name]
-    assert set(saved["opts"]) == opt_names and all(saved["opts"][k]["state"] for k in opt_names)
-
-    code, second, err = run_cli(capsys, *argv, "--epochs", "2")
-    assert code == 0, err[-3000:]
-    assert "resuming from the checkpoint of epoch 1" in err and second["resumed"] and second["metrics"]["epoch"] == 2
-    final = _newest_checkpoint(workdir / "runs" / "r")
-    for k in opt_names:  # the optimizers went on counting from the saved state
-        steps = lambda s: max(v["step"].item() for v in s["opts"][k]["state"].values())
-        assert steps(final) > steps(saved)
-    if name == "wgan":
-        assert final["model"]["critic_steps"] == 2 * saved["model"]["critic_steps"]
-
-    # the restore itself: run the engine's loop here from the saved checkpoint and look at
-    # the optimizers as the first training step gets them
-    cfg = pipe.configs["tiny"]
-    manifest, _ = pipe.preprocess(cfg, data_dir, Cache(workdir / "cache"))
-    seen = {}
-    step = pipe.train_step
-
-    def spy(model, batch, opt, cfg):
-        if not seen:
-            seen["opts"] = {k: copy.deepcopy(o.state_dict()) for k, o in opt.items()}
-            seen["model"] = {k: v.clone() for k, v in model.state_dict().items()}
-        return step(model, batch, opt, cfg)
-
-    monkeypatch.setattr(pipe, "train_step", spy)
-    spec = RunSpec(name, cfg, "here", 1, 1, False, pipe.steps_per_epoch(cfg, manifest, 1), "", "", "")
-    # a copy: the optimizers take the saved "step" tensors as they are and count them on
-    session = LocalSession(pipe.datasets(cfg, Cache(workdir / "cache"), manifest), state=copy.deepcopy(saved))
+def _run(pipe, cfg, session, steps_per_epoch: int) -> None:
+    spec = RunSpec(pipe.name, cfg, "here", 1, 1, False, steps_per_epoch, "", "", "", manifest={})
     threads = torch.get_num_threads()
     try:
-        run_loop(spec, session)
+        run_loop(spec, session, pipe)
     finally:
         torch.set_num_threads(threads)  # the loop sets this process's, as a worker's
+
+
+@pytest.mark.parametrize("name", ["wgan", "cyclegan"])
+def test_a_resumed_run_restores_both_optimizers_and_goes_on(name):
+    """In process, on random images: one epoch, then a two-epoch run from its checkpoint.
+    The optimizers' states the loop restores are the saved ones, tensor for tensor; the
+    run goes on from the checkpoint's step (the WGAN's n-critic schedule with it); every
+    train_step leaves no gradient behind (each optimizer's loss leaves the other's
+    parameters alone); each epoch draws its grid of samples, the last the predictions."""
+    opt_names = {"wgan": ("critic", "gen"), "cyclegan": ("gen", "disc")}[name]
+    cfg = dataclasses.replace(registry.get(name).configs["tiny"], bs=8, epochs=1)
+    spe = 8 if name == "wgan" else 2  # WGAN tiny: generator steps after critic steps 4, 8, 10, 12 ...
+    shards = _random_shards(name, cfg, train_rows=spe * cfg.bs, valid_rows=8)
+    first = LocalSession(shards)
+    _run(registry.get(name), cfg, first, spe)
+    saved = first.state
+    assert saved["epoch"] == 1 and set(saved["opts"]) == set(opt_names)
+    assert all(saved["opts"][k]["state"] for k in opt_names)  # both stepped in the first epoch
+
+    pipe, seen, clean, own, drawn = registry.get(name), {}, [], [], []
+    train_step, on_epoch_end = pipe.train_step, pipe.on_epoch_end
+
+    def spy_step(model, batch, ctx):
+        if not seen:
+            seen["opts"] = {k: copy.deepcopy(o.state_dict()) for k, o in ctx.optimizers.items()}
+            seen["model"] = {k: v.clone() for k, v in model.state_dict().items()}
+            seen["step"] = ctx.global_step
+            backward = ctx.backward
+
+            def watched(loss):  # each backward fills the gradients of one optimizer's parameters only
+                backward(loss)
+                filled = {p for p in model.parameters() if p.grad is not None}
+                own.append([k for k, o in ctx.optimizers.items()
+                            if filled <= {p for g in o.param_groups for p in g["params"]}])
+
+            ctx.backward = watched
+        out = train_step(model, batch, ctx)
+        clean.append(all(p.grad is None for p in model.parameters()))
+        return out
+
+    def spy_end(model, ctx):
+        out = on_epoch_end(model, ctx)
+        drawn.append({k: [p.name for p in v if p.is_file()] for k, v in out.items()})
+        return out
+
+    pipe.train_step, pipe.on_epoch_end = spy_step, spy_end
+    # a copy: the optimizers take the saved "step" tensors as they are and count them on
+    second = LocalSession(shards, state=copy.deepcopy(saved))
+    _run(pipe, dataclasses.replace(cfg, epochs=2), second, spe)
     for k in opt_names:
         _assert_same(seen["opts"][k]["state"], saved["opts"][k]["state"], f"{k}.state")
         for g_seen, g_saved in zip(seen["opts"][k]["param_groups"], saved["opts"][k]["param_groups"]):
             assert {**g_seen, "lr": None} == {**g_saved, "lr": None}  # the LR is the schedule's now
     _assert_same(seen["model"], saved["model"], "model")
-    assert [r["epoch"] for r in session.reports] == [2]
+    assert seen["step"] == spe and [r["epoch"] for r in second.reports] == [2]
+    assert clean == [True] * spe and len(own) >= spe + 1 and all(len(k) == 1 for k in own), own
+    steps = lambda state, k: max(v["step"].item() for v in state["opts"][k]["state"].values())
+    expected = ({"critic": 2 * spe, "gen": gans.wgan_gen_steps(2 * spe, cfg)} if name == "wgan"
+                else {"gen": 2 * spe, "disc": 2 * spe})
+    assert {k: steps(second.state, k) for k in opt_names} == expected  # counted on from the saved states
+    if name == "wgan":
+        assert (steps(saved, "gen"), expected["gen"]) == (2, 6)
+    predictions = {"wgan": "generated_vs_real.png", "cyclegan": "a_to_b_to_a.png"}[name]
+    assert drawn == [{"samples": ["epoch_002.png"], "predictions": [predictions]}]
