@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .weights import load_fitting, read_state_dict
+
 # the ReLU outputs just before each max-pool (lesson 14 takes its features there)
 VGG16_LAYERS = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22, "relu5_3": 29}
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's IMAGENET1K_V1 file name
@@ -46,16 +48,6 @@ def missing_vgg_message(config_key: str = "vgg_weights", allow_key: str = "allow
             f"--set {allow_key}=true trains against random VGG features instead (tests only)")
 
 
-def load_state(path: Path) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"weights file {path}: not a PyTorch state dict ({type(e).__name__})") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"weights file {path}: not a state dict")
-    return state
-
-
 def vgg16_features(upto: int, weights: str | None = None, allow_random: bool = False) -> tuple[nn.Sequential, str]:
     """torchvision's vgg16().features[:upto + 1], frozen and in eval mode, and where its
     weights came from ("file:PATH" or "random"). No weights and not allow_random: an error
@@ -76,17 +68,14 @@ def vgg16_features(upto: int, weights: str | None = None, allow_random: bool = F
             raise FileNotFoundError(missing_vgg_message())
         source = "random"
     else:
-        state = load_state(path)
+        state = read_state_dict(path)
         # the file holds the whole classifier: take the feature layers this net keeps
         feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
         want = net.state_dict()
         missing = [k for k in want if k not in feats]
         if missing:
             raise ValueError(f"weights file {path}: not VGG16 (no features.{missing[0]})")
-        try:
-            net.load_state_dict({k: feats[k] for k in want})
-        except RuntimeError as e:
-            raise ValueError(f"weights file {path}: does not fit VGG16: {str(e).splitlines()[0]}") from None
+        load_fitting(net, {k: feats[k] for k in want}, path, "VGG16")
         source = f"file:{path}"
     for p in net.parameters():
         p.requires_grad_(False)

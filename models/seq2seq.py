@@ -60,12 +60,22 @@ class Seq2SeqConfig:
         return self.n_hid * (2 if self.bidir else 1)
 
 
-class Encoder(nn.Module):
-    def __init__(self, cfg: Seq2SeqConfig):
+class _Embedded(nn.Module):
+    """Tokens -> embeddings with dropout (lesson 11's emb and emb_drop), for Encoder and Decoder."""
+
+    def __init__(self, cfg: Seq2SeqConfig, vocab: int):
         super().__init__()
         self.cfg = cfg
-        self.emb = nn.Embedding(cfg.src_vocab, cfg.emb_sz, padding_idx=cfg.pad_id)
+        self.emb = nn.Embedding(vocab, cfg.emb_sz, padding_idx=cfg.pad_id)
         self.drop = nn.Dropout(cfg.emb_drop)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.emb(tokens))
+
+
+class Encoder(_Embedded):
+    def __init__(self, cfg: Seq2SeqConfig):
+        super().__init__(cfg, cfg.src_vocab)
         self.rnn = nn.GRU(cfg.emb_sz, cfg.n_hid, cfg.n_layers, batch_first=True, bidirectional=cfg.bidir,
                           dropout=cfg.rnn_drop if cfg.n_layers > 1 else 0.0)
         self.to_dec = nn.Linear(cfg.enc_out, cfg.n_hid, bias=False)  # lesson 11's out_enc
@@ -73,7 +83,7 @@ class Encoder(nn.Module):
     def forward(self, src: torch.Tensor, src_len: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """src (B, S) padded at the end, src_len (B,) -> outputs (B, S, E), decoder state (L, B, H)."""
         B, S = src.shape
-        x = self.drop(self.emb(src))  # (B, S, C)
+        x = self.embed(src)  # (B, S, C)
         packed = pack_padded_sequence(x, src_len.cpu(), batch_first=True, enforce_sorted=False)
         out, h = self.rnn(packed)  # h: (L * dirs, B, H)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=S)  # (B, S, E), zeros past the end
@@ -104,12 +114,9 @@ class AdditiveAttention(nn.Module):
         return ctx, a
 
 
-class Decoder(nn.Module):
+class Decoder(_Embedded):
     def __init__(self, cfg: Seq2SeqConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.emb = nn.Embedding(cfg.tgt_vocab, cfg.emb_sz, padding_idx=cfg.pad_id)
-        self.drop = nn.Dropout(cfg.emb_drop)
+        super().__init__(cfg, cfg.tgt_vocab)
         if cfg.attention:
             self.attn = AdditiveAttention(cfg.enc_out, cfg.n_hid, cfg.att_sz or cfg.emb_sz)
             self.join = nn.Linear(cfg.emb_sz + cfg.enc_out, cfg.emb_sz)  # lesson 11's l3: [emb, context] -> input
@@ -120,7 +127,7 @@ class Decoder(nn.Module):
 
     def step(self, tok: torch.Tensor, h: torch.Tensor, ctx: "Memory") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """tok (B,), h (L, B, H) -> logits (B, V), new h, attention weights (B, S) or None."""
-        x = self.drop(self.emb(tok))  # (B, C)
+        x = self.embed(tok)  # (B, C)
         a = None
         if self.cfg.attention:
             c, a = self.attn(ctx.keys, ctx.enc, h[-1], ctx.mask)

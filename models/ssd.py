@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .weights import load_resnet_body
+
 BACKBONES = ("resnet34", "resnet18", "narrow")
 ANCHOR_GRIDS = (4, 2, 1)
 ANCHOR_ZOOMS = (0.7, 1.0, 1.3)
@@ -79,17 +81,7 @@ def feature_size(size: int, halvings: int) -> int:
 def load_imagenet(body: nn.Module, path: str) -> None:
     """torchvision's ImageNet state dict for the ResNet (its fc.* is dropped) into the body;
     ValueError naming the file when it does not fit."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"pretrained {path}: not a PyTorch state dict ({type(e).__name__}: {e})") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"pretrained {path}: not a state dict")
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    try:
-        body.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"pretrained {path}: does not fit this backbone: {str(e).splitlines()[0]}") from None
+    load_resnet_body(body, path, "this backbone", what="pretrained")
 
 
 def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
+from .weights import load_resnet_body
+
 RESNET34_FILE = "resnet34-b627a593.pth"  # torchvision's IMAGENET1K_V1 file name
 RESNET34_URL = "https://download.pytorch.org/models/" + RESNET34_FILE
 
@@ -129,14 +131,4 @@ def load_resnet34_encoder(model: UNet, path: Path) -> None:
     if not model.cfg.is_resnet34:
         raise ValueError(f"ResNet34 weights {path} need width=64 and layers=(3, 4, 6, 3) "
                          f"(this U-Net: width={model.cfg.width}, layers={tuple(model.cfg.layers)})")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"weights file {path}: not a PyTorch state dict ({type(e).__name__})") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"weights file {path}: not a state dict")
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    try:
-        model.encoder.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"weights file {path}: does not fit ResNet34: {str(e).splitlines()[0]}") from None
+    load_resnet_body(model.encoder, path, "ResNet34")

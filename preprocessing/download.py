@@ -41,7 +41,7 @@ import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from . import DataError
 
@@ -79,61 +79,73 @@ class Dataset:
 
 
 _FASTAI = "fast.ai (fastai/data/checks.txt)"
+
+
+def _published(url: str, size: int | None = None, md5: str | None = None, by: str = "") -> Remote:
+    """A file at its public address, named as there, with the size and MD5 that `by` publishes."""
+    return Remote(url.rsplit("/", 1)[1], url, size, md5, checksum_by=by)
+
+
+def _original(url: str, layout: str, size: int | None = None, md5: str | None = None, by: str = "") -> Source:
+    """The publisher's own single archive."""
+    return Source((_published(url, size, md5, by),), layout)
+
+
+def _fastai(path: str, size: int, md5: str, layout: str) -> Source:
+    """fast.ai's single-archive copy on S3 (path: "<bucket>/<file>"), as fastai's checks.txt lists it."""
+    return Source((_published(f"https://s3.amazonaws.com/{path}", size, md5, _FASTAI),), layout)
+
+
 DATASETS: dict[str, Dataset] = {d.name: d for d in [
     Dataset(
         "cifar10", "CIFAR-10, 60,000 32x32 images in 10 classes (lesson 12: Darknet)",
         {
-            "fastai": Source((Remote("cifar10.tgz", "https://s3.amazonaws.com/fast-ai-sample/cifar10.tgz",
-                                     168168549, "a5f8c31371b63a406b23368042812d3c", checksum_by=_FASTAI),),
-                             "cifar10/{train,test}/<class>/*.png and labels.txt: read by images.find_cifar10"),
-            "original": Source((Remote("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                                       170498071, "c58f30108f718f92721af3b95e74349a", checksum_by="torchvision"),),
-                               "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}: read by images.find_cifar10"),
+            "fastai": _fastai("fast-ai-sample/cifar10.tgz", 168168549, "a5f8c31371b63a406b23368042812d3c",
+                              "cifar10/{train,test}/<class>/*.png and labels.txt: read by images.find_cifar10"),
+            "original": _original("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                                  "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}: read by images.find_cifar10",
+                                  170498071, "c58f30108f718f92721af3b95e74349a", "torchvision"),
         }, "fastai", data="cifar10"),
     Dataset(
         "imdb", "IMDb Large Movie Review Dataset, 50,000 labelled and 50,000 unlabelled reviews (lesson 10: ULMFiT)",
         {
-            "fastai": Source((Remote("imdb.tgz", "https://s3.amazonaws.com/fast-ai-nlp/imdb.tgz",
-                                     144440600, "90f9b1c4ff43a90d67553c9240dc0249", checksum_by=_FASTAI),),
-                             "imdb/{train,test}/{pos,neg}/*.txt and imdb/unsup/*.txt: read by text.readers.find_imdb"),
-            "original": Source((Remote("aclImdb_v1.tar.gz", "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
-                                       84125825, "7c2ac02c03563afcf9b574c7e56c153a", checksum_by="torchtext"),),
-                               "aclImdb/{train,test}/{pos,neg}/*.txt and aclImdb/train/unsup/*.txt: read by text.readers.find_imdb"),
+            "fastai": _fastai("fast-ai-nlp/imdb.tgz", 144440600, "90f9b1c4ff43a90d67553c9240dc0249",
+                              "imdb/{train,test}/{pos,neg}/*.txt and imdb/unsup/*.txt: read by text.readers.find_imdb"),
+            "original": _original("https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
+                                  "aclImdb/{train,test}/{pos,neg}/*.txt and aclImdb/train/unsup/*.txt: read by "
+                                  "text.readers.find_imdb", 84125825, "7c2ac02c03563afcf9b574c7e56c153a", "torchtext"),
         }, "fastai", data="imdb"),
     Dataset(
         "wikitext-103", "WikiText-103, 103M tokens of Wikipedia articles (the ULMFiT language model's pretraining)",
         {
-            "original": Source((Remote("wikitext-103-v1.zip", "https://wikitext.smerity.com/wikitext-103-v1.zip",
-                                       None, "9ddaacaf6af0710eda8c456decff7832", checksum_by="torchtext"),),
-                               "wikitext-103/wiki.{train,valid,test}.tokens: read by text.readers.find_wikitext"),
-            "fastai": Source((Remote("wikitext-103.tgz", "https://s3.amazonaws.com/fast-ai-nlp/wikitext-103.tgz",
-                                     190200704, "2dd8cf8693b3d27e9c8f0a7df054b2c7", checksum_by=_FASTAI),),
-                             "wikitext-103/{train,test}.csv, one article a row without a header: not the token "
-                             "files text.find_wikitext reads (text.find_table needs a header row)"),
+            "original": _original("https://wikitext.smerity.com/wikitext-103-v1.zip",
+                                  "wikitext-103/wiki.{train,valid,test}.tokens: read by text.readers.find_wikitext",
+                                  None, "9ddaacaf6af0710eda8c456decff7832", "torchtext"),
+            "fastai": _fastai("fast-ai-nlp/wikitext-103.tgz", 190200704, "2dd8cf8693b3d27e9c8f0a7df054b2c7",
+                              "wikitext-103/{train,test}.csv, one article a row without a header: not the token "
+                              "files text.find_wikitext reads (text.find_table needs a header row)"),
         }, "original", aliases=("wt103", "wikitext"), data="wikitext-103"),
     Dataset(
         "pascal", "Pascal VOC 2007, 9,963 images with boxes of 20 classes (lessons 8 and 9: detection)",
         {
             "original": Source((
-                Remote("VOCtrainval_06-Nov-2007.tar", "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtrainval_06-Nov-2007.tar",
-                       None, "c52e279531787c972589f7e41ab4ae64", checksum_by="torchvision"),
-                Remote("VOCtest_06-Nov-2007.tar", "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtest_06-Nov-2007.tar",
-                       None, "b6e924de25625d8de591ea690078ad9f", checksum_by="torchvision"),
+                _published("http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtrainval_06-Nov-2007.tar",
+                           None, "c52e279531787c972589f7e41ab4ae64", "torchvision"),
+                _published("http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtest_06-Nov-2007.tar",
+                           None, "b6e924de25625d8de591ea690078ad9f", "torchvision"),
             ), "VOCdevkit/VOC2007/{JPEGImages,Annotations,ImageSets/Main}: read by voc.find_pascal "
                "(a mirror of the same tars: --url https://pjreddie.com/media/files/)"),
-            "fastai": Source((Remote("pascal_2007.tgz", "https://s3.amazonaws.com/fast-ai-imagelocal/pascal_2007.tgz",
-                                     1637796771, "433b4706eb7c42bd74e7f784e3fdf244", checksum_by=_FASTAI),),
-                             "pascal_2007/{train,test}/*.jpg with {train,valid,test}.json (COCO style): not the "
-                             "names voc.find_pascal looks for (pascal_train2007.json beside JPEGImages/)"),
+            "fastai": _fastai("fast-ai-imagelocal/pascal_2007.tgz", 1637796771, "433b4706eb7c42bd74e7f784e3fdf244",
+                              "pascal_2007/{train,test}/*.jpg with {train,valid,test}.json (COCO style): not the "
+                              "names voc.find_pascal looks for (pascal_train2007.json beside JPEGImages/)"),
         }, "original", aliases=("pascal_2007", "voc2007"), data="VOCdevkit"),
     Dataset(
         "giga-fren", "WMT's French-English giga-fren corpus, 22.5M sentence pairs (lesson 11: translation)",
         {
-            "fastai": Source((Remote("giga-fren.tgz", "https://s3.amazonaws.com/fast-ai-nlp/giga-fren.tgz",
-                                     2598183296, "69573f58e2c850b90f2f954077041d8c", checksum_by=_FASTAI),),
-                             "giga-fren/giga-fren.release2.fixed.{en,fr}, aligned by line"),
-            "original": Source((Remote("training-giga-fren.tar", "https://www.statmt.org/wmt10/training-giga-fren.tar"),),
-                               "giga-fren.release2.{en,fr}.gz (gunzip them; no checksum published)"),
+            "fastai": _fastai("fast-ai-nlp/giga-fren.tgz", 2598183296, "69573f58e2c850b90f2f954077041d8c",
+                              "giga-fren/giga-fren.release2.fixed.{en,fr}, aligned by line"),
+            "original": _original("https://www.statmt.org/wmt10/training-giga-fren.tar",
+                                  "giga-fren.release2.{en,fr}.gz (gunzip them; no checksum published)"),
         }, "fastai", aliases=("translate", "giga_fren"), data="giga-fren"),
     Dataset(
         "carvana", "Kaggle's Carvana Image Masking Challenge, 5,088 car photos with masks (lesson 14: U-Net)",
@@ -147,22 +159,19 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in [
     ),
     Dataset(
         "horse2zebra", "CycleGAN's horse2zebra, unpaired horse and zebra photos (lesson 14: CycleGAN)",
-        {"original": Source((Remote("horse2zebra.zip",
-                                    "https://people.eecs.berkeley.edu/~taesung_park/CycleGAN/datasets/horse2zebra.zip"),),
-                            "horse2zebra/{trainA,trainB,testA,testB}/*.jpg (no checksum published)")},
+        {"original": _original("https://people.eecs.berkeley.edu/~taesung_park/CycleGAN/datasets/horse2zebra.zip",
+                               "horse2zebra/{trainA,trainB,testA,testB}/*.jpg (no checksum published)")},
         "original", data="horse2zebra"),
     Dataset(
         "bedroom", "fast.ai's 20% sample of LSUN bedrooms as JPEG files (lesson 12: WGAN)",
-        {"fastai": Source((Remote("bedroom.tgz", "https://s3.amazonaws.com/fast-ai-imageclas/bedroom.tgz",
-                                  4579163978, "35d84f38f8a15fe47e66e460c8800d68", checksum_by=_FASTAI),),
-                          "bedroom/**/*.jpg: an image folder")},
+        {"fastai": _fastai("fast-ai-imageclas/bedroom.tgz", 4579163978, "35d84f38f8a15fe47e66e460c8800d68",
+                           "bedroom/**/*.jpg: an image folder")},
         "fastai", aliases=("lsun",), data="bedroom"),
     Dataset(
         "imagenette", "Imagenette (10 ImageNet classes, 320 px): an ImageNet-style folder for super-resolution "
                       "and style transfer (lessons 13 and 14)",
-        {"fastai": Source((Remote("imagenette2-320.tgz", "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-320.tgz",
-                                  341663724, "1f1f74f133caff120e575856659b87a2", checksum_by=_FASTAI),),
-                          "imagenette2-320/{train,val}/<wnid>/*.JPEG: an image folder")},
+        {"fastai": _fastai("fast-ai-imageclas/imagenette2-320.tgz", 341663724, "1f1f74f133caff120e575856659b87a2",
+                           "imagenette2-320/{train,val}/<wnid>/*.JPEG: an image folder")},
         "fastai", aliases=("images", "imagenet-sample"), data="imagenette2-320"),
 ]}
 
@@ -498,22 +507,40 @@ def _is_tar(path: Path) -> bool:
         return False
 
 
-def _parts(name: str, archive: Path, member: str) -> list[str]:
-    """A member path as components, refusing an absolute or drive path and a `..` that
-    leaves the root; "." components are dropped."""
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        raise UnsafeArchive(f"{archive}: refused: member {member!r} has an absolute path; nothing was extracted")
-    out: list[str] = []
-    for p in PurePosixPath(name.replace("\\", "/")).parts:
+def _absolute(path: str) -> bool:
+    """A POSIX or Windows absolute path (or a drive path) in an archive."""
+    return path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", path) is not None
+
+
+def _walk(start: list[str], path: str, each: Callable[[list[str]], None] | None = None) -> list[str] | None:
+    """The components of `path` (a relative path, / or \\ separated) taken from the folder
+    `start` (components below the root): "." dropped, ".." going up; None when a ".." leaves
+    the root. each(components so far) is called after every component of path but its last."""
+    steps = PurePosixPath(path.replace("\\", "/")).parts
+    out = list(start)
+    for i, p in enumerate(steps):
         if p in ("", "."):
             continue
         if p == "..":
             if not out:
-                raise UnsafeArchive(f"{archive}: refused: member {member!r} leaves the target folder (..); "
-                                    "nothing was extracted")
+                return None
             out.pop()
         else:
             out.append(p)
+            if each is not None and i < len(steps) - 1:
+                each(out)
+    return out
+
+
+def _parts(name: str, archive: Path, member: str) -> list[str]:
+    """A member path as components, refusing an absolute or drive path and a `..` that
+    leaves the root; "." components are dropped."""
+    if _absolute(name):
+        raise UnsafeArchive(f"{archive}: refused: member {member!r} has an absolute path; nothing was extracted")
+    out = _walk([], name)
+    if out is None:
+        raise UnsafeArchive(f"{archive}: refused: member {member!r} leaves the target folder (..); "
+                            "nothing was extracted")
     return out
 
 
@@ -536,26 +563,20 @@ def check_members(archive: Path, members: list[tuple[str, str, str]]) -> None:
             raise UnsafeArchive(f"{archive}: refused: member {name!r} is a device file or fifo; nothing was extracted")
         through_link(parts, name, "the path")
         if kind == "symlink":
-            if target.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", target):
+            if _absolute(target):
                 raise UnsafeArchive(f"{archive}: refused: symlink {name!r} points to the absolute path {target!r}; "
                                     "nothing was extracted")
-            walk = parts[:-1]
-            tparts = PurePosixPath(target.replace("\\", "/")).parts
-            for i, p in enumerate(tparts):
-                if p in ("", "."):
-                    continue
-                if p == "..":
-                    if not walk:
-                        raise UnsafeArchive(f"{archive}: refused: symlink {name!r} -> {target!r} points out of the "
-                                            "target folder; nothing was extracted")
-                    walk.pop()
-                else:
-                    walk.append(p)
-                    if "/".join(walk) in symlinks and i < len(tparts) - 1:
-                        raise UnsafeArchive(f"{archive}: refused: symlink {name!r} -> {target!r} passes through the "
-                                            f"symlink {'/'.join(walk)!r}; nothing was extracted")
+
+            def not_through_symlink(walk: list[str]) -> None:
+                if "/".join(walk) in symlinks:
+                    raise UnsafeArchive(f"{archive}: refused: symlink {name!r} -> {target!r} passes through the "
+                                        f"symlink {'/'.join(walk)!r}; nothing was extracted")
+
+            if _walk(parts[:-1], target, not_through_symlink) is None:
+                raise UnsafeArchive(f"{archive}: refused: symlink {name!r} -> {target!r} points out of the "
+                                    "target folder; nothing was extracted")
         elif kind == "hardlink":
-            if target.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", target):
+            if _absolute(target):
                 raise UnsafeArchive(f"{archive}: refused: hard link {name!r} points to the absolute path {target!r}; "
                                     "nothing was extracted")
             link_parts = _parts(target, archive, name)

@@ -239,6 +239,16 @@ class _Tally:
         if len(self.messages) < 5:
             self.messages.append(msg)
 
+    def usable(self, path: Path, missing: str, listing: str) -> bool:
+        """Whether the file `listing` names is a readable regular file; if not, tallied as
+        `missing` when absent, else under file_problem's word."""
+        problem = file_problem(path)
+        if problem == "missing":
+            self.bad(missing, f"{listing} but {path} does not exist")
+        elif problem:
+            self.bad(problem, problem_message(path, problem))
+        return problem is None
+
 
 def _records(source: PascalSource, split: str, classes: tuple[str, ...], tally: _Tally) -> list[tuple]:
     """The split's usable images: (jpeg path, boxes as fractions (n, 4) float32, labels (n,),
@@ -250,21 +260,12 @@ def _records(source: PascalSource, split: str, classes: tuple[str, ...], tally: 
     out = []
     for item in source.ids(split):
         jpeg = source.images / (item if source.layout == "json" else f"{item}.jpg")
-        problem = file_problem(jpeg)
-        if problem == "missing":
-            tally.bad("listed but absent", f"{source.splits[split]}: lists {item!r} but {jpeg} does not exist")
-            continue
-        if problem:
-            tally.bad(problem, problem_message(jpeg, problem))
+        listing = f"{source.splits[split]}: lists {item!r}"
+        if not tally.usable(jpeg, "listed but absent", listing):
             continue
         if source.layout == "voc":
             xml = source.root / "Annotations" / f"{item}.xml"
-            problem = file_problem(xml)
-            if problem == "missing":
-                tally.bad("no annotation", f"{source.splits[split]}: lists {item!r} but {xml} does not exist")
-                continue
-            if problem:
-                tally.bad(problem, problem_message(xml, problem))
+            if not tally.usable(xml, "no annotation", listing):
                 continue
             try:
                 ann = parse_xml(xml, jpeg)

@@ -8,7 +8,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from . import SPECIAL_IDS, TEXT_VERSION
 from .corpus import Ragged
 from .documents import iter_docs
 from .readers import TextSource, table_labels
-from .subwords import processor, train_spm_manifest
+from .subwords import SpmSettings, processor, train_spm_manifest
 
 _ENCODE_BYTES = 4 << 20  # text encoded and written per parquet row group: bounds a task's memory
 
@@ -120,16 +120,14 @@ def _chunks(source: TextSource, split: str, n_cpus: int, seed: int, tables: dict
 def tokenize(
     source: TextSource,
     cache: Cache,
-    vocab_size: int = 30000,
-    model_type: Literal["unigram", "bpe"] = "unigram",
-    character_coverage: float = 0.9999,
-    sample_docs: int = 10000,
-    seed: int = 0,
+    *,
     add_eos: bool = False,
     on_bad: BadInput = "skip",
     name: str | None = None,
+    **settings: Any,
 ) -> tuple[dict, bool]:
-    """Encode every split with SentencePiece (trained by train_spm with these parameters);
+    """Encode every split with SentencePiece (trained by train_spm with `settings`: see
+    SpmSettings; its seed also shuffles the IMDb files into chunks);
     (manifest, hit). Writes <cache>/<name>-<key>/<split>/part-*.parquet with columns ids
     (list<int32>: [BOS] + pieces (+ [EOS])), len (int32) and label (int64), and a copy of
     the model as spm.model. An unreadable, non-UTF-8 or empty document, or a listed entry
@@ -142,15 +140,16 @@ def tokenize(
     left_out = listing_skips(source.unusable, on_bad)  # ValueError for an unknown on_bad
     name = name or f"tokens-{source.kind}"
     t0 = time.perf_counter()
-    model, spm_manifest, spm_hit = train_spm_manifest(source, cache, vocab_size, model_type, character_coverage, sample_docs, seed)
+    spm = SpmSettings(**settings)
+    model, spm_manifest, spm_hit = train_spm_manifest(source, cache, spm)
     spm_seconds = 0.0 if spm_hit else time.perf_counter() - t0
     key = digest({
         "inputs": fingerprint_paths(source.input_files(), source.root),
         "splits": {s: len(items) if source.kind == "imdb" else [[os.path.relpath(it[0], source.root), *it[1:]]
                                                              for it in items] for s, items in source.splits.items()},
         "kind": source.kind, "options": source.options, "spm": spm_manifest["sha256"],
-        "spm_params": [vocab_size, model_type, character_coverage, sample_docs],
-        "add_eos": add_eos, "seed": seed, "version": TEXT_VERSION,
+        "spm_params": [spm.vocab_size, spm.model_type, spm.character_coverage, spm.sample_docs],
+        "add_eos": add_eos, "seed": spm.seed, "version": TEXT_VERSION,
         **unusable_key(source.unusable, source.root),
     })
 
@@ -171,7 +170,7 @@ def tokenize(
         rows = []
         for split in source.splits:
             (tmp / split).mkdir()
-            for i, c in enumerate(_chunks(source, split, n_cpus, seed, tables)):
+            for i, c in enumerate(_chunks(source, split, n_cpus, spm.seed, tables)):
                 rows.append({"split": split, "id": i, "chunk": pickle.dumps(c, protocol=5)})
         fn = _EncodeChunks(source.kind, str(model), str(tmp), add_eos, on_bad)
         with data_errors():

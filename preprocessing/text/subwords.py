@@ -7,9 +7,10 @@ import io
 import os
 import random
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Any, Iterator, Literal
 
 from .. import DataError
 from ..cache import Cache, digest, fingerprint_paths
@@ -76,45 +77,53 @@ def _sentences(texts: list[str], max_bytes: int = 8192) -> Iterator[str]:
                 yield line
 
 
-def train_spm(
-    source: TextSource,
-    cache: Cache,
-    vocab_size: int = 30000,
-    model_type: Literal["unigram", "bpe"] = "unigram",
-    character_coverage: float = 0.9999,
-    sample_docs: int = 10000,
-    seed: int = 0,
-) -> Path:
+@dataclass(frozen=True)
+class SpmSettings:
+    """How SentencePiece is trained: train_spm's and tokenize's keyword arguments.
+    vocab_size is an upper bound (a small corpus gives fewer pieces); sample_docs is the
+    size of the training sample (WikiText: articles), drawn with seed."""
+
+    vocab_size: int = 30000
+    model_type: Literal["unigram", "bpe"] = "unigram"
+    character_coverage: float = 0.9999
+    sample_docs: int = 10000
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.model_type not in ("unigram", "bpe"):
+            raise ValueError(f"model_type must be 'unigram' or 'bpe', got {self.model_type!r}")
+        if self.vocab_size < 8 or self.sample_docs < 1 or not 0.9 <= self.character_coverage <= 1.0:
+            raise ValueError(
+                f"need vocab_size >= 8, sample_docs >= 1 and 0.9 <= character_coverage <= 1 "
+                f"(got {self.vocab_size}, {self.sample_docs}, {self.character_coverage})"
+            )
+
+
+def train_spm(source: TextSource, cache: Cache, **settings: Any) -> Path:
     """Train SentencePiece on a deterministic sample of the training documents; the path
-    of the cached model. The cache key is the sample's content hash and the parameters;
-    an index keyed by the sampled files' (path, size, mtime) finds it again without
-    reading them. vocab_size is an upper bound (a small corpus gives fewer pieces).
+    of the cached model. `settings`: SpmSettings's fields (vocab_size=30000,
+    model_type="unigram", character_coverage=0.9999, sample_docs=10000, seed=0).
+    The cache key is the sample's content hash and the parameters; an index keyed by the
+    sampled files' (path, size, mtime) finds it again without reading them.
     Special ids: unk 0, pad 1, bos 2, eos 3. Runs in this process (no Ray)."""
-    return train_spm_manifest(source, cache, vocab_size, model_type, character_coverage, sample_docs, seed)[0]
+    return train_spm_manifest(source, cache, SpmSettings(**settings))[0]
 
 
-def train_spm_manifest(source: TextSource, cache: Cache, vocab_size: int, model_type: str, character_coverage: float,
-                       sample_docs: int, seed: int) -> tuple[Path, dict, bool]:
+def train_spm_manifest(source: TextSource, cache: Cache, settings: SpmSettings) -> tuple[Path, dict, bool]:
     """train_spm's work: (the model's path, its cache manifest, hit)."""
-    if model_type not in ("unigram", "bpe"):
-        raise ValueError(f"model_type must be 'unigram' or 'bpe', got {model_type!r}")
-    if vocab_size < 8 or sample_docs < 1 or not 0.9 <= character_coverage <= 1.0:
-        raise ValueError(
-            f"need vocab_size >= 8, sample_docs >= 1 and 0.9 <= character_coverage <= 1 "
-            f"(got {vocab_size}, {sample_docs}, {character_coverage})"
-        )
-    params = {"vocab_size": vocab_size, "model_type": model_type, "character_coverage": character_coverage,
-              "seed": seed, "special": SPECIAL_IDS, "version": TEXT_VERSION}
-    units = _sample_units(source, sample_docs, seed)
+    params = {"vocab_size": settings.vocab_size, "model_type": settings.model_type,
+              "character_coverage": settings.character_coverage, "seed": settings.seed,
+              "special": SPECIAL_IDS, "version": TEXT_VERSION}
+    units = _sample_units(source, settings.sample_docs, settings.seed)
     index_key = digest({"files": fingerprint_paths(sorted({u[0] for u in units}), source.root),
                         "units": digest([u[1:] for u in units]),
-                        "kind": source.kind, "options": source.options, "sample_docs": sample_docs, **params})
+                        "kind": source.kind, "options": source.options, "sample_docs": settings.sample_docs, **params})
     ref = cache.lookup("spm-index", index_key)
     if ref is not None:
         found = cache.lookup("spm", ref["spm_key"])
         if found is not None:
             return cache.path("spm", ref["spm_key"]) / "spm.model", found, True
-    texts = _sample_texts(source, units, sample_docs, seed)
+    texts = _sample_texts(source, units, settings.sample_docs, settings.seed)
     if not texts:
         raise DataError(f"{source.root}: no readable training documents to learn SentencePiece from")
     h = hashlib.sha256()
@@ -129,10 +138,10 @@ def train_spm_manifest(source: TextSource, cache: Cache, vocab_size: int, model_
         t0 = time.perf_counter()
         tmp.mkdir(parents=True)
         buf = io.BytesIO()
-        spm.set_random_generator_seed(seed)
+        spm.set_random_generator_seed(settings.seed)
         spm.SentencePieceTrainer.train(
-            sentence_iterator=_sentences(texts), model_writer=buf, vocab_size=vocab_size,
-            model_type=model_type, character_coverage=character_coverage,
+            sentence_iterator=_sentences(texts), model_writer=buf, vocab_size=settings.vocab_size,
+            model_type=settings.model_type, character_coverage=settings.character_coverage,
             unk_id=UNK_ID, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID,
             hard_vocab_limit=False, max_sentence_length=8192, num_threads=os.cpu_count() or 1,
             minloglevel=2,

@@ -1,40 +1,16 @@
 """Property-based tests of the configs: random JSON files and --set items given to every
-pipeline's configs load or raise ConfigError, never another exception.
-
-Runs are derandomized (the same examples every run, so CI is repeatable); set
-FASTRAY_FUZZ_EXAMPLES=500 to explore that many fresh random examples per test."""
+pipeline's configs load or raise ConfigError, never another exception. Settings and
+helpers: tests/fuzzing.py."""
 import json
-import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from pipelines.core import config as configs
 from pipelines.core import registry
 from pipelines.lessons.cifar10_darknet import CONFIGS
-
-N = int(os.environ.get("FASTRAY_FUZZ_EXAMPLES", "60"))
-FUZZ = settings(max_examples=N, deadline=None, derandomize="FASTRAY_FUZZ_EXAMPLES" not in os.environ, database=None,
-                suppress_health_check=list(HealthCheck))
-
-
-@pytest.fixture(scope="module")
-def scratch():
-    d = Path(tempfile.mkdtemp(prefix="fuzz-"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def _file(folder: Path, name: str, data: bytes) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    p = folder / name
-    p.write_bytes(data)
-    return p
-
+from tests.fuzzing import FUZZ, scratch, write_file  # noqa: F401 (scratch: a fixture)
 
 JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
                            lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
@@ -55,7 +31,7 @@ def test_a_json_config_loads_or_is_a_config_error(scratch, data):
         JSON_VALUES.map(lambda v: json.dumps(v).encode()),
         st.dictionaries(st.sampled_from(fields + ["base", "nope"]), JSON_VALUES, max_size=4).map(lambda d: json.dumps(d).encode()),
     ))
-    p = _file(scratch / "cfg", "c.json", raw)
+    p = write_file(scratch / "cfg", "c.json", raw)
     try:
         cfg, label = configs.load(cfgs, str(p))
     except configs.ConfigError as e:
@@ -85,7 +61,7 @@ def test_a_set_override_applies_or_is_a_config_error(data):
                                   '{"groups": {"a": 1}}', '{"lr": Infinity}', '{"lr": NaN}', '{"epochs": 1e400}',
                                   '{"epochs": 10000000000000000000000}', '{"moms": "0.9"}', '"tiny"', 'null'])
 def test_json_config_edge_cases_are_config_errors_or_configs(tmp_path, text):
-    p = _file(tmp_path, "c.json", text.encode())
+    p = write_file(tmp_path, "c.json", text.encode())
     try:
         configs.load(CONFIGS, str(p))
     except configs.ConfigError as e:

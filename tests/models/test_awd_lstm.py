@@ -238,25 +238,22 @@ def test_layer_groups_cover_every_parameter_once():
     assert lm.encoder.embed.emb.weight in layer_groups(lm)[-1]  # tied: with the decoder, as fastai
 
 
-def test_lm_learns_a_repeated_sequence():
+def test_lm_learns_a_repeated_sequence(step_losses):
     torch.manual_seed(0)
     lm = language_model(tiny(emb_sz=16, n_hid=24, drop_mult=0.1))
     seq = torch.arange(2, 10).repeat(4)                     # 2 3 ... 9 2 3 ... : next token is determined
     x, y = seq[:-1].view(1, -1).repeat(4, 1), seq[1:].view(1, -1).repeat(4, 1)
-    opt = torch.optim.Adam(lm.parameters(), lr=3e-2)
-    losses = []
-    for _ in range(50):
+
+    def step():
         lm.reset()
         logits, raw, dropped = lm(x, return_activations=True)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
-        opt.zero_grad()
-        (loss + ar_tar(raw, dropped, 2.0, 1.0)).backward()
-        opt.step()
-        losses.append(loss.item())
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten()), ar_tar(raw, dropped, 2.0, 1.0)
+
+    losses = step_losses(torch.optim.Adam(lm.parameters(), lr=3e-2), 50, step)
     assert losses[-1] < 0.2 * losses[0]
 
 
-def test_classifier_learns_two_classes():
+def test_classifier_learns_two_classes(step_losses):
     torch.manual_seed(0)
     clf = text_classifier(tiny(drop_mult=0.2))
     g = torch.Generator().manual_seed(0)
@@ -268,12 +265,5 @@ def test_classifier_learns_two_classes():
         docs.append(doc)
         labels.append(i % 2)
     x, y = pad_first(docs), torch.tensor(labels)
-    opt = torch.optim.Adam(clf.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        loss = F.cross_entropy(clf(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = step_losses(torch.optim.Adam(clf.parameters(), lr=1e-2), 30, lambda: F.cross_entropy(clf(x), y))
     assert losses[-1] < 0.5 * losses[0]

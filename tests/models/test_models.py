@@ -31,18 +31,12 @@ def test_dropout_does_not_change_the_checkpoint():
     b.load_state_dict(a.state_dict())  # same keys and shapes whatever p is
 
 
-def test_loss_falls_on_a_tiny_batch():
+def test_loss_falls_on_a_tiny_batch(step_losses):
     torch.manual_seed(0)
     model = Darknet(DarknetConfig(groups=(1, 1), nf=8))
     x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    losses = []
-    for _ in range(30):
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = step_losses(opt, 30, lambda: F.cross_entropy(model(x), y))
     assert losses[-1] < 0.3 * losses[0]
 
 

@@ -1,16 +1,13 @@
 """Property-based tests: random bytes and random valid-looking files fed to every reader.
 Whatever the input, a reader returns well-formed data or raises DataError (a counted skip
 under --on-bad-input skip). No other exception escapes (the configs' fuzz tests are in
-tests/core/test_config_fuzz.py).
-
-Runs are derandomized (the same examples every run, so CI is repeatable); set
-FASTRAY_FUZZ_EXAMPLES=500 to explore that many fresh random examples per test."""
+tests/core/test_config_fuzz.py). Settings and
+helpers: tests/fuzzing.py."""
 import io
 import os
 import pickle
 import shutil
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -18,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from preprocessing import DataError
@@ -26,25 +23,7 @@ from preprocessing.images import _CifarDecoder, _load_batch, decode_image, find_
 from preprocessing.text.documents import is_title, iter_docs
 from preprocessing.text.encoding import _chunks
 from preprocessing.text.readers import find_imdb, find_table, find_wikitext, table_labels
-
-N = int(os.environ.get("FASTRAY_FUZZ_EXAMPLES", "60"))
-FUZZ = settings(max_examples=N, deadline=None, derandomize="FASTRAY_FUZZ_EXAMPLES" not in os.environ, database=None,
-                suppress_health_check=list(HealthCheck))
-
-
-@pytest.fixture(scope="module")
-def scratch():
-    d = Path(tempfile.mkdtemp(prefix="fuzz-"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def _file(folder: Path, name: str, data: bytes) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    p = folder / name
-    p.write_bytes(data)
-    return p
-
+from tests.fuzzing import FUZZ, scratch, write_file  # noqa: F401 (scratch: a fixture)
 
 # ---------------------------------------------------------------- images
 
@@ -91,7 +70,7 @@ def image_bytes(draw):
 @example(data=_png_header(30000, 30000))  # a 900-megapixel claim in 60 bytes
 @example(data=_png_header(0, 5))
 def test_decode_image_returns_rgb_or_a_data_error(scratch, data):
-    p = _file(scratch / "img", "x.png", data)
+    p = write_file(scratch / "img", "x.png", data)
     try:
         img = decode_image(p)
     except DataError as e:
@@ -105,7 +84,7 @@ def test_decode_image_returns_rgb_or_a_data_error(scratch, data):
 def test_the_decode_task_skips_and_counts_or_fails_with_a_data_error(scratch, files, on_bad):
     folder = scratch / "chunk"
     shutil.rmtree(folder, ignore_errors=True)
-    paths = [(str(_file(folder, f"{i}.png", b)), i) for i, b in enumerate(files)]
+    paths = [(str(write_file(folder, f"{i}.png", b)), i) for i, b in enumerate(files)]
     fn = _CifarDecoder("folders", (8, 16), on_bad)
     try:
         out = fn({"chunk": [pickle.dumps(paths)]})
@@ -151,7 +130,7 @@ def test_a_pickle_batch_loads_or_is_a_data_error_and_never_runs_code(scratch, ca
     data, must_load = case
     marker = Path("/tmp/fastray-fuzz-pwned")
     marker.unlink(missing_ok=True)
-    p = _file(scratch / "pickle", "data_batch_1", data)
+    p = write_file(scratch / "pickle", "data_batch_1", data)
     try:
         imgs, labels = _load_batch(p)
     except DataError as e:
@@ -211,7 +190,7 @@ def test_finding_cifar10_imdb_or_wikitext_in_any_tree(scratch, tree):
 @given(data=st.one_of(st.binary(max_size=400), st.text(max_size=200).map(str.encode),
                       st.sampled_from([b"", b"   \n\t ", b"<br /><br />", b"&#39;", b"\xef\xbb\xbf", b"caf\xe9"])))
 def test_an_imdb_review_is_text_or_a_data_error(scratch, data):
-    p = _file(scratch / "imdb", "0_1.txt", data)
+    p = write_file(scratch / "imdb", "0_1.txt", data)
     [(doc, label)] = list(iter_docs("imdb", [(str(p), 1)]))
     assert label == 1
     if isinstance(doc, DataError):
@@ -238,7 +217,7 @@ def wikitext_bytes(draw):
 def test_wikitext_articles_are_text_or_data_errors(scratch, data, cpus):
     root = scratch / "wt"
     shutil.rmtree(root, ignore_errors=True)
-    _file(root, "wiki.train.tokens", data)
+    write_file(root, "wiki.train.tokens", data)
     try:
         src = find_wikitext(root)
     except DataError as e:
@@ -292,7 +271,7 @@ def table_file(draw):
 @given(f=table_file())
 def test_a_table_is_read_or_is_a_data_error(scratch, f):
     suffix, data = f
-    p = _file(scratch / "table", f"corpus{suffix}", data)
+    p = write_file(scratch / "table", f"corpus{suffix}", data)
     try:
         src = find_table(p)
         texts, labels, classes = table_labels(src)
@@ -311,7 +290,7 @@ def test_a_table_is_read_or_is_a_data_error(scratch, f):
 
 @pytest.mark.filterwarnings("ignore:Image size")
 def test_an_image_claiming_100_megapixels_is_refused_before_decoding(tmp_path):
-    p = _file(tmp_path, "big.png", _png_header(10000, 10000))  # PIL itself only warns at this size
+    p = write_file(tmp_path, "big.png", _png_header(10000, 10000))  # PIL itself only warns at this size
     with pytest.raises(DataError, match=r"big.png: not a readable image \(ValueError: claims 10000x10000 pixels"):
         decode_image(p)
 
@@ -320,15 +299,15 @@ def test_a_damaged_batches_meta_costs_only_the_class_names(tmp_path, capsys):
     d = tmp_path / "cifar-10-batches-py"
     batch = pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]})
     for name in ("data_batch_1", "test_batch"):
-        _file(d, name, batch)
-    _file(d, "batches.meta", b"\x80\x04garbage")
+        write_file(d, name, batch)
+    write_file(d, "batches.meta", b"\x80\x04garbage")
     src = find_cifar10(tmp_path)
     assert src.classes == [f"class{i}" for i in range(10)]
     assert "batches.meta: unreadable" in capsys.readouterr().err
 
 
 def test_a_non_utf8_wikitext_article_is_one_counted_skip(tmp_path):
-    p = _file(tmp_path, "wiki.train.tokens", b" = Good = \n fine text \n = Bad = \n caf\xe9 \n")
+    p = write_file(tmp_path, "wiki.train.tokens", b" = Good = \n fine text \n = Bad = \n caf\xe9 \n")
     docs = list(iter_docs("wikitext", (str(p), 0, p.stat().st_size)))
     assert [type(d) for d, _ in docs] == [str, DataError]
     assert str(docs[1][0]) == f"{p}: article at byte 23: not UTF-8 text (byte 0xe9 at offset 14)"
@@ -348,7 +327,7 @@ def test_a_table_column_of_the_wrong_type_is_a_data_error(tmp_path, column, msg)
 
 
 def test_empty_table_rows_are_counted_skips(tmp_path):
-    p = _file(tmp_path, "t.csv", b'text,label\n"good one",1\n"",0\n"   ",1\n')
+    p = write_file(tmp_path, "t.csv", b'text,label\n"good one",1\n"",0\n"   ",1\n')
     src = find_table(p)
     texts, labels, _ = table_labels(src)
     [chunk] = _chunks(src, "train", 1, 0, {"texts": texts, "labels": labels})

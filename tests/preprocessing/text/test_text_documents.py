@@ -2,26 +2,9 @@
 from preprocessing.text.documents import wikitext_articles
 
 
-WIKI = (
-    " \n"
-    " = Valkyria Chronicles = \n"
-    " \n"
-    " Senjō no Valkyria is a tactical role @-@ playing game . \n"
-    " \n"
-    " = = Gameplay = = \n"
-    " \n"
-    " The game has 1 @,@ 000 units . \n"
-    " = Tower Building = \n"
-    " \n"
-    " The tower is 3 @.@ 5 m tall . \n"
-    " = Third = \n"
-    " Short . \n"
-)
-
-
-def test_wikitext_articles_whatever_the_spans(tmp_path):
+def test_wikitext_articles_whatever_the_spans(tmp_path, wiki_text):
     f = tmp_path / "wiki.train.tokens"
-    f.write_bytes(WIKI.encode())
+    f.write_bytes(wiki_text.encode())
     size = f.stat().st_size
     whole = [t.decode() for _, t in wikitext_articles(str(f), 0, size)]
     assert [t.splitlines()[0].strip() for t in whole] == [

@@ -14,30 +14,12 @@ from preprocessing.text.encoding import tokenize
 from preprocessing.text.readers import find_imdb, find_table, find_wikitext
 from preprocessing.text.subwords import decode
 
-SPM = dict(vocab_size=300, sample_docs=300)  # small: trains in a fraction of a second
 
-WIKI = (
-    " \n"
-    " = Valkyria Chronicles = \n"
-    " \n"
-    " Senjō no Valkyria is a tactical role @-@ playing game . \n"
-    " \n"
-    " = = Gameplay = = \n"
-    " \n"
-    " The game has 1 @,@ 000 units . \n"
-    " = Tower Building = \n"
-    " \n"
-    " The tower is 3 @.@ 5 m tall . \n"
-    " = Third = \n"
-    " Short . \n"
-)
-
-
-def test_wikitext_reader_and_tokenize(tmp_path, ray_session):
+def test_wikitext_reader_and_tokenize(tmp_path, ray_session, wiki_text):
     d = tmp_path / "wikitext-103"
     d.mkdir()
-    (d / "wiki.train.tokens").write_text(WIKI * 20)
-    (d / "wiki.valid.tokens").write_text(WIKI)
+    (d / "wiki.train.tokens").write_text(wiki_text * 20)
+    (d / "wiki.valid.tokens").write_text(wiki_text)
     src = find_wikitext(tmp_path)  # the parent folder, as the archive extracts
     assert src.kind == "wikitext" and set(src.splits) == {"train", "valid"}
     manifest, hit = tokenize(src, Cache(tmp_path / "c"), vocab_size=200)
@@ -75,9 +57,9 @@ def test_table_readers_and_tokenize(tmp_path, ray_session, capfd):
         find_table(tmp_path / "x.json")
 
 
-def test_tokenize_miss_then_hit_without_ray(imdb_copy, tmp_path, ray_session, monkeypatch):
+def test_tokenize_miss_then_hit_without_ray(imdb_copy, tmp_path, ray_session, monkeypatch, spm_small):
     cache = Cache(tmp_path / "cache")
-    m1, hit1 = tokenize(find_imdb(imdb_copy), cache, **SPM)
+    m1, hit1 = tokenize(find_imdb(imdb_copy), cache, **spm_small)
     assert not hit1 and m1["rows"] == {"train": 200, "valid": 200, "unsup": 200}
     assert m1["skipped"] == {"train": 0, "valid": 0, "unsup": 0} and m1["tokens"]["train"] > 200 * 30
     assert m1["special_ids"] == {"unk": 0, "pad": 1, "bos": 2, "eos": 3} and 0 < m1["vocab_size"] <= 300
@@ -93,7 +75,7 @@ def test_tokenize_miss_then_hit_without_ray(imdb_copy, tmp_path, ray_session, mo
 
     monkeypatch.setattr(runtime, "init_ray", no_ray)
     monkeypatch.setattr(ray.data, "from_items", no_ray)  # the session's Ray is up: no job may run either
-    m2, hit2 = tokenize(find_imdb(imdb_copy), cache, **SPM)
+    m2, hit2 = tokenize(find_imdb(imdb_copy), cache, **spm_small)
     assert hit2 and m2["key"] == m1["key"] and m2["spm_model"] == m1["spm_model"]
     monkeypatch.undo()
     # another vocabulary size, or one edited review, is a miss
@@ -101,7 +83,7 @@ def test_tokenize_miss_then_hit_without_ray(imdb_copy, tmp_path, ray_session, mo
     assert not hit3 and m3["key"] != m1["key"]
     f = sorted((imdb_copy / "train" / "pos").iterdir())[0]
     f.write_text(f.read_text() + " I loved it.")
-    m4, hit4 = tokenize(find_imdb(imdb_copy), cache, **SPM)
+    m4, hit4 = tokenize(find_imdb(imdb_copy), cache, **spm_small)
     assert not hit4 and m4["key"] not in (m1["key"], m3["key"])
 
 
@@ -113,18 +95,18 @@ def _bad_copy(imdb_copy):
     return bad, empty
 
 
-def test_bad_documents_are_skipped_and_counted(imdb_copy, tmp_path, ray_session, capfd):
+def test_bad_documents_are_skipped_and_counted(imdb_copy, tmp_path, ray_session, capfd, spm_small):
     _bad_copy(imdb_copy)
-    manifest, _ = tokenize(find_imdb(imdb_copy), Cache(tmp_path / "c"), **SPM)
+    manifest, _ = tokenize(find_imdb(imdb_copy), Cache(tmp_path / "c"), **spm_small)
     assert manifest["rows"]["train"] == 200 and manifest["skipped"] == {"train": 2, "valid": 0, "unsup": 0}
     err = capfd.readouterr().err
     assert "train: skipped 2 unreadable or empty document(s) of 202" in err
     assert "9990_9.txt: not UTF-8 text (byte 0xe9 at offset 3)" in err and "9991_1.txt: empty document" in err
 
 
-def test_on_bad_fail_names_the_file(imdb_copy, tmp_path, ray_session):
+def test_on_bad_fail_names_the_file(imdb_copy, tmp_path, ray_session, spm_small):
     _bad_copy(imdb_copy)
     cache = Cache(tmp_path / "c")
     with pytest.raises(DataError, match=r"aclImdb/train/(pos/9990_9.txt: not UTF-8 text|neg/9991_1.txt: empty document)"):
-        tokenize(find_imdb(imdb_copy), cache, on_bad="fail", **SPM)
+        tokenize(find_imdb(imdb_copy), cache, on_bad="fail", **spm_small)
     assert not any(cache.root.glob("tokens-*")) and not any(cache.root.glob(".tmp-*"))  # nothing half-made

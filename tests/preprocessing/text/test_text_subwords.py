@@ -11,16 +11,13 @@ from preprocessing.text.corpus import load_tokens
 from preprocessing.text.readers import find_imdb
 from preprocessing.text.subwords import decode, normalize, train_spm
 
-SPM = dict(vocab_size=300, sample_docs=300)  # small: trains in a fraction of a second
-
-
-def test_spm_model_is_cached_and_deterministic(imdb_small, tmp_path):
+def test_spm_model_is_cached_and_deterministic(imdb_small, tmp_path, spm_small):
     src = find_imdb(imdb_small)
-    a = train_spm(src, Cache(tmp_path / "a"), **SPM)
-    b = train_spm(src, Cache(tmp_path / "b"), **SPM)
+    a = train_spm(src, Cache(tmp_path / "a"), **spm_small)
+    b = train_spm(src, Cache(tmp_path / "b"), **spm_small)
     assert a.read_bytes() == b.read_bytes()
-    assert train_spm(src, Cache(tmp_path / "a"), **SPM) == a
-    assert train_spm(src, Cache(tmp_path / "a"), vocab_size=300, sample_docs=300, model_type="bpe") != a
+    assert train_spm(src, Cache(tmp_path / "a"), **spm_small) == a
+    assert train_spm(src, Cache(tmp_path / "a"), **spm_small, model_type="bpe") != a
     with pytest.raises(ValueError, match="model_type"):
         train_spm(src, Cache(tmp_path / "a"), model_type="word")
 
