@@ -146,7 +146,10 @@ class Pipeline:
         return Path("data") / self.dataset
 
     def sample_data(self, out: Path, size: int | None = None) -> dict:
-        raise NotImplementedError
+        """Generated sample data of the pipeline's data set, in its real layout."""
+        from preprocessing import samples
+
+        return samples.generate(self.dataset, out, size)
 
     def preprocess(self, cfg: Any, data_dir: Path, cache: Any, on_bad: str = "skip") -> tuple[dict, bool]:
         """Build (or find) the cached, preprocessed data: (manifest, hit). A hit starts no Ray."""

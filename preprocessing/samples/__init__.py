@@ -13,3 +13,27 @@ require a real metric:
 
 Production code takes class names from the preprocess manifest, never from here.
 """
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+# data set -> (module, generator, default size, its other defaults): what `fastray
+# sample-data` and a run with no --data generate
+GENERATORS: dict[str, tuple[str, str, int, dict]] = {
+    "cifar10": ("cifar10", "cifar10", 6000, {}),
+    "pascal": ("pascal", "pascal", 2000, {}),
+    "imdb": ("imdb", "imdb", 5000, {"max_words": 200, "agree": 0.8}),  # reviews 30-200 words, 4 in 5 sentences agree
+    "giga-fren": ("giga_fren", "giga_fren", 3000, {}),
+    "lsun": ("lsun", "rooms", 2000, {}),
+    "horse2zebra": ("horse2zebra", "horse2zebra", 1000, {}),
+    "images": ("images", "natural_images", 800, {}),
+    "carvana": ("carvana", "carvana", 1200, {}),
+}
+
+
+def generate(dataset: str, out: str | Path, size: int | None = None, **overrides) -> dict:
+    """Write the sample of `dataset` to `out` (size: its items; default the table's)."""
+    module, fn, default, kw = GENERATORS[dataset]
+    make = getattr(importlib.import_module(f"{__name__}.{module}"), fn)
+    return make(out, size=size or default, **{**kw, **overrides})
