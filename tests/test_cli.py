@@ -102,15 +102,6 @@ def test_run_tiny_end_to_end_records_mlflow_and_prints_only_its_own_lines(cifar_
     assert any(not l.startswith("[e2e] ") for l in verbose.stderr.splitlines()), verbose.stderr[-3000:]
 
 
-def test_two_workers_ddp(capsys, cifar_small, workdir, ray_session):
-    code, obj, err = run_cli(capsys, "run", "cifar10-darknet", "--data", str(cifar_small), "--config", "tiny",
-                             "--num-workers", "2", "--name", "ddp")
-    assert code == 0, err
-    assert obj["world_size"] == 2
-    run = _mlflow(workdir).get_run(obj["run_id"])
-    assert run.data.tags["fastray.world_size"] == "2" and run.data.params["num_workers"] == "2"
-
-
 def test_interrupted_run_is_killed_and_resumes_from_its_last_checkpoint(cifar_small, workdir, ray_session):
     """Ctrl-C (SIGINT to the driver's process group, as a terminal sends it): "fastray:
     interrupted", exit 130, the MLflow run KILLED; the same --name resumes at the epoch after
