@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-
 import torch.nn.functional as F
 
 from models.perceptual import IMAGENET_MEAN, IMAGENET_STD, VGGFeatures, find_weights, missing_vgg_message
 
 from . import plots
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD"]  # re-exported for the lessons
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "to_float", "normalize", "denormalize", "random_flip", "random_crop_flip",
+           "psnr", "side_by_side", "loss_network", "vgg_source"]  # the ImageNet statistics re-exported for the lessons
 logger = logging.getLogger("fastray")
 
 

@@ -1,13 +1,14 @@
 """Lesson 14: Carvana car masks with a U-Net on a ResNet34 encoder.
 
-BCE with logits on the mask; first the decoder alone (encoder frozen), then everything
-with discriminative LRs (early encoder, late encoder, decoder); progressive resizing:
-small images first, then the full size (lesson 14: 128, then 512 and 1024). The metric
-is dice, per image, averaged over the validation cars (Kaggle's). The validation split is
-by car id (preprocessing/imagery.py).
+BCE with logits on the mask; fastai's fine_tune: first the decoder alone (encoder frozen),
+then everything with discriminative LRs (early encoder, late encoder, decoder), `epochs`
+in all; progressive resizing: small images first, then the full size (lesson 14: 128,
+then 512 and 1024). The metric is dice, per image, averaged over the validation cars
+(Kaggle's). The validation split is by car id (preprocessing/imagery.py).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -18,27 +19,26 @@ from torch import nn
 
 from models.unet import RESNET34_FILE, RESNET34_URL, UNet, UNetConfig, load_resnet34_encoder
 from models.perceptual import find_weights, hub_checkpoint
-from preprocessing import imagery, samples_imagery
-from preprocessing.images import read_split
+from preprocessing import imagery
+from preprocessing.chunked import read_split
+from preprocessing.samples import carvana as carvana_samples
 
-from ..core.vision import random_flip, say, side_by_side, to_float
-from ..core.phases import discriminative, one_cycle, with_data, with_frozen
 from ..core.contract import Pipeline, RunContext, TrainConfig
+from ..core.metrics import Sums
+from ..core.phases import discriminative, fine_tune, with_data
+from ..core.vision import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize, random_flip, side_by_side, to_float
 
-
-MEAN = (0.485, 0.456, 0.406)  # ImageNet's: the encoder's weights expect them
-STD = (0.229, 0.224, 0.225)
+logger = logging.getLogger("fastray")
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(TrainConfig):
     width: int = 64                         # encoder stem channels, x2 per stage (ResNet34: 64)
     layers: tuple[int, ...] = (3, 4, 6, 3)  # BasicBlocks per encoder stage (ResNet34: 3, 4, 6, 3)
     pretrained: str = "auto"    # ResNet34 ImageNet weights: a file, "auto" (torch's hub cache if there) or "none"
-    bs: int = 64                # global batch size, split evenly across workers
-    freeze_epochs: int = 2      # 1cycle of the decoder alone (encoder frozen), at small_size
-    epochs: int = 8             # 1cycle of the whole net after it
-    small_epochs: int = 4       # of `epochs`, trained at small_size before switching to size
+    epochs: int = 10            # epochs the whole run trains: freeze_epochs frozen, then the whole net
+    freeze_epochs: int = 2      # the first epochs: a 1cycle of the decoder alone (encoder frozen)
+    small_epochs: int = 6       # the first epochs (frozen ones included) train at small_size (dropped if >= epochs)
     lr: float = 4e-3            # peak Adam LR of the decoder (lesson 14: 4e-2 with its weights)
     lr_factor: float = 10.0     # discriminative LRs: lr / factor**k for the encoder's two groups
     div: float = 10.0           # 1cycle: start LR = lr / div
@@ -47,18 +47,13 @@ class Config:
     wd: float = 1e-5            # weight decay (Adam, L2)
     size: int = 256             # final image and mask size, px (the frame is squashed square)
     small_size: int = 128       # progressive resizing: the first size, px (0: none)
-    valid_frac: float = 0.2     # fraction of the car ids held out for validation
-    seed: int = 0               # init, the car split and the cache's row order
-    max_failures: int = 1       # Ray Train restarts of the worker group after a failure
-    bf16: bool = True           # autocast to bfloat16 on a GPU
+    valid_frac: float = 0.2     # fraction of the car ids held out for validation (the seed draws the split)
 
     def __post_init__(self):
-        if self.bs < 1 or self.epochs < 1 or self.freeze_epochs < 0 or self.lr <= 0:
-            raise ValueError(f"need bs >= 1, epochs >= 1, freeze_epochs >= 0 and lr > 0 (bs={self.bs}, "
-                             f"epochs={self.epochs}, freeze_epochs={self.freeze_epochs}, lr={self.lr})")
-        if len(self.sizes) > 1 and not (0 <= self.small_epochs < self.epochs and self.freeze_epochs + self.small_epochs >= 1):
-            raise ValueError(f"with two sizes, need 0 <= small_epochs < epochs and freeze_epochs + small_epochs >= 1 "
-                             f"(got small_epochs={self.small_epochs}, epochs={self.epochs}, freeze_epochs={self.freeze_epochs})")
+        super().__post_init__()
+        if self.freeze_epochs < 0 or self.small_epochs < 0 or self.lr <= 0:
+            raise ValueError(f"need freeze_epochs >= 0, small_epochs >= 0 and lr > 0 (freeze_epochs={self.freeze_epochs}, "
+                             f"small_epochs={self.small_epochs}, lr={self.lr})")
         if self.size % 32 or (self.small_size and self.small_size % 32):
             raise ValueError(f"size and small_size must be multiples of 32 (the encoder's stride), "
                              f"got {self.size}, {self.small_size}")
@@ -73,12 +68,12 @@ class Config:
 
 CONFIGS = {
     # seconds: a test's smoke run through every mechanism (frozen, unfrozen, two sizes)
-    "tiny": Config(width=8, layers=(1, 1, 1, 1), pretrained="none", bs=16, freeze_epochs=1, epochs=1,
-                   small_epochs=0, lr=1e-2, size=64, small_size=32),
+    "tiny": Config(width=8, layers=(1, 1, 1, 1), pretrained="none", bs=16, epochs=2, freeze_epochs=1,
+                   small_epochs=1, lr=1e-2, size=64, small_size=32),
     # minutes on 2 CPU cores: dice >= 0.9 on the sample's validation cars (random encoder; 0.959 measured)
-    "sample": Config(width=16, layers=(1, 1, 1, 1), pretrained="none", bs=32, freeze_epochs=1, epochs=6,
-                     small_epochs=2, lr=1e-2, lr_factor=1.0, size=64, small_size=32),
-    # lesson 14 on the real Carvana (GPUs)
+    "sample": Config(width=16, layers=(1, 1, 1, 1), pretrained="none", bs=32, epochs=7, freeze_epochs=1,
+                     small_epochs=3, lr=1e-2, lr_factor=1.0, size=64, small_size=32),
+    # lesson 14 on the real Carvana (GPUs): 2 frozen epochs, then 8 of everything; the first 6 at 128 px
     "default": Config(),
 }
 
@@ -111,14 +106,14 @@ class CarvanaUNet(Pipeline):
 
     # ---- data
     def sample_data(self, out: Path, size: int | None = None) -> dict:
-        return samples_imagery.carvana(out, size=size or 1200)
+        return carvana_samples.carvana(out, size=size or 1200)
 
     def preprocess(self, cfg: Config, data_dir: Path, cache, on_bad: str = "skip"):
         source = imagery.find_carvana(data_dir, cfg.valid_frac, cfg.seed, on_bad)
         manifest, hit = imagery.preprocess(source, cfg.sizes, cache, "carvana", on_bad=on_bad, seed=cfg.seed)
         cars = manifest.get("cars", {})
-        say(f"carvana: {manifest['rows']['train']} training images of {len(cars.get('train', []))} cars, "
-            f"{manifest['rows']['valid']} validation images of {len(cars.get('valid', []))} other car(s)")
+        logger.info(f"carvana: {manifest['rows']['train']} training images of {len(cars.get('train', []))} cars, "
+                    f"{manifest['rows']['valid']} validation images of {len(cars.get('valid', []))} other car(s)")
         return manifest, hit
 
     def datasets(self, cfg: Config, cache, manifest: dict) -> dict[str, Any]:
@@ -137,72 +132,67 @@ class CarvanaUNet(Pipeline):
         path = _resolve_encoder(cfg)
         if path is not None:
             load_resnet34_encoder(self.build_model(cfg), path)  # a clear error if it does not fit
-            say(f"carvana-unet: encoder from the ResNet34 weights {path}")
+            logger.info(f"carvana-unet: encoder from the ResNet34 weights {path}")
             return {"fastray.init": f"resnet34:{path}"}
         why = ("pretrained=none" if cfg.pretrained == "none" else
                f"the encoder is not ResNet34 (width={cfg.width}, layers={tuple(cfg.layers)})" if not cfg.unet().is_resnet34
                else f"no {RESNET34_FILE} in {hub_checkpoint(RESNET34_FILE).parent}/ ({RESNET34_URL}; "
                     "or --set pretrained=FILE)")
-        say(f"carvana-unet: random encoder ({why})")
+        logger.info(f"carvana-unet: random encoder ({why})")
         return {"fastray.init": "random"}
 
-    def init_model(self, model, cfg: Config, tracking_uri: str) -> None:
-        path = _resolve_encoder(cfg)
+    def init_model(self, model, ctx: RunContext) -> None:
+        path = _resolve_encoder(ctx.cfg)
         if path is not None:
             load_resnet34_encoder(model, path)
 
     def phases(self, cfg: Config) -> list:
-        mults = discriminative(3, cfg.lr_factor)
-        kw = dict(div=cfg.div, pct=cfg.pct, moms=tuple(cfg.moms), opt="adam",
-                  opt_kwargs={"weight_decay": cfg.wd}, lr_mults=mults)
-        frozen = with_frozen(one_cycle(cfg.freeze_epochs, cfg.lr, **kw), (0, 1)) if cfg.freeze_epochs else []
-        phases = frozen + one_cycle(cfg.epochs, cfg.lr, **kw)
-        if len(cfg.sizes) == 1:
-            return with_data(phases, [(0, f"train{cfg.size}")])
-        switch = cfg.freeze_epochs + cfg.small_epochs  # the frozen stage trains at the small size
-        return with_data(phases, [(0, f"train{cfg.small_size}"), (switch, f"train{cfg.size}")])
+        """fine_tune over `epochs`: freeze_epochs of the decoder alone (encoder groups 0, 1
+        frozen), then the whole net; the first small_epochs at small_size, dropped (the whole
+        run at `size`) when the run is too short to switch."""
+        cycle = fine_tune(cfg.epochs, cfg.freeze_epochs, cfg.lr, frozen=(0, 1), div=cfg.div, pct=cfg.pct,
+                          moms=tuple(cfg.moms), opt="adam", opt_kwargs={"weight_decay": cfg.wd},
+                          lr_mults=discriminative(3, cfg.lr_factor))
+        if len(cfg.sizes) == 1 or not 0 < cfg.small_epochs < cfg.epochs:
+            return with_data(cycle, [(0, f"train{cfg.size}")])
+        return with_data(cycle, [(0, f"train{cfg.small_size}"), (cfg.small_epochs, f"train{cfg.size}")])
 
     # ---- steps
-    def to_device(self, cfg: Config, batch: dict[str, torch.Tensor], train: bool):
+    def to_device(self, batch: dict[str, torch.Tensor], ctx: RunContext, train: bool):
         key = next(k for k in batch if k.startswith("img"))
         x = to_float(batch[key])                                      # (B, 3, S, S)
         y = batch["mask" + key[3:]].unsqueeze(1).float()              # (B, 1, S, S) 0/1
         if train:
             x, y = random_flip(x, y)
-        x = (x - x.new_tensor(MEAN).view(1, 3, 1, 1)) / x.new_tensor(STD).view(1, 3, 1, 1)
+        x = normalize(x, IMAGENET_MEAN, IMAGENET_STD)  # the encoder's ImageNet weights expect it
         if x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
 
-    def train_step(self, model, batch, opt, cfg) -> dict[str, torch.Tensor]:
+    def train_step(self, model, batch, ctx: RunContext) -> dict[str, torch.Tensor]:
         x, y = batch
-        loss = F.binary_cross_entropy_with_logits(model(x).float(), y)
-        optimizer_step(opt, loss)
-        return {"loss": loss.detach()}
+        return {"loss": F.binary_cross_entropy_with_logits(model(x).float(), y)}
 
-    def evaluate(self, model, batches: Iterable, cfg) -> dict[str, float]:
-        loss = d = None
-        n = 0
-        for x, y in batches:  # summed on the device, read once
+    def evaluate(self, model, batches: Iterable, ctx: RunContext) -> dict[str, float]:
+        sums = Sums()
+        for x, y in batches:
             out = model(x).float()
-            l, s = F.binary_cross_entropy_with_logits(out, y, reduction="sum") / y[0].numel(), dice(out, y).sum()
-            loss, d = (l, s) if loss is None else (loss + l, d + s)
-            n += len(y)
-        if not n:
-            return {"loss": 0.0, "dice": 0.0, "n": 0}
-        return {"loss": loss.item() / n, "dice": d.item() / n, "n": n}
+            sums.add(len(y), loss=F.binary_cross_entropy_with_logits(out, y, reduction="sum") / y[0].numel(),
+                     dice=dice(out, y).sum())
+        return sums.means(loss=0.0, dice=0.0)
 
-    def artifacts(self, model, batch, cfg, out_dir: Path) -> list[Path]:
-        x, y = batch
+    def predictions(self, model, batch, ctx: RunContext) -> list[Path]:
+        """Six validation cars: the input, the predicted and true masks, the prediction on the input."""
+        x, y = batch[0][:6], batch[1][:6]
         with torch.no_grad():
-            out = model(x[:8]).float()
-        img = (x[:8].float() * x.new_tensor(STD).view(1, 3, 1, 1) + x.new_tensor(MEAN).view(1, 3, 1, 1)).float()
+            out = model(x).float()
+        img = denormalize(x, IMAGENET_MEAN, IMAGENET_STD)
         pred = (out > 0).float()
         overlay = img * (1 - 0.5 * pred) + 0.5 * pred * img.new_tensor((1.0, 0.2, 0.2)).view(1, 3, 1, 1)
-        d = dice(out, y[:8]).mean().item()
-        return [side_by_side([("input", img), ("predicted mask", pred), ("true mask", y[:8].float()),
-                              ("prediction on input", overlay)], out_dir / "masks.png", n=6,
-                             title=f"validation cars, dice of these {len(pred)}: {d:.3f}")]
+        d = dice(out, y).mean().item()
+        return [side_by_side([("input", img), ("predicted mask", pred), ("true mask", y.float()),
+                              ("prediction on input (red)", overlay)], ctx.out_dir / "masks.png", n=len(x),
+                             title=f"validation cars: dice of these {len(x)}: {d:.3f}")]
 
     def search_space(self, cfg: Config) -> dict[str, Any]:
         from ray import tune

@@ -5,7 +5,10 @@
   content image's (content loss) and their Gram matrices match the style image's (style
   loss). Each content image is one Ray task, so many run in parallel. It does not go
   through the engine's training loop: `StyleTransfer.run` is its whole run (MLflow
-  included), called by `fastray run style-transfer` through the Pipeline.run hook.
+  included), which engine.fit hands over (`fastray run style-transfer`). An epoch is
+  one round of `iters_per_epoch` LBFGS iterations (lesson 13 called LBFGS's step in
+  rounds too): `--epochs N` optimises N x iters_per_epoch iterations per image, and the
+  losses are logged after each round.
 - `style-net` (lesson 14, Johnson et al. 2016): a feed-forward network (models/style_net.py)
   trained through the engine on a folder of content images with one style image, with the
   same two losses; its output for held-out images is logged.
@@ -16,11 +19,11 @@ brush-stroke picture (the one the sample data's style.png holds).
 """
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -30,19 +33,22 @@ from torch import nn
 
 from models.perceptual import content_loss, gram_matrix, style_loss
 from models.style_net import StyleNet, StyleNetConfig
-from preprocessing import imagery, samples_imagery
-from preprocessing.images import read_split
+from preprocessing import imagery
+from preprocessing.chunked import read_split
+from preprocessing.samples import images as image_samples
 
-from ..core.vision import loss_network, random_flip, say, side_by_side, to_float, vgg_source
-from ..core.phases import one_cycle
 from ..core.contract import Pipeline, RunContext, TrainConfig
+from ..core.metrics import Sums
+from ..core.phases import one_cycle
+from ..core.vision import loss_network, random_flip, side_by_side, to_float, vgg_source
 
+logger = logging.getLogger("fastray")
 
 
 def style_image(style: str, size: int) -> np.ndarray:
     """(size, size, 3) uint8: the file `style`, or the built-in picture when style is ""."""
     if not style:
-        return samples_imagery.style_picture(size)
+        return image_samples.style_picture(size)
     return imagery.load_style(style, size)
 
 
@@ -57,7 +63,7 @@ def _check_style(cfg: Any, name: str, quiet: bool = False) -> dict[str, str]:
     style_image(cfg.style, cfg.style_size)
     tags = vgg_source(cfg.vgg_weights, cfg.allow_random_vgg, name, quiet)
     if not quiet:
-        say(f"{name}: style image {cfg.style or 'built-in brush strokes (--set style=PATH for your own)'}")
+        logger.info(f"{name}: style image {cfg.style or 'built-in brush strokes (--set style=PATH for your own)'}")
     return {"fastray.style": cfg.style or "built-in", **tags}
 
 
@@ -92,7 +98,7 @@ class _Losses:
 
 
 @dataclass(frozen=True)
-class NetConfig:
+class NetConfig(TrainConfig):
     nf: int = 32                # StyleNet channels of the first conv (Johnson: 32)
     n_res: int = 5              # residual blocks (Johnson: 5)
     size: int = 256             # content images, px (centred square; Johnson: 256)
@@ -102,8 +108,9 @@ class NetConfig:
     style_layers: tuple[int, ...] = (3, 8, 15, 22)    # ... of the style loss (relu1_2 .. relu4_3)
     content_weight: float = 1.0  # of the content loss (MSE of activations)
     style_weight: float = 3e4   # of the style loss (MSE of Gram matrices, which are small)
-    bs: int = 4                 # global batch size, split evenly across workers (Johnson: 4)
-    epochs: int = 2             # of one 1cycle (Johnson: 2 epochs of COCO)
+    bs: int = 4                 # examples per optimizer step over all workers (Johnson: 4)
+    epochs: int = 2             # epochs the whole run trains: one 1cycle (Johnson: 2 epochs of COCO)
+    bf16: bool = False          # autocast to bfloat16 on a GPU (off: Gram matrices want fp32)
     lr: float = 1e-3            # peak Adam LR
     div: float = 10.0           # 1cycle: start LR = lr / div
     pct: float = 0.1            # 1cycle: fraction of the epochs in the final annealing
@@ -111,11 +118,9 @@ class NetConfig:
     vgg_weights: str = ""       # VGG16 ImageNet weights file ("": torch's hub cache)
     allow_random_vgg: bool = False  # without VGG16 weights, train against random features (tests)
     valid_frac: float = 0.2     # held-out fraction of a folder without train/ and valid/
-    seed: int = 0               # init and the cache's row order
-    max_failures: int = 1       # Ray Train restarts of the worker group after a failure
-    bf16: bool = False          # autocast to bfloat16 on a GPU (off: Gram matrices want fp32)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.size % 4 or self.size < 8 or self.style_size < 8:
             raise ValueError(f"size must be a multiple of 4 and >= 8, style_size >= 8 (got {self.size}, {self.style_size})")
         if not self.content_layers or not self.style_layers:
@@ -136,11 +141,6 @@ NET_CONFIGS = {
 }
 
 
-@lru_cache(maxsize=4)
-def _net_losses(cfg: NetConfig, device: str) -> _Losses:
-    return _Losses(cfg, device)
-
-
 class StyleNetPipeline(Pipeline):
     dataset = "images"
     Config = NetConfig
@@ -149,7 +149,7 @@ class StyleNetPipeline(Pipeline):
     mode = "min"
 
     def sample_data(self, out: Path, size: int | None = None) -> dict:
-        return samples_imagery.natural_images(out, size=size or 800)
+        return image_samples.natural_images(out, size=size or 800)
 
     def preprocess(self, cfg: NetConfig, data_dir: Path, cache, on_bad: str = "skip"):
         _check_style(cfg, self.name, quiet=True)  # a bad style image or no VGG weights: before any work
@@ -169,28 +169,28 @@ class StyleNetPipeline(Pipeline):
     def phases(self, cfg: NetConfig) -> list:
         return one_cycle(cfg.epochs, cfg.lr, div=cfg.div, pct=cfg.pct, moms=tuple(cfg.moms), opt="adam", data="train")
 
-    def to_device(self, cfg: NetConfig, batch: dict, train: bool):
-        x = to_float(batch[f"img{cfg.size}"])
+    def losses(self, ctx: RunContext) -> _Losses:
+        """This run's content and style losses on ctx.device, made on first use."""
+        if getattr(self, "_losses", None) is None:
+            self._losses = _Losses(ctx.cfg, str(ctx.device))
+        return self._losses
+
+    def to_device(self, batch: dict, ctx: RunContext, train: bool):
+        x = to_float(batch[f"img{ctx.cfg.size}"])
         return random_flip(x)[0] if train else x
 
-    def train_step(self, model, x, opt, cfg: NetConfig) -> dict[str, torch.Tensor]:
-        losses = _net_losses(cfg, str(x.device))
+    def train_step(self, model, x, ctx: RunContext) -> dict[str, torch.Tensor]:
+        losses = self.losses(ctx)
         c, s = losses(model(x).float(), losses.content_targets(x))
-        optimizer_step(opt, c + s)
-        return {"loss": (c + s).detach(), "content_loss": c.detach(), "style_loss": s.detach()}
+        return {"loss": c + s, "content_loss": c.detach(), "style_loss": s.detach()}
 
-    def evaluate(self, model, batches: Iterable, cfg: NetConfig) -> dict[str, float]:
-        c_sum = s_sum = None
-        n = 0
+    def evaluate(self, model, batches: Iterable, ctx: RunContext) -> dict[str, float]:
+        losses, sums = self.losses(ctx), Sums()
         for x in batches:
-            losses = _net_losses(cfg, str(x.device))
-            c, s = losses(model(x).float(), losses.content_targets(x))
-            c_sum, s_sum = (c * len(x), s * len(x)) if c_sum is None else (c_sum + c * len(x), s_sum + s * len(x))
-            n += len(x)
-        if not n:
-            return {"loss": 0.0, "n": 0}
-        c, s = c_sum.item() / n, s_sum.item() / n
-        return {"loss": c + s, "content_loss": c, "style_loss": s, "n": n}
+            c, s = losses(model(x).float(), losses.content_targets(x))  # means over the batch
+            sums.add(len(x), content_loss=c * len(x), style_loss=s * len(x))
+        res = sums.means(content_loss=0.0, style_loss=0.0)
+        return {"loss": res["content_loss"] + res["style_loss"], **res}
 
     def search_space(self, cfg: NetConfig) -> dict[str, Any]:
         """How much style against content, and the LR."""
@@ -199,12 +199,14 @@ class StyleNetPipeline(Pipeline):
         return {"style_weight": tune.loguniform(cfg.style_weight / 10, cfg.style_weight * 10),
                 "lr": tune.loguniform(cfg.lr / 3, cfg.lr * 3)}
 
-    def artifacts(self, model, x, cfg: NetConfig, out_dir: Path) -> list[Path]:
+    def predictions(self, model, x, ctx: RunContext) -> list[Path]:
+        """Six held-out photographs, the network's output for them, and the style image."""
+        cfg = ctx.cfg
         with torch.no_grad():
             out = model(x[:6]).float()
         style = to_float(torch.from_numpy(style_image(cfg.style, cfg.style_size).copy())[None]).expand(len(out), -1, -1, -1)
         return [side_by_side([("held-out content", x[:6]), ("style-net output", out), ("style", style)],
-                             out_dir / "style_net.png", title="style-net on validation images")]
+                             ctx.out_dir / "style_net.png", title="style-net on validation images")]
 
 
 def _style_files(data_dir: Path, cfg: Any) -> tuple[Path, ...]:
@@ -217,12 +219,17 @@ def _style_files(data_dir: Path, cfg: Any) -> tuple[Path, ...]:
 
 
 @dataclass(frozen=True)
-class TransferConfig:
+class TransferConfig(TrainConfig):
+    """Of TrainConfig it reads `epochs` (rounds of LBFGS) and `seed` (the noise the pixels
+    start from); bs, bf16, fp16, clip, accum and max_failures mean nothing to LBFGS on the
+    pixels of one image in a Ray task."""
+
     size: int = 256             # content images, px (centred square)
     style: str = ""             # style image file ("": the built-in brush-stroke picture)
     style_size: int = 256       # the style image is resized to this, px
     n_images: int = 4           # content images stylised: the first of the validation split, one Ray task each
-    iters: int = 300            # LBFGS iterations per image (lesson 13: 10 x 100)
+    epochs: int = 3             # rounds of iters_per_epoch LBFGS iterations per image, losses logged after each
+    iters_per_epoch: int = 100  # LBFGS iterations of a round (lesson 13: rounds of 100)
     content_layers: tuple[int, ...] = (22,)           # VGG16 layers of the content loss (relu4_3)
     style_layers: tuple[int, ...] = (3, 8, 15, 22)    # ... of the style loss (relu1_2 .. relu4_3)
     content_weight: float = 1.0  # of the content loss (MSE of activations)
@@ -232,11 +239,11 @@ class TransferConfig:
     allow_random_vgg: bool = False  # without VGG16 weights, optimise against random features (tests)
     valid_frac: float = 0.2     # held-out fraction of a folder without train/ and valid/
     cpus_per_task: int = 1      # CPUs (torch threads) of each image's Ray task
-    seed: int = 0               # the noise the pixels start from
 
     def __post_init__(self):
-        if self.size < 8 or self.style_size < 8 or self.n_images < 1 or self.iters < 1 or self.cpus_per_task < 1:
-            raise ValueError("need size, style_size >= 8 and n_images, iters, cpus_per_task >= 1")
+        super().__post_init__()
+        if self.size < 8 or self.style_size < 8 or min(self.n_images, self.iters_per_epoch, self.cpus_per_task) < 1:
+            raise ValueError("need size, style_size >= 8 and n_images, iters_per_epoch, cpus_per_task >= 1")
         if self.init not in ("noise", "content"):
             raise ValueError(f"init must be 'noise' or 'content', got {self.init!r}")
         _absolute(self)
@@ -244,13 +251,13 @@ class TransferConfig:
 
 TRANSFER_CONFIGS = {
     # seconds: two images in parallel on random VGG features
-    "tiny": TransferConfig(size=24, style_size=32, n_images=2, iters=20, content_layers=(8,), style_layers=(3, 8),
-                           style_weight=1e4, allow_random_vgg=True),
+    "tiny": TransferConfig(size=24, style_size=32, n_images=2, epochs=2, iters_per_epoch=10, content_layers=(8,),
+                           style_layers=(3, 8), style_weight=1e4, allow_random_vgg=True),
     # a minute or two on 2 CPU cores: the sample's held-out photographs (random VGG features
     # unless VGG16 weights are in torch's cache)
-    "sample": TransferConfig(size=64, style_size=64, n_images=4, iters=150, content_layers=(8,),
+    "sample": TransferConfig(size=64, style_size=64, n_images=4, epochs=3, iters_per_epoch=50, content_layers=(8,),
                              style_layers=(3, 8, 15), style_weight=1e4, allow_random_vgg=True),
-    # lesson 13 (VGG16 weights)
+    # lesson 13 (VGG16 weights): 3 x 100 iterations
     "default": TransferConfig(),
 }
 
@@ -266,33 +273,52 @@ def _blurred_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
 
 def gatys(content: np.ndarray, cfg: TransferConfig, seed: int = 0) -> dict:
     """Optimise the pixels of one image: (H, W, 3) uint8 content -> the stylised image and
-    the weighted content and style losses at the start and at the end."""
+    the weighted content and style losses of the image (clamped to [0, 1]) at the start and
+    after each epoch. LBFGS keeps its state from round to round: `epochs` rounds of
+    iters_per_epoch iterations take the steps one call of epochs x iters_per_epoch would."""
     torch.set_num_threads(cfg.cpus_per_task)
     losses = _Losses(cfg, "cpu")
     x = to_float(torch.from_numpy(content.copy())[None])
     targets = losses.content_targets(x)
     img = (x.clone() if cfg.init == "content" else _blurred_noise(tuple(x.shape), seed)).requires_grad_(True)
-    opt = torch.optim.LBFGS([img], lr=1.0, max_iter=cfg.iters, history_size=50, tolerance_grad=0.0,
+    opt = torch.optim.LBFGS([img], lr=1.0, max_iter=cfg.iters_per_epoch, history_size=50, tolerance_grad=0.0,
                             tolerance_change=0.0)
-    history: list[tuple[float, float]] = []
+    evals = 0
 
     def closure() -> torch.Tensor:
+        nonlocal evals
+        evals += 1
         opt.zero_grad()
         c, s = losses(img, targets)
-        history.append((c.item(), s.item()))
         (c + s).backward()
         return c + s
 
-    opt.step(closure)
-    with torch.no_grad():
-        c, s = losses(img.clamp(0, 1), targets)
+    def measure() -> tuple[float, float]:
+        with torch.no_grad():
+            c, s = losses(img.clamp(0, 1), targets)
+        return c.item(), s.item()
+
+    curve = [measure()]  # (content, style) at the start, then after each epoch
+    for _ in range(cfg.epochs):
+        opt.step(closure)
+        curve.append(measure())
     out = (img.detach().clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    return {"image": out, "content_start": history[0][0], "style_start": history[0][1],
-            "content_end": c.item(), "style_end": s.item(), "evals": len(history)}
+    return {"image": out, "content": [c for c, _ in curve], "style": [s for _, s in curve], "evals": evals}
 
 
 def _gmean(xs: list[float]) -> float:
     return math.exp(sum(math.log(max(x, 1e-12)) for x in xs) / len(xs))
+
+
+def transfer_metrics(results: list[dict], epoch: int) -> dict[str, float]:
+    """After `epoch` epochs (0: the start): the mean losses over the images, and how many
+    times lower than at the start they are (geometric mean and least over the images)."""
+    out: dict[str, float] = {}
+    for k in ("style", "content"):
+        factors = [r[k][0] / max(r[k][epoch], 1e-12) for r in results]
+        out |= {f"{k}_loss_factor": _gmean(factors), f"min_{k}_loss_factor": min(factors),
+                f"{k}_loss": float(np.mean([r[k][epoch] for r in results]))}
+    return out
 
 
 class StyleTransfer(Pipeline):
@@ -303,7 +329,7 @@ class StyleTransfer(Pipeline):
     mode = "max"
 
     def sample_data(self, out: Path, size: int | None = None) -> dict:
-        return samples_imagery.natural_images(out, size=size or 800)
+        return image_samples.natural_images(out, size=size or 800)
 
     def preprocess(self, cfg: TransferConfig, data_dir: Path, cache, on_bad: str = "skip"):
         _check_style(cfg, self.name, quiet=True)
@@ -311,8 +337,8 @@ class StyleTransfer(Pipeline):
         return imagery.preprocess(source, (cfg.size,), cache, "images", on_bad=on_bad, seed=cfg.seed)
 
     def datasets(self, cfg, cache, manifest):
-        raise ValueError("style-transfer optimises pixels in Ray tasks, not a model through the engine: "
-                         "run it with StyleTransfer.run (fastray run style-transfer needs the Pipeline.run hook)")
+        raise ValueError("style-transfer optimises pixels in Ray tasks, not a model through the engine's loop: "
+                         "engine.fit hands it the whole run (StyleTransfer.run)")
 
     def content_images(self, cfg: TransferConfig, cache, manifest: dict) -> np.ndarray:
         """The first n_images of the cached validation split, (N, size, size, 3) uint8."""
@@ -324,16 +350,18 @@ class StyleTransfer(Pipeline):
         return np.stack([np.asarray(r, np.uint8) for r in rows])
 
     def run(self, cfg: TransferConfig, *, data_dir: Path, cache, name: str, tracking_uri: str | None = None,
-            on_bad: str = "skip", config_label: str = "", **engine_options: Any) -> dict:
+            on_bad: str = "skip", config_label: str = "", **fit_options: Any) -> dict:
         """The whole run: cached content images, one Ray task per image, MLflow; the summary.
         Takes engine.fit's keyword arguments; those about training workers and checkpoints
-        (num_workers, use_gpu, storage ...) mean nothing to Ray tasks and are ignored."""
+        (num_workers, use_gpu, storage ...) mean nothing to Ray tasks and are ignored. The
+        MLflow run is made as engine.fit makes its own (tracking.start_run: a rerun of a
+        name reopens its run); the metrics are logged per epoch, 0 being the start."""
         import ray
 
         from preprocessing.runtime import init_ray
 
-        from . import tracking
-        from .config import to_dict
+        from ..core import tracking
+        from ..core.config import to_dict
 
         t0 = time.perf_counter()
         tags = _check_style(cfg, self.name)
@@ -344,29 +372,25 @@ class StyleTransfer(Pipeline):
         run_id, resumed = tracking.start_run(
             uri, self.name, name, params={"config": to_dict(cfg)},
             tags={"fastray.pipeline": self.name, "fastray.config": config_label, "fastray.cache_key": manifest["key"],
-                  "fastray.git_commit": tracking.git_commit(), **tags})
-        logger = tracking.RunLogger(uri, run_id)
-        say(f"[{name}] MLflow run {run_id} ({'resumed' if resumed else 'new'}) in {uri}; "
-            f"{len(contents)} image(s), one Ray task each")
+                  "fastray.git_commit": tracking.git_commit(), "fastray.device": "cpu",
+                  "fastray.ray_address": ray.get_runtime_context().gcs_address, "fastray.tasks": len(contents), **tags})
+        run_log = tracking.RunLogger(uri, run_id)
+        if not resumed:
+            run_log.json(to_dict(cfg), "config.json")
+        logger.info(f"[{name}] MLflow run {run_id} ({'resumed' if resumed else 'new'}) in {uri}; {len(contents)} "
+                    f"image(s), one Ray task each: {cfg.epochs} epoch(s) of {cfg.iters_per_epoch} LBFGS iterations")
         task = ray.remote(num_cpus=cfg.cpus_per_task)(gatys)
         try:
             results = ray.get([task.remote(c, cfg, cfg.seed + i) for i, c in enumerate(contents)])
-        except Exception:
-            logger.finish("FAILED")
+        except BaseException:
+            run_log.finish("FAILED")
             raise
         for i, r in enumerate(results):
-            logger.metrics({k: r[k] for k in ("content_start", "style_start", "content_end", "style_end")}, step=i)
-            say(f"[{name}] image {i}: style loss {r['style_start']:.4g} -> {r['style_end']:.4g}, "
-                f"content loss {r['content_start']:.4g} -> {r['content_end']:.4g} ({r['evals']} evaluations)")
-        metrics = {
-            "style_loss_factor": _gmean([r["style_start"] / max(r["style_end"], 1e-12) for r in results]),
-            "content_loss_factor": _gmean([r["content_start"] / max(r["content_end"], 1e-12) for r in results]),
-            "min_style_loss_factor": min(r["style_start"] / max(r["style_end"], 1e-12) for r in results),
-            "min_content_loss_factor": min(r["content_start"] / max(r["content_end"], 1e-12) for r in results),
-            "style_loss": float(np.mean([r["style_end"] for r in results])),
-            "content_loss": float(np.mean([r["content_end"] for r in results])),
-        }
-        logger.metrics(metrics, step=len(results))
+            logger.info(f"[{name}] image {i}: style loss {r['style'][0]:.4g} -> {r['style'][-1]:.4g}, "
+                        f"content loss {r['content'][0]:.4g} -> {r['content'][-1]:.4g} ({r['evals']} evaluations)")
+        for epoch in range(cfg.epochs + 1):
+            run_log.metrics(transfer_metrics(results, epoch), step=epoch)
+        metrics = {**transfer_metrics(results, cfg.epochs), "epoch": cfg.epochs}
         with tempfile.TemporaryDirectory() as d:
             outs = torch.from_numpy(np.stack([r["image"] for r in results]))
             style = to_float(torch.from_numpy(style_image(cfg.style, cfg.style_size).copy())[None])
@@ -374,13 +398,15 @@ class StyleTransfer(Pipeline):
                                                     align_corners=False).expand(len(outs), -1, -1, -1)
             grid = side_by_side([("content", to_float(torch.from_numpy(contents))), ("LBFGS on the pixels", to_float(outs)),
                                  ("style", style)], Path(d) / "style_transfer.png", n=len(outs),
-                                title=f"Gatys: style loss / {metrics['style_loss_factor']:.1f}, "
-                                      f"content loss / {metrics['content_loss_factor']:.1f}")
-            logger.artifact(grid, "predictions")
-            logger.json(to_dict(cfg), "config.json")
-        logger.finish()
-        say(f"[{name}] style loss lowered {metrics['style_loss_factor']:.1f}x, content loss "
-            f"{metrics['content_loss_factor']:.1f}x (geometric means over the images)")
+                                title=f"Gatys, {cfg.epochs * cfg.iters_per_epoch} LBFGS iterations: style loss / "
+                                      f"{metrics['style_loss_factor']:.1f}, content loss / "
+                                      f"{metrics['content_loss_factor']:.1f}")
+            run_log.artifact(grid, "predictions")
+            if tracking.plot_curves(run_log, Path(d) / "curves.png"):
+                run_log.artifact(Path(d) / "curves.png", "plots")
+        run_log.finish()
+        logger.info(f"[{name}] style loss lowered {metrics['style_loss_factor']:.1f}x, content loss "
+                    f"{metrics['content_loss_factor']:.1f}x (geometric means over the images)")
         return {"run_id": run_id, "experiment": self.name, "name": name, "metrics": metrics,
                 "images": len(results), "cache": "hit" if hit else "miss", "resumed": resumed,
                 "seconds": round(time.perf_counter() - t0, 2)}
