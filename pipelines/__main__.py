@@ -170,21 +170,21 @@ def _data_dir(pipe, args) -> tuple[Path, bool]:
 def cmd_list(args) -> dict:
     rows = []
     for name in registry.names():
-        pipe = registry.get(name)
-        rows.append({"name": name, "dataset": pipe.dataset, "metric": pipe.metric, "configs": list(pipe.configs)})
-        say(f"{name:24s} data={pipe.dataset:10s} metric={pipe.metric}")
+        e = registry.entry(name)
+        configs = list(registry.pipeline_class(name).configs)
+        rows.append({"name": name, "lesson": e.lesson, "dataset": e.dataset, "metric": e.metric, "configs": configs})
+        say(f"{name:16s} lesson {e.lesson:2d}  data {e.dataset:12s} metric {e.metric} ({e.mode})")
     return {"pipelines": rows}
 
 
 def cmd_sample_data(args) -> dict:
     name = args.name
-    if name in registry.names():
-        pipe = registry.get(name)
-    else:
-        pipe = next((registry.get(n) for n in registry.names() if registry.get(n).dataset == name), None)
-        if pipe is None:
-            datasets = sorted({registry.get(n).dataset for n in registry.names()})
-            raise KeyError(f"unknown data set or pipeline {name!r}; data sets: {', '.join(datasets)}")
+    if name not in registry.names():  # a data set's name: the first pipeline that reads it
+        name = next((n for n in registry.names() if registry.entry(n).dataset == name), None)
+        if name is None:
+            datasets = sorted({registry.entry(n).dataset for n in registry.names()})
+            raise KeyError(f"unknown data set or pipeline {args.name!r}; data sets: {', '.join(datasets)}")
+    pipe = registry.get(name)
     if args.size is not None and args.size < 1:
         raise ValueError(f"--size must be >= 1, got {args.size}")
     t0 = time.perf_counter()
@@ -271,7 +271,7 @@ def cmd_tune(args) -> dict:
 
 
 def cmd_download(args) -> dict:
-    return download.cmd_download(args, pipelines={n: registry.get(n).dataset for n in registry.names()})
+    return download.cmd_download(args, pipelines={n: registry.entry(n).dataset for n in registry.names()})
 
 
 def cmd_ui(args) -> dict:

@@ -23,9 +23,10 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.core import registry
 from pipelines.__main__ import main
-from preprocessing import DataError, samples
+from preprocessing import DataError
 from preprocessing.cache import Cache
 from preprocessing.download import DATASETS, UnsafeArchive, add_parser, cmd_download, extract
+from preprocessing.samples import cifar10 as cifar10_samples, imdb as imdb_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,7 +137,7 @@ def test_a_checkpoint_of_another_pipeline_is_refused_in_one_line(cifar_tiny, wor
 def cifar_tiny(tmp_path_factory) -> Path:
     """300 images (250 train, 50 test) in fast.ai's PNG layout. Read-only."""
     out = tmp_path_factory.mktemp("data") / "cifar10"
-    samples.cifar10(out, size=300, seed=2)
+    cifar10_samples.cifar10(out, size=300, seed=2)
     return out
 
 
@@ -363,7 +364,7 @@ def test_bad_images_are_counted_skips_or_one_line_errors(cifar_tiny, tmp_path, w
 
 def test_bad_reviews_are_counted_skips_or_one_line_errors(tmp_path, workdir, ray_session, capsys):
     data = tmp_path / "aclImdb"
-    samples.imdb(data, size=80, unsup=0, seed=3)
+    imdb_samples.imdb(data, size=80, unsup=0, seed=3)
     review = sorted((data / "train" / "pos").iterdir())[0]
     review.write_bytes(b"caf\xe9 au lait \xff")  # not UTF-8
     sorted((data / "test" / "neg").iterdir())[0].write_text(" <br /><br /> ")  # empty once cleaned
@@ -389,7 +390,7 @@ def test_bad_layouts_are_one_line_errors(case, cifar_tiny, tmp_path, workdir, ra
         argv, want = ["cifar10-darknet"], "test/zebra: class folder not in"
     elif case == "imdb-label-folder":
         data = tmp_path / "aclImdb"
-        samples.imdb(data, size=20, unsup=0, seed=3)
+        imdb_samples.imdb(data, size=20, unsup=0, seed=3)
         shutil.rmtree(data / "test" / "pos")
         argv, want = ["imdb-lm"], "test/pos: missing (expected"
     else:
@@ -606,7 +607,7 @@ def test_a_local_copy_and_a_kaggle_only_data_set(tmp_path):
 def test_every_pipeline_data_set_has_an_address():
     from preprocessing.download import resolve
 
-    pipelines = {n: registry.get(n).dataset for n in registry.names()}
+    pipelines = {n: registry.entry(n).dataset for n in registry.names()}
     for name, dataset in pipelines.items():
         ds = resolve(name, pipelines)
         src = ds.sources[ds.default]

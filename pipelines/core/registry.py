@@ -1,26 +1,39 @@
-"""The explicit registry: pipeline name -> "module:Class", imported only when asked for.
+"""The explicit registry: the catalogue of pipelines, each imported only when asked for.
 
-A Ray Train worker or a Tune trial imports the one lesson it runs, nothing else; core
-never imports a lesson except through these strings.
+An entry names the pipeline's class as "module:Class" and says, without importing it, the
+data set it reads, its headline metric and whether higher is better: `fastray list`,
+`sample-data` and `download` read the catalogue; a Ray Train worker or a Tune trial imports
+the one lesson it runs. core never imports a lesson except through these strings.
 """
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import Any
 
-PIPELINES: dict[str, str] = {
-    "cifar10-darknet": "pipelines.lessons.cifar10_darknet:Cifar10Darknet",   # lesson 12
-    "pascal-largest": "pipelines.lessons.pascal:PascalLargest",              # lesson 8
-    "pascal-ssd": "pipelines.lessons.pascal:PascalSSD",                      # lesson 9
-    "imdb-lm": "pipelines.lessons.imdb_ulmfit:ImdbLM",                       # lesson 10
-    "imdb-clas": "pipelines.lessons.imdb_ulmfit:ImdbClas",                   # lesson 10
-    "translate": "pipelines.lessons.translate:Translate",                    # lesson 11
-    "wgan": "pipelines.lessons.gans:WGANPipeline",                           # lesson 12
-    "cyclegan": "pipelines.lessons.gans:CycleGANPipeline",                   # lesson 12
-    "style-transfer": "pipelines.lessons.style:StyleTransfer",               # lesson 13
-    "style-net": "pipelines.lessons.style:StyleNetPipeline",                 # lesson 14
-    "super-res": "pipelines.lessons.super_res:SuperRes",                     # lesson 14
-    "carvana-unet": "pipelines.lessons.carvana:CarvanaUNet",                 # lesson 14
+
+@dataclass(frozen=True)
+class Entry:
+    target: str        # "module:Class"
+    lesson: int        # fast.ai Part 2 (2018) lesson
+    dataset: str       # the data set it reads: `fastray sample-data` / `download` take its name too
+    metric: str        # the headline metric, as evaluate() names it
+    mode: str = "max"  # whether a larger metric is better
+
+
+PIPELINES: dict[str, Entry] = {
+    "pascal-largest": Entry("pipelines.lessons.pascal:PascalLargest", 8, "pascal", "accuracy"),
+    "pascal-ssd": Entry("pipelines.lessons.pascal:PascalSSD", 9, "pascal", "mAP"),
+    "imdb-lm": Entry("pipelines.lessons.imdb_ulmfit:ImdbLM", 10, "imdb", "perplexity", "min"),
+    "imdb-clas": Entry("pipelines.lessons.imdb_ulmfit:ImdbClas", 10, "imdb", "accuracy"),
+    "translate": Entry("pipelines.lessons.translate:Translate", 11, "giga-fren", "bleu"),
+    "cifar10-darknet": Entry("pipelines.lessons.cifar10_darknet:Cifar10Darknet", 12, "cifar10", "accuracy"),
+    "wgan": Entry("pipelines.lessons.gans:WGANPipeline", 12, "lsun", "fd", "min"),
+    "cyclegan": Entry("pipelines.lessons.gans:CycleGANPipeline", 12, "horse2zebra", "domain_acc"),
+    "style-transfer": Entry("pipelines.lessons.style:StyleTransfer", 13, "images", "style_loss_factor"),
+    "style-net": Entry("pipelines.lessons.style:StyleNetPipeline", 14, "images", "loss", "min"),
+    "super-res": Entry("pipelines.lessons.super_res:SuperRes", 14, "images", "psnr"),
+    "carvana-unet": Entry("pipelines.lessons.carvana:CarvanaUNet", 14, "carvana", "dice"),
 }
 
 
@@ -28,13 +41,19 @@ def names() -> list[str]:
     return sorted(PIPELINES)
 
 
-def pipeline_class(name: str) -> type:
-    """The Pipeline subclass registered as `name` (its module imported, no other)."""
+def entry(name: str) -> Entry:
     if name not in PIPELINES:
         raise KeyError(f"unknown pipeline {name!r}; known: {', '.join(names())}")
-    module, _, cls_name = PIPELINES[name].partition(":")
+    return PIPELINES[name]
+
+
+def pipeline_class(name: str) -> type:
+    """The Pipeline subclass registered as `name` (its module imported, no other), with the
+    catalogue's name, data set, metric and mode."""
+    e = entry(name)
+    module, _, cls_name = e.target.partition(":")
     cls = getattr(importlib.import_module(module), cls_name)
-    cls.name = name
+    cls.name, cls.dataset, cls.metric, cls.mode = name, e.dataset, e.metric, e.mode
     return cls
 
 

@@ -21,7 +21,6 @@ from models.unet import RESNET34_FILE, RESNET34_URL, UNet, UNetConfig, load_resn
 from models.perceptual import find_weights, hub_checkpoint
 from preprocessing import imagery
 from preprocessing.chunked import read_split
-from preprocessing.samples import carvana as carvana_samples
 
 from ..core.contract import Pipeline, RunContext, TrainConfig
 from ..core.metrics import Sums
@@ -98,15 +97,10 @@ def _resolve_encoder(cfg: Config) -> Path | None:
 
 
 class CarvanaUNet(Pipeline):
-    dataset = "carvana"
     Config = Config
     configs = CONFIGS
-    metric = "dice"
-    mode = "max"
 
     # ---- data
-    def sample_data(self, out: Path, size: int | None = None) -> dict:
-        return carvana_samples.carvana(out, size=size or 1200)
 
     def preprocess(self, cfg: Config, data_dir: Path, cache, on_bad: str = "skip"):
         source = imagery.find_carvana(data_dir, cfg.valid_frac, cfg.seed, on_bad)

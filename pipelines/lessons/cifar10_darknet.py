@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.darknet import Darknet, DarknetConfig
-from preprocessing import images, samples
+from preprocessing import chunked, images
 
 from ..core import plots
 from ..core.contract import Pipeline, RunContext, TrainConfig
@@ -72,23 +72,18 @@ CONFIGS = {
 
 
 class Cifar10Darknet(Pipeline):
-    dataset = "cifar10"
     Config = Config
     configs = CONFIGS
-    metric = "accuracy"
-    mode = "max"
 
     # ---- data
-    def sample_data(self, out: Path, size: int | None = None) -> dict:
-        return samples.cifar10(out, size=size or 6000)
 
     def preprocess(self, cfg: Config, data_dir: Path, cache, on_bad: str = "skip"):
         source = images.find_cifar10(data_dir)
         return images.preprocess_images(source, cfg.sizes, cache, "cifar10", on_bad=on_bad, seed=cfg.seed)
 
     def datasets(self, cfg: Config, cache, manifest: dict) -> dict[str, Any]:
-        out = {f"train{s}": images.read_split(cache, manifest, "train", [f"img{s}", "label"]) for s in cfg.sizes}
-        out["valid"] = images.read_split(cache, manifest, "valid", [f"img{cfg.size}", "label"])
+        out = {f"train{s}": chunked.read_split(cache, manifest, "train", [f"img{s}", "label"]) for s in cfg.sizes}
+        out["valid"] = chunked.read_split(cache, manifest, "valid", [f"img{cfg.size}", "label"])
         return out
 
     # ---- model
@@ -137,7 +132,7 @@ class Cifar10Darknet(Pipeline):
     def predictions(self, model, batch, ctx: RunContext) -> list[Path]:
         x, y = batch
         pred = model(x[:32]).argmax(1)
-        return [plot_predictions(x[:32], y[:32], pred, samples.CIFAR10_CLASSES, ctx.out_dir / "predictions.png")]
+        return [plot_predictions(x[:32], y[:32], pred, ctx.manifest["classes"], ctx.out_dir / "predictions.png")]
 
 
 def plot_predictions(x: torch.Tensor, y: torch.Tensor, pred: torch.Tensor, classes, path: Path) -> Path:

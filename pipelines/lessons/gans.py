@@ -43,7 +43,6 @@ from torch import nn
 from models.cyclegan import CycleGAN, CycleGANConfig
 from models.dcgan import DCGANConfig, WGAN
 from preprocessing import gan_data
-from preprocessing.samples import horse2zebra as horse2zebra_samples, lsun as lsun_samples
 from preprocessing.chunked import read_split
 
 from ..core import plots
@@ -315,16 +314,11 @@ class _GANPipeline(Pipeline):
 
 
 class WGANPipeline(_GANPipeline):
-    dataset = "lsun"
     Config = WGANConfig
     configs = WGAN_CONFIGS
-    metric = "fd"
-    mode = "min"
     columns = ["img"]
 
     # ---- data
-    def sample_data(self, out: Path, size: int | None = None) -> dict:
-        return lsun_samples.rooms(out, size=size or 2000)
 
     def preprocess(self, cfg: WGANConfig, data_dir: Path, cache, on_bad: str = "skip"):
         source = gan_data.find_image_folder(data_dir, cfg.valid_frac, cfg.valid_max, cfg.data_frac, cfg.seed)
@@ -463,16 +457,11 @@ CYCLEGAN_CONFIGS = {
 
 
 class CycleGANPipeline(_GANPipeline):
-    dataset = "horse2zebra"
     Config = CycleGANPipelineConfig
     configs = CYCLEGAN_CONFIGS
-    metric = "domain_acc"
-    mode = "max"
     columns = ["a", "b"]
 
     # ---- data
-    def sample_data(self, out: Path, size: int | None = None) -> dict:
-        return horse2zebra_samples.horse2zebra(out, size=size or 1000)
 
     def preprocess(self, cfg: CycleGANPipelineConfig, data_dir: Path, cache, on_bad: str = "skip"):
         source = gan_data.find_unpaired(data_dir, cfg.seed)

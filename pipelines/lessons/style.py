@@ -142,14 +142,9 @@ NET_CONFIGS = {
 
 
 class StyleNetPipeline(Pipeline):
-    dataset = "images"
     Config = NetConfig
     configs = NET_CONFIGS
-    metric = "loss"
-    mode = "min"
 
-    def sample_data(self, out: Path, size: int | None = None) -> dict:
-        return image_samples.natural_images(out, size=size or 800)
 
     def preprocess(self, cfg: NetConfig, data_dir: Path, cache, on_bad: str = "skip"):
         _check_style(cfg, self.name, quiet=True)  # a bad style image or no VGG weights: before any work
@@ -322,14 +317,9 @@ def transfer_metrics(results: list[dict], epoch: int) -> dict[str, float]:
 
 
 class StyleTransfer(Pipeline):
-    dataset = "images"
     Config = TransferConfig
     configs = TRANSFER_CONFIGS
-    metric = "style_loss_factor"
-    mode = "max"
 
-    def sample_data(self, out: Path, size: int | None = None) -> dict:
-        return image_samples.natural_images(out, size=size or 800)
 
     def preprocess(self, cfg: TransferConfig, data_dir: Path, cache, on_bad: str = "skip"):
         _check_style(cfg, self.name, quiet=True)
@@ -373,7 +363,7 @@ class StyleTransfer(Pipeline):
             uri, self.name, name, params={"config": to_dict(cfg)},
             tags={"fastray.pipeline": self.name, "fastray.config": config_label, "fastray.cache_key": manifest["key"],
                   "fastray.git_commit": tracking.git_commit(), "fastray.device": "cpu",
-                  "fastray.ray_address": ray.get_runtime_context().gcs_address, "fastray.tasks": len(contents), **tags})
+                  "fastray.tasks": len(contents), **tags})
         run_log = tracking.RunLogger(uri, run_id)
         if not resumed:
             run_log.json(to_dict(cfg), "config.json")

@@ -27,7 +27,6 @@ from models.perceptual import FeatureLoss
 from models.srresnet import SRResNet, SRResNetConfig
 from preprocessing import imagery
 from preprocessing.chunked import read_split
-from preprocessing.samples import images as image_samples
 
 from ..core.contract import Pipeline, RunContext, TrainConfig
 from ..core.metrics import Sums
@@ -137,17 +136,12 @@ def bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 class SuperRes(Pipeline):
-    dataset = "images"
     Config = Config
     configs = CONFIGS
-    metric = "psnr"
-    mode = "max"
     # an x2 step does not use the x4 upsampling stage
     ddp_kwargs = {"find_unused_parameters": True}
 
     # ---- data
-    def sample_data(self, out: Path, size: int | None = None) -> dict:
-        return image_samples.natural_images(out, size=size or 800)
 
     def preprocess(self, cfg: Config, data_dir: Path, cache, on_bad: str = "skip"):
         if cfg.uses_features():  # no VGG16 weights: say so before any work
