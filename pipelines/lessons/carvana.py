@@ -101,7 +101,6 @@ class CarvanaUNet(Pipeline):
     configs = CONFIGS
 
     # ---- data
-
     def preprocess(self, cfg: Config, data_dir: Path, cache, on_bad: str = "skip"):
         source = imagery.find_carvana(data_dir, cfg.valid_frac, cfg.seed, on_bad)
         manifest, hit = imagery.preprocess(source, cfg.sizes, cache, "carvana", on_bad=on_bad, seed=cfg.seed)

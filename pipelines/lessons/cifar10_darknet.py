@@ -76,7 +76,6 @@ class Cifar10Darknet(Pipeline):
     configs = CONFIGS
 
     # ---- data
-
     def preprocess(self, cfg: Config, data_dir: Path, cache, on_bad: str = "skip"):
         source = images.find_cifar10(data_dir)
         return images.preprocess_images(source, cfg.sizes, cache, "cifar10", on_bad=on_bad, seed=cfg.seed)

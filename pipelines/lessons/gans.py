@@ -319,7 +319,6 @@ class WGANPipeline(_GANPipeline):
     columns = ["img"]
 
     # ---- data
-
     def preprocess(self, cfg: WGANConfig, data_dir: Path, cache, on_bad: str = "skip"):
         source = gan_data.find_image_folder(data_dir, cfg.valid_frac, cfg.valid_max, cfg.data_frac, cfg.seed)
         return gan_data.preprocess(source, cfg.size, cache, "gan-images", on_bad=on_bad, seed=cfg.seed)
@@ -462,7 +461,6 @@ class CycleGANPipeline(_GANPipeline):
     columns = ["a", "b"]
 
     # ---- data
-
     def preprocess(self, cfg: CycleGANPipelineConfig, data_dir: Path, cache, on_bad: str = "skip"):
         source = gan_data.find_unpaired(data_dir, cfg.seed)
         return gan_data.preprocess(source, cfg.size, cache, "gan-unpaired", on_bad=on_bad, seed=cfg.seed)

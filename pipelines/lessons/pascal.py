@@ -8,9 +8,10 @@
   anchor offsets; NMS.
   Scored by mAP at IoU 0.5 (VOC2007's 11-point form; the all-point form beside it).
 
-Training as lesson 8: a 1cycle with the body frozen (only the head learns), then a 1cycle
-with everything unfrozen and discriminative LRs over three layer groups (lr / lr_factor**2,
-lr / lr_factor, lr). Adam, as the lessons.
+Training as lesson 8 (core.phases.fine_tune): `epochs` in all, the first `frozen_epochs` a
+1cycle with the body frozen (only the head learns), the rest a 1cycle with everything
+unfrozen and discriminative LRs over three layer groups (lr / lr_factor**2, lr / lr_factor,
+lr). Adam, as the lessons.
 
 Data: VOC's XML or fast.ai's JSON (preprocessing/voc.py), squashed to size x size in Ray
 Data with the boxes scaled along, cached as uint8; horizontal flips of images and boxes
@@ -18,7 +19,7 @@ on the device, by batch.
 """
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,25 +29,21 @@ import torch
 from torch import nn
 
 from models import ssd as det
-from preprocessing import samples_pascal, voc
+from preprocessing import voc
+from preprocessing.samples import pascal as pascal_samples
 
 from ..core import metrics as dm
-from ..core.phases import discriminative, one_cycle, with_frozen
-from ..core.contract import Pipeline, RunContext, TrainConfig
+from ..core import plots
+from ..core.contract import Pipeline, RunContext, TrainConfig, unwrap
+from ..core.phases import discriminative, fine_tune
+from ..core.vision import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize, random_flip, to_float
 
-
-# ImageNet's per-channel statistics, in [0, 1] units: what the ResNet weights expect
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+logger = logging.getLogger("fastray")
 DRAW_SCORE = 0.3  # detections at or over this score are drawn in the predictions artifact
 
 
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 @dataclass(frozen=True)
-class _Common:
+class _Common(TrainConfig):
     classes: tuple[str, ...] = voc.VOC_CLASSES  # the label space, in order; the data's names must be among them
     annotations: str = "auto"   # voc (XML) | json (fast.ai's pascal_*2007.json) | auto (XML when both)
     valid_split: str = "val"    # the image set scored each epoch (train always trains)
@@ -54,11 +51,10 @@ class _Common:
     width: int = 16             # the narrow backbone's stem channels (x2 per stage)
     pretrained: str = ""        # torchvision ImageNet state dict file for a resnet body ("": random init)
     size: int = 224             # images squashed to size x size px (the body's map must halve to 4x4)
-    bs: int = 64                # global batch size, split evenly across workers
-    frozen_epochs: int = 3      # 1cycle with the body frozen: only the head trains
-    epochs: int = 10            # 1cycle with everything unfrozen, discriminative LRs
+    epochs: int = 13            # epochs the whole run trains, every stage together (lesson 8: 3 frozen + 10)
+    frozen_epochs: int = 3      # the first epochs of `epochs`: a 1cycle with the body frozen, only the head trains
     lr: float = 1e-3            # peak LR of the frozen cycle (Adam)
-    unfrozen_lr: float = 2e-4   # peak LR of the unfrozen cycle, the head's
+    unfrozen_lr: float = 2e-4   # peak LR of the unfrozen cycle (the rest of `epochs`), the head's
     lr_factor: float = 10.0     # discriminative LRs: each layer group lr / lr_factor below the next
     div: float = 20.0           # 1cycle: start LR = lr / div
     pct: float = 0.1            # 1cycle: fraction of the epochs in the final annealing
@@ -66,16 +62,13 @@ class _Common:
     beta2: float = 0.99         # Adam beta2
     wd: float = 1e-5            # weight decay (Adam's L2)
     flip: bool = True           # random horizontal flips of images and boxes while training
-    seed: int = 0               # init, the cache's row order
-    max_failures: int = 1       # Ray Train restarts of the worker group after a failure
-    bf16: bool = True           # autocast to bfloat16 on a GPU
 
     def __post_init__(self):
+        super().__post_init__()
         object.__setattr__(self, "classes", tuple(self.classes))
-        if self.bs < 1 or self.lr <= 0 or self.unfrozen_lr <= 0 or self.epochs < 1 or self.frozen_epochs < 0:
-            raise ValueError(f"need bs >= 1, lr and unfrozen_lr > 0, epochs >= 1, frozen_epochs >= 0 (got bs={self.bs}, "
-                             f"lr={self.lr}, unfrozen_lr={self.unfrozen_lr}, epochs={self.epochs}, "
-                             f"frozen_epochs={self.frozen_epochs})")
+        if self.lr <= 0 or self.unfrozen_lr <= 0 or self.frozen_epochs < 0:
+            raise ValueError(f"need lr and unfrozen_lr > 0 and frozen_epochs >= 0 (got lr={self.lr}, "
+                             f"unfrozen_lr={self.unfrozen_lr}, frozen_epochs={self.frozen_epochs})")
         if len(self.moms) != 2:
             raise ValueError(f"moms needs two values (max, min), got {self.moms}")
         if not self.classes or len(set(self.classes)) != len(self.classes):
@@ -98,9 +91,10 @@ class LargestConfig(_Common):
 @dataclass(frozen=True)
 class SSDConfig(_Common):
     p: float = 0.4              # dropout after each head BatchNorm (lesson 9: 0.4)
-    frozen_epochs: int = 5
-    lr: float = 3e-3
-    unfrozen_lr: float = 1e-3
+    epochs: int = 15            # epochs the whole run trains, every stage together (lesson 9: 5 frozen + 10)
+    frozen_epochs: int = 5      # the first epochs of `epochs`, with the body frozen
+    lr: float = 3e-3            # peak LR of the frozen cycle (Adam)
+    unfrozen_lr: float = 1e-3   # peak LR of the unfrozen cycle, the head's
     focal: bool = True          # focal loss; False: plain binary cross entropy
     gamma: float = 2.0          # focal loss: (1 - p_t)^gamma
     alpha: float = 0.25         # focal loss: weight of the positive targets
@@ -111,37 +105,33 @@ class SSDConfig(_Common):
     max_det: int = 100          # detections kept per image
 
 
-_SAMPLE = dict(classes=samples_pascal.SAMPLE_CLASSES, backbone="narrow", size=64)
+_SAMPLE = dict(classes=pascal_samples.SAMPLE_CLASSES, backbone="narrow", size=64)
 LARGEST_CONFIGS = {
-    "tiny": LargestConfig(**_SAMPLE, width=8, bs=16, frozen_epochs=1, epochs=1, lr=3e-3, unfrozen_lr=3e-3),
-    "sample": LargestConfig(**_SAMPLE, width=16, bs=32, frozen_epochs=1, epochs=8, lr=3e-3, unfrozen_lr=3e-3,
+    "tiny": LargestConfig(**_SAMPLE, width=8, bs=16, epochs=2, frozen_epochs=1, lr=3e-3, unfrozen_lr=3e-3),
+    "sample": LargestConfig(**_SAMPLE, width=16, bs=32, epochs=9, frozen_epochs=1, lr=3e-3, unfrozen_lr=3e-3,
                             lr_factor=2.0, p=0.2),
     "default": LargestConfig(),  # lesson 8 on the real VOC 2007 (GPU; --set pretrained=resnet34.pth)
 }
 SSD_CONFIGS = {
-    "tiny": SSDConfig(**_SAMPLE, width=8, bs=16, frozen_epochs=1, epochs=1, lr=3e-3, unfrozen_lr=3e-3),
+    "tiny": SSDConfig(**_SAMPLE, width=8, bs=16, epochs=2, frozen_epochs=1, lr=3e-3, unfrozen_lr=3e-3),
     # plain BCE: on the sample it beat focal loss at this budget (mAP@0.5 0.666 vs 0.287 after all 13
     # epochs, idle 2 cores; --set focal=true for lesson 9's focal loss)
-    "sample": SSDConfig(**_SAMPLE, width=16, bs=16, frozen_epochs=1, epochs=12, lr=3e-3, unfrozen_lr=2e-3,
+    "sample": SSDConfig(**_SAMPLE, width=16, bs=16, epochs=13, frozen_epochs=1, lr=3e-3, unfrozen_lr=2e-3,
                         lr_factor=2.0, p=0.05, focal=False),
     "default": SSDConfig(),  # lesson 9 on the real VOC 2007 (GPU; --set pretrained=resnet34.pth)
 }
 
 
 class _PascalBase(Pipeline):
-    dataset = "pascal"
 
     # ---- data
-    def sample_data(self, out: Path, size: int | None = None) -> dict:
-        return samples_pascal.pascal(out, size=size or 2000)
-
     def preprocess(self, cfg, data_dir: Path, cache, on_bad: str = "skip"):
         source = voc.find_pascal(data_dir, cfg.annotations)
         return voc.preprocess_pascal(source, (cfg.size,), cfg.classes, cache, splits=("train", cfg.valid_split),
                                      on_bad=on_bad, seed=cfg.seed)
 
     def datasets(self, cfg, cache, manifest: dict) -> dict[str, Any]:
-        from preprocessing.images import read_split
+        from preprocessing.chunked import read_split
 
         cols = [f"img{cfg.size}", "boxes", "labels", "difficult"]
         return {"train": read_split(cache, manifest, "train", cols), "valid": read_split(cache, manifest, "valid", cols)}
@@ -152,7 +142,7 @@ class _PascalBase(Pipeline):
 
     def init_source(self, cfg, manifest: dict, tracking_uri: str) -> dict[str, str]:
         if not cfg.pretrained:
-            say(f"{self.name}: no ImageNet weights given (--set pretrained=FILE): {cfg.backbone} from random init")
+            logger.info(f"{self.name}: no ImageNet weights given (--set pretrained=FILE): {cfg.backbone} from random init")
             return {"fastray.init": "random"}
         if cfg.backbone == "narrow":
             raise ValueError(f"pretrained {cfg.pretrained}: ImageNet weights need a resnet34 or resnet18 backbone, "
@@ -161,27 +151,31 @@ class _PascalBase(Pipeline):
             raise FileNotFoundError(f"pretrained {cfg.pretrained}: no such file (a torchvision {cfg.backbone} "
                                     "ImageNet state dict)")
         det.load_imagenet(self.build_model(cfg).body, cfg.pretrained)  # ValueError when it does not fit
-        say(f"{self.name}: {cfg.backbone} body from the ImageNet weights in {cfg.pretrained}")
+        logger.info(f"{self.name}: {cfg.backbone} body from the ImageNet weights in {cfg.pretrained}")
         return {"fastray.init": f"imagenet:{cfg.pretrained}"}
 
-    def init_model(self, model, cfg, tracking_uri: str) -> None:
-        if cfg.pretrained:
-            det.load_imagenet(model.body, cfg.pretrained)
+    def init_model(self, model, ctx: RunContext) -> None:
+        if ctx.cfg.pretrained:
+            det.load_imagenet(model.body, ctx.cfg.pretrained)
 
     def phases(self, cfg) -> list:
-        mults = discriminative(3, cfg.lr_factor)  # lr / f**2, lr / f, lr
-        kw = dict(div=cfg.div, pct=cfg.pct, moms=tuple(cfg.moms), opt="adam", lr_mults=mults, data="train",
-                  opt_kwargs={"weight_decay": cfg.wd, "betas": (cfg.moms[0], cfg.beta2)})
-        frozen = with_frozen(one_cycle(cfg.frozen_epochs, cfg.lr, **kw), (0, 1)) if cfg.frozen_epochs else []
-        return frozen + one_cycle(cfg.epochs, cfg.unfrozen_lr, **kw)
+        """fine_tune: the first frozen_epochs train the head alone (groups 0 and 1 frozen),
+        the rest of `epochs` everything, at unfrozen_lr."""
+        return fine_tune(
+            cfg.epochs, cfg.frozen_epochs, cfg.lr, frozen=(0, 1), unfrozen_lr=cfg.unfrozen_lr,
+            div=cfg.div, pct=cfg.pct, moms=tuple(cfg.moms), opt="adam", data="train",
+            lr_mults=discriminative(3, cfg.lr_factor),  # lr / f**2, lr / f, lr
+            opt_kwargs={"weight_decay": cfg.wd, "betas": (cfg.moms[0], cfg.beta2)},
+        )
 
     # ---- steps
-    def to_device(self, cfg, batch: dict[str, torch.Tensor], train: bool) -> dict[str, torch.Tensor]:
-        x = batch[f"img{cfg.size}"].permute(0, 3, 1, 2).float().div_(255)  # (B, H, W, 3) uint8 -> (B, 3, H, W)
+    def to_device(self, batch: dict[str, torch.Tensor], ctx: RunContext, train: bool) -> dict[str, torch.Tensor]:
+        cfg = ctx.cfg
+        x = to_float(batch[f"img{cfg.size}"])  # (B, 3, H, W) in [0, 1]
         boxes, labels = batch["boxes"].float(), batch["labels"].long()
         if train and cfg.flip:
             x, boxes = flip_batch(x, boxes, labels >= 0)
-        x = (x - x.new_tensor(MEAN).view(1, 3, 1, 1)) / x.new_tensor(STD).view(1, 3, 1, 1)
+        x = normalize(x, IMAGENET_MEAN, IMAGENET_STD)  # what the ResNet weights expect
         if x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         return {"x": x, "boxes": boxes, "labels": labels, "difficult": batch["difficult"].bool()}
@@ -198,16 +192,15 @@ class _PascalBase(Pipeline):
             "pct": tune.uniform(0.05, 0.3),
         }
 
-    @staticmethod
-    def _core(model: nn.Module) -> nn.Module:
-        return model.module if hasattr(model, "module") else model
-
 
 def flip_batch(x: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flip half the images left-right, drawn per image, and their boxes with them.
-    x (B, 3, H, W); boxes (B, M, 4) in fractions; valid (B, M): padding rows stay zero."""
-    flip = torch.rand(len(x), device=x.device) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    """Flip half the images left-right, drawn per image (core.vision.random_flip), and their
+    boxes with them. x (B, 3, H, W); boxes (B, M, 4) in fractions; valid (B, M): padding rows
+    stay zero."""
+    # a (0, 1) ramp flipped along with each image reads back which images were flipped
+    ramp = torch.arange(2.0, device=x.device).expand(len(x), 1, 1, 2)
+    x, ramp = random_flip(x, ramp)
+    flip = ramp[:, 0, 0, 0] > 0
     flipped = torch.stack([1 - boxes[..., 2], boxes[..., 1], 1 - boxes[..., 0], boxes[..., 3]], -1)
     boxes = torch.where((flip[:, None] & valid)[..., None], flipped, boxes)
     return x, boxes
@@ -240,45 +233,41 @@ def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class PascalLargest(_PascalBase):
     Config = LargestConfig
     configs = LARGEST_CONFIGS
-    metric = "accuracy"
-    mode = "max"
 
     def build_model(self, cfg: LargestConfig) -> nn.Module:
         return det.LargestObject(cfg.det(cfg.p))
 
-    def to_device(self, cfg, batch, train):
-        b = super().to_device(cfg, batch, train)
+    def to_device(self, batch, ctx: RunContext, train: bool):
+        b = super().to_device(batch, ctx, train)
         b["y"], b["y_box"] = largest_target(b["boxes"], b["labels"], b["difficult"])
         return b
 
-    def train_step(self, model, batch, opt, cfg: LargestConfig) -> dict[str, torch.Tensor]:
+    def train_step(self, model, batch, ctx: RunContext) -> dict[str, torch.Tensor]:
         logits, box = model(batch["x"])
-        losses = det.largest_loss(logits, box, batch["y"], batch["y_box"], cfg.clas_weight)
-        optimizer_step(opt, losses["loss"])
-        return {k: v.detach() for k, v in losses.items()}
+        return det.largest_loss(logits, box, batch["y"], batch["y_box"], ctx.cfg.clas_weight)
 
-    def evaluate(self, model, batches: Iterable, cfg: LargestConfig) -> dict[str, float]:
-        loss = correct = iou = None
-        n = 0
+    def evaluate(self, model, batches: Iterable, ctx: RunContext) -> dict[str, float]:
+        sums = dm.Sums()
         for b in batches:
             logits, box = model(b["x"])
-            l = det.largest_loss(logits, box, b["y"], b["y_box"], cfg.clas_weight)["loss"] * len(b["y"])
-            c = (logits.argmax(1) == b["y"]).sum()
-            i = paired_iou(box.float(), b["y_box"]).sum()
-            loss, correct, iou = (l, c, i) if loss is None else (loss + l, correct + c, iou + i)
-            n += len(b["y"])
-        if not n:
-            return {"loss": 0.0, "accuracy": 0.0, "box_iou": 0.0, "n": 0}
-        return {"loss": loss.item() / n, "accuracy": correct.item() / n, "box_iou": iou.item() / n, "n": n}
+            n = len(b["y"])
+            sums.add(n, loss=det.largest_loss(logits, box, b["y"], b["y_box"], ctx.cfg.clas_weight)["loss"] * n,
+                     accuracy=(logits.argmax(1) == b["y"]).sum(), box_iou=paired_iou(box.float(), b["y_box"]).sum())
+        return sums.means(loss=0.0, accuracy=0.0, box_iou=0.0)
 
-    def artifacts(self, model, batch, cfg: LargestConfig, out_dir: Path) -> list[Path]:
+    def predictions(self, model, batch, ctx: RunContext) -> list[Path]:
+        """16 validation images: the predicted class and box of the largest object (green when
+        the class is right, red when wrong) over the true box."""
         with torch.no_grad():
             logits, box = model(batch["x"][:16])
-        pred = [[(box[i].float().cpu().numpy(), int(logits[i].argmax()), float(logits[i].float().softmax(0).max()))]
-                for i in range(len(box))]
-        truth = [[(batch["y_box"][i].cpu().numpy(), int(batch["y"][i]), False)] for i in range(len(box))]
-        return [draw_boxes(batch["x"][:16], pred, truth, cfg.classes, out_dir / "largest.png",
-                           "largest object: predicted (coloured, class p), true (white dashed)")]
+        y, right = batch["y"][:16], (logits.argmax(1) == batch["y"][:16]).cpu()
+        pred = [[(box[i].float().cpu().numpy(), int(logits[i].argmax()), float(logits[i].float().softmax(0).max()),
+                  bool(right[i]))] for i in range(len(box))]
+        truth = [[(batch["y_box"][i].cpu().numpy(), int(y[i]), False)] for i in range(len(box))]
+        iou, acc = paired_iou(box.float(), batch["y_box"][:16]).mean().item(), right.float().mean().item()
+        return [draw_boxes(batch["x"][:16], pred, truth, ctx.manifest["classes"], ctx.out_dir / "largest.png",
+                           f"largest object, predicted class and box: {int(right.sum())} of {len(right)} right ({acc:.0%}; "
+                           f"wrong in red), mean box IoU {iou:.2f}; true box white dashed")]
 
 
 # ---------------------------------------------------------------- lesson 9
@@ -287,41 +276,38 @@ class PascalLargest(_PascalBase):
 class PascalSSD(_PascalBase):
     Config = SSDConfig
     configs = SSD_CONFIGS
-    metric = "mAP"
-    mode = "max"
 
     def build_model(self, cfg: SSDConfig) -> nn.Module:
         return det.SSD(cfg.det(cfg.p))
 
     def _loss(self, model, out, b, cfg: SSDConfig) -> dict[str, torch.Tensor]:
-        return det.ssd_loss(*out, b["boxes"], b["labels"], b["difficult"], self._core(model).anchors,
+        return det.ssd_loss(*out, b["boxes"], b["labels"], b["difficult"], unwrap(model).anchors,
                             focal=cfg.focal, gamma=cfg.gamma, alpha=cfg.alpha, threshold=cfg.match_iou,
                             box_weight=cfg.box_weight)
 
-    def train_step(self, model, batch, opt, cfg: SSDConfig) -> dict[str, torch.Tensor]:
-        losses = self._loss(model, model(batch["x"]), batch, cfg)
-        optimizer_step(opt, losses["loss"])
-        return {k: losses[k].detach() for k in ("loss", "clas", "loc")}
+    def train_step(self, model, batch, ctx: RunContext) -> dict[str, torch.Tensor]:
+        losses = self._loss(model, model(batch["x"]), batch, ctx.cfg)
+        return {k: losses[k] for k in ("loss", "clas", "loc")}
 
-    def evaluate(self, model, batches: Iterable, cfg: SSDConfig) -> dict[str, Any]:
-        """This worker's detections marked true/false positive per image (detection_metrics),
-        the count of non-difficult boxes per class, and the summed loss: combine() scores them."""
-        anchors = self._core(model).anchors
-        marks, loss, n = [], 0.0, 0
-        n_pos = np.zeros(len(cfg.classes), np.int64)
+    def evaluate(self, model, batches: Iterable, ctx: RunContext) -> dict[str, Any]:
+        """This worker's detections marked true/false positive per image (core.metrics), the
+        count of non-difficult boxes per class, and the mean loss: combine() scores them."""
+        cfg, classes = ctx.cfg, list(ctx.manifest["classes"])
+        anchors = unwrap(model).anchors
+        marks, sums = [], dm.Sums()
+        n_pos = np.zeros(len(classes), np.int64)
         for b in batches:
             out = model(b["x"])
-            loss += self._loss(model, out, b, cfg)["loss"].item() * len(b["x"])
+            sums.add(len(b["x"]), loss=self._loss(model, out, b, cfg)["loss"] * len(b["x"]))
             dets = det.detect(*out, anchors, cfg.score_thresh, cfg.nms_iou, cfg.max_det)
             gt_b, gt_l, gt_d = (b[k].cpu().numpy() for k in ("boxes", "labels", "difficult"))
             for i, (boxes, scores, labels) in enumerate(dets):
                 keep = gt_l[i] >= 0
                 marks.append(dm.match_image(boxes.cpu().numpy(), scores.cpu().numpy(), labels.cpu().numpy(),
                                             gt_b[i][keep], gt_l[i][keep], gt_d[i][keep]))
-            n_pos += dm.count_positives(gt_l, gt_d, len(cfg.classes))
-            n += len(b["x"])
-        return {"n": n, "loss": loss / max(n, 1), "marks": np.concatenate(marks) if marks else np.zeros((0, 3)),
-                "n_pos": n_pos, "classes": list(cfg.classes)}
+            n_pos += dm.count_positives(gt_l, gt_d, len(classes))
+        return {**sums.means(loss=0.0), "marks": np.concatenate(marks) if marks else np.zeros((0, 3)),
+                "n_pos": n_pos, "classes": classes}
 
     def combine(self, results: list[dict[str, Any]]) -> dict[str, float]:
         n = sum(r["n"] for r in results)
@@ -333,33 +319,40 @@ class PascalSSD(_PascalBase):
         out |= {f"AP_{c}": float(a) for c, a in zip(results[0]["classes"], ap07) if not np.isnan(a)}
         return out
 
-    def artifacts(self, model, batch, cfg: SSDConfig, out_dir: Path) -> list[Path]:
+    def predictions(self, model, batch, ctx: RunContext) -> list[Path]:
+        """16 validation images: the detections over DRAW_SCORE, green when they find a true
+        box of their class (IoU over 0.5, as mAP counts them), red when not."""
         with torch.no_grad():
             out = model(batch["x"][:16])
-        dets = det.detect(*out, model.anchors, DRAW_SCORE, cfg.nms_iou, 10)
-        pred = [[(b.cpu().numpy(), int(l), float(s)) for b, s, l in zip(*d)] for d in dets]
-        truth = [[(batch["boxes"][i, j].cpu().numpy(), int(batch["labels"][i, j]), bool(batch["difficult"][i, j]))
-                  for j in range(batch["labels"].shape[1]) if batch["labels"][i, j] >= 0] for i in range(len(dets))]
-        return [draw_boxes(batch["x"][:16], pred, truth, cfg.classes, out_dir / "detections.png",
-                           f"detections with score >= {DRAW_SCORE} (coloured), true boxes (white dashed; "
-                           "difficult: grey)")]
+        dets = det.detect(*out, unwrap(model).anchors, DRAW_SCORE, ctx.cfg.nms_iou, 10)
+        gt_b, gt_l, gt_d = (batch[k][:16].cpu().numpy() for k in ("boxes", "labels", "difficult"))
+        pred, truth = [], []
+        for i, (boxes, scores, labels) in enumerate(dets):
+            boxes, scores, labels, keep = boxes.cpu().numpy(), scores.cpu().numpy(), labels.cpu().numpy(), gt_l[i] >= 0
+            marks = dm.match_image(boxes, scores, labels, gt_b[i][keep], gt_l[i][keep], gt_d[i][keep])
+            pred.append([(b, int(l), float(s), None if m < 0 else bool(m))  # m: 1 right, 0 wrong, -1 difficult
+                         for b, s, l, m in zip(boxes, scores, labels, marks[:, 2])])
+            truth.append([(b, int(l), bool(d)) for b, l, d in zip(gt_b[i][keep], gt_l[i][keep], gt_d[i][keep])])
+        right = sum(p[3] is True for ps in pred for p in ps)
+        wrong = sum(p[3] is False for ps in pred for p in ps)
+        found = right / max(1, right + wrong)
+        return [draw_boxes(batch["x"][:16], pred, truth, ctx.manifest["classes"], ctx.out_dir / "detections.png",
+                           f"detections with score >= {DRAW_SCORE}: {right} of {right + wrong} right ({found:.0%}; "
+                           f"wrong in red: no true box of their class over IoU 0.5); true boxes white dashed "
+                           "(difficult: grey)")]
 
 
 def draw_boxes(x: torch.Tensor, pred: list, truth: list, classes, path: Path, title: str) -> Path:
-    """A grid of validation images: predicted boxes (coloured by class, labelled 'class
-    score') over the true ones (white dashed, difficult ones grey)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """A grid of validation images: predicted boxes, labelled 'class score', green when
+    right, red when wrong, grey when neither (a difficult object), over the true ones (white
+    dashed, difficult ones grey). pred: per image [(box, label, score, right or None)]."""
     from matplotlib.patches import Rectangle
 
-    mean = x.new_tensor(MEAN).view(1, 3, 1, 1)
-    std = x.new_tensor(STD).view(1, 3, 1, 1)
-    imgs = (x.float() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    imgs = denormalize(x, IMAGENET_MEAN, IMAGENET_STD).permute(0, 2, 3, 1).cpu().numpy()
     n, cols = len(imgs), 4
     rows = -(-n // cols)
-    fig = Figure(figsize=(cols * 2.6, rows * 2.6))
-    FigureCanvasAgg(fig)
-    colours = [f"C{i % 10}" for i in range(len(classes))]
+    fig = plots.figure((cols * 2.6, rows * 2.6))
+    colour = {True: "tab:green", False: "tab:red", None: "0.5"}
     for i in range(n):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.imshow(imgs[i], extent=(0, 1, 1, 0))
@@ -367,15 +360,12 @@ def draw_boxes(x: torch.Tensor, pred: list, truth: list, classes, path: Path, ti
             x1, y1, x2, y2 = (float(v) for v in box)
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ls="--", lw=1,
                                    ec="0.6" if difficult else "white"))
-        for box, label, score in pred[i]:
+        for box, label, score, right in pred[i]:
             x1, y1, x2, y2 = (float(v) for v in box)
-            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.6, ec=colours[label]))
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.6, ec=colour[right]))
             ax.text(x1, y1, f"{classes[label]} {score:.2f}", fontsize=6, color="white", va="bottom",
-                    bbox=dict(facecolor=colours[label], alpha=0.8, pad=0.5, lw=0))
+                    bbox=dict(facecolor=colour[right], alpha=0.8, pad=0.5, lw=0))
         ax.set_xlim(0, 1)
         ax.set_ylim(1, 0)
         ax.axis("off")
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return plots.save(fig, path, title=title)

@@ -142,7 +142,6 @@ class SuperRes(Pipeline):
     ddp_kwargs = {"find_unused_parameters": True}
 
     # ---- data
-
     def preprocess(self, cfg: Config, data_dir: Path, cache, on_bad: str = "skip"):
         if cfg.uses_features():  # no VGG16 weights: say so before any work
             vgg_source(cfg.vgg_weights, cfg.allow_random_vgg, self.name, quiet=True)
