@@ -52,9 +52,17 @@ class NonFiniteLoss(FloatingPointError):
 
 def run_loop(spec: RunSpec, session: Any, pipe: Any = None) -> None:
     """Train `spec.pipeline` through its phases on this worker's shard (`pipe`: an instance
-    to use instead of a new one from the registry)."""
-    torch.set_num_threads(max(1, spec.cpus_per_worker))  # a worker owns the CPUs it holds
-    pipe = pipe or registry.get(spec.pipeline)
+    to use instead of a new one from the registry). Torch runs on the CPUs the worker holds,
+    for the loop only (a test that runs it in-process gets its thread count back)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, spec.cpus_per_worker))
+    try:
+        _run_loop(spec, session, pipe or registry.get(spec.pipeline))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_loop(spec: RunSpec, session: Any, pipe: Any) -> None:
     cfg = spec.cfg
     rank0 = session.rank == 0
     device = session.device()
