@@ -2,7 +2,7 @@
 
 Data: the giga-fren line files (or tab-separated pairs) read by preprocessing.pairs, by
 default through lesson 11's question filter, tokenized with SentencePiece (one model per
-language, or a joint one) through text.py's cached Ray Data path, joined back into pairs
+language, or a joint one) through preprocessing/text's cached Ray Data path, joined back into pairs
 and cached. Training: per-token cross entropy with teacher forcing whose probability falls
 over training; each epoch, corpus BLEU (sacrebleu, on detokenized text against the real
 references) of greedy decoding, and of beam search, on the validation set. The lesson
@@ -15,12 +15,13 @@ reference and outputs for validation sentences and attention heatmaps (``predict
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -30,22 +31,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.seq2seq import Seq2Seq, Seq2SeqConfig, load_vectors, read_vec_header, strip_tokens
-from preprocessing import pairs, samples_translate, text
+from preprocessing import pairs, text
+from preprocessing.samples import giga_fren as giga_fren_samples
+from preprocessing.text import batching, documents, subwords
 
-from ..core.phases import TrainingPhase
-from ..core.contract import Pipeline, RunContext, TrainConfig
+from ..core import plots
 from ..core.batching import cycle_batches
+from ..core.contract import Pipeline, RunContext, TrainConfig, unwrap
+from ..core.phases import TrainingPhase
 
 TOKENIZER_DIR = "tokenizer"
 MODEL_ARTIFACT = "model/model.pt"
 
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+logger = logging.getLogger("fastray")
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(TrainConfig):
     # data
     src_lang: str = "fr"        # source language: the line file suffix / a tsv_langs entry
     tgt_lang: str = "en"        # target language
@@ -73,32 +75,31 @@ class Config:
     tf_start: float = 1.0       # teacher forcing probability at the start
     tf_end: float = 0.0         # ... falling linearly to this
     tf_decay: float = 0.67      # ... over this fraction of training, then flat (lesson 11: 10 of 15 epochs)
-    bs: int = 125               # global batch size, split evenly across workers (lesson 11: 125)
-    epochs: int = 15            # of one 1cycle
+    bs: int = 125               # examples per optimizer step over all workers (lesson 11: 125)
+    epochs: int = 15            # epochs the whole run trains (lesson 11: 15)
     lr: float = 3e-3            # peak LR (lesson 11: Adam 3e-3)
     div: float = 20.0           # lesson 11's use_clr=(div, cut_div): the LR starts and ends at lr / div,
     cut_div: float = 10.0       # ... rises to lr over the first 1/cut_div of training, then falls
     beta1: float = 0.8          # Adam betas (lesson 11: (0.8, 0.99))
     beta2: float = 0.99
     wd: float = 0.0             # weight decay
-    clip: float = 1.0           # gradient norm clipping (0: none)
+    clip: float = 1.0           # max global gradient norm per optimizer step (0: no clipping)
     # evaluation
     beam: int = 5               # beam size of the per-epoch beam-search BLEU (1: greedy only)
     len_alpha: float = 1.0      # beam length normalisation: log p / length ** len_alpha
     gen_len: int = 0            # most tokens a decoder writes (0: max_len)
     show: int = 20              # validation sentences in the translations table
     heatmaps: int = 4           # ... of which attention heatmaps are drawn
-    seed: int = 0               # init, split, tokenizer sample and batch order
-    max_failures: int = 1       # Ray Train restarts of the worker group after a failure
-    bf16: bool = False          # autocast to bfloat16 on a GPU (off: GRUs in fp32)
+    bf16: bool = False          # autocast the forward and the loss to bfloat16 on a GPU (off: GRUs in fp32)
 
     def __post_init__(self):
+        super().__post_init__()
         object.__setattr__(self, "tsv_langs", tuple(self.tsv_langs))
         if not self.src_lang or self.src_lang == self.tgt_lang:
             raise ValueError(f"src_lang and tgt_lang must differ, got {self.src_lang!r} and {self.tgt_lang!r}")
-        if self.bs < 1 or self.epochs < 1 or self.lr <= 0 or self.vocab_size < 8 or self.max_len < 3:
-            raise ValueError(f"need bs >= 1, epochs >= 1, lr > 0, vocab_size >= 8, max_len >= 3 (got bs={self.bs}, "
-                             f"epochs={self.epochs}, lr={self.lr}, vocab_size={self.vocab_size}, max_len={self.max_len})")
+        if self.lr <= 0 or self.vocab_size < 8 or self.max_len < 3:
+            raise ValueError(f"need lr > 0, vocab_size >= 8, max_len >= 3 (got lr={self.lr}, "
+                             f"vocab_size={self.vocab_size}, max_len={self.max_len})")
         if not (0 <= self.tf_end <= 1 and 0 <= self.tf_start <= 1 and 0 <= self.tf_decay <= 1):
             raise ValueError(f"tf_start, tf_end and tf_decay must be in [0, 1] (got {self.tf_start}, {self.tf_end}, "
                              f"{self.tf_decay})")
@@ -171,8 +172,6 @@ class PairArrays:
     tgt_off: np.ndarray
     src_text: list[str]
     ref: list[str]
-    spm_src: str
-    spm_tgt: str
 
     def __len__(self) -> int:
         return len(self.ref)
@@ -194,20 +193,11 @@ def read_shard(shard) -> PairArrays:
     tables = list(shard.iter_batches(batch_size=4096, batch_format="pyarrow", prefetch_batches=1))
     if not tables:
         return PairArrays(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64),
-                          [], [], "", "")
+                          [], [])
     t = pa.concat_tables(tables)
     src, src_off = _flat(t.column("src"))
     tgt, tgt_off = _flat(t.column("tgt"))
-    return PairArrays(src, src_off, tgt, tgt_off, t.column("src_text").to_pylist(), t.column("tgt_text").to_pylist(),
-                      t.column("spm_src")[0].as_py(), t.column("spm_tgt")[0].as_py())
-
-
-def _add_paths(batch, spm_src: str, spm_tgt: str):
-    import pyarrow as pa
-
-    n = batch.num_rows
-    return batch.append_column("spm_src", pa.array([spm_src] * n, pa.string())).append_column(
-        "spm_tgt", pa.array([spm_tgt] * n, pa.string()))
+    return PairArrays(src, src_off, tgt, tgt_off, t.column("src_text").to_pylist(), t.column("tgt_text").to_pylist())
 
 
 def _pad(ids: np.ndarray, off: np.ndarray, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,7 +221,7 @@ class Translate(Pipeline):
 
     # ---- data
     def sample_data(self, out: Path, size: int | None = None) -> dict:
-        return samples_translate.giga_fren(out, size=size or 3000)
+        return giga_fren_samples.giga_fren(out, size=size or 3000)
 
     def preprocess(self, cfg: Config, data_dir: Path, cache, on_bad: str = "skip"):
         for what in ("src_vectors", "tgt_vectors"):
@@ -245,33 +235,30 @@ class Translate(Pipeline):
                              seed=cfg.seed, on_bad=on_bad)
 
     def datasets(self, cfg: Config, cache, manifest: dict) -> dict[str, Any]:
-        # evaluation decodes with the target tokenizer: its path travels with the rows
-        add = partial(_add_paths, spm_src=manifest["spm"][cfg.src_lang], spm_tgt=manifest["spm"][cfg.tgt_lang])
-        return {s: pairs.read_pairs(cache, manifest, s).map_batches(add, batch_format="pyarrow")
-                for s in ("train", "valid")}
+        # the SentencePiece models' paths travel in the manifest (ctx.manifest on the workers)
+        return {s: pairs.read_pairs(cache, manifest, s) for s in ("train", "valid")}
 
-    def batches(self, cfg: Config, shard, bs: int, device, train: bool, steps=None, epoch: int = 0):
+    def batches(self, shard, ctx: RunContext, train: bool):
+        cfg, bs, device = ctx.cfg, ctx.bs, ctx.device
         data = read_shard(shard)
         src_len = np.diff(data.src_off)
 
-        def batch(idx: list[int], tf: float = 1.0) -> dict:
+        def batch(idx: list[int]) -> dict:
             src, lens = _pad(data.src, data.src_off, idx)
             tgt, _ = _pad(data.tgt, data.tgt_off, idx)
-            return {"src": src.to(device), "src_len": lens.to(device), "tgt": tgt.to(device), "tf": tf,
-                    "src_text": [data.src_text[i] for i in idx], "ref": [data.ref[i] for i in idx],
-                    "spm_src": data.spm_src, "spm_tgt": data.spm_tgt}
+            return {"src": src.to(device), "src_len": lens.to(device), "tgt": tgt.to(device),
+                    "src_text": [data.src_text[i] for i in idx], "ref": [data.ref[i] for i in idx]}
 
         if train:
-            def make(k: int):
-                return (b for b in text.sortish_batches(src_len, bs, seed=cfg.seed * 1000 + epoch * 10 + k) if len(b) == bs)
+            epoch = ctx.epoch
 
-            for i, idx in enumerate(cycle_batches(make, steps)):
-                b = batch(idx, teacher_forcing(cfg, (epoch + i / steps) / cfg.epochs))
-                if epoch == 0 and i == 0 and (cfg.src_vectors or cfg.tgt_vectors):
-                    b["init_vectors"] = True  # the run's first step: no checkpoint holds trained weights
-                yield b
+            def make(k: int):
+                return (b for b in batching.sortish_batches(src_len, bs, seed=cfg.seed * 1000 + epoch * 10 + k) if len(b) == bs)
+
+            for idx in cycle_batches(make, ctx.steps_per_epoch):
+                yield batch(idx)
         else:
-            for idx in text.sorted_batches(src_len, bs):
+            for idx in batching.sorted_batches(src_len, bs):
                 yield batch(idx)
 
     # ---- model
@@ -289,11 +276,20 @@ class Translate(Pipeline):
             itos = _itos(manifest["spm"][lang])
             probe = nn.Embedding(rows, cfg.emb_sz)
             found = load_vectors(probe, path, itos, cfg.vec_scale)
-            say(f"translate: {side} ({lang}) embedding from {path}: {found} of {rows} pieces have a vector")
+            logger.info(f"translate: {side} ({lang}) embedding from {path}: {found} of {rows} pieces have a vector")
             tags[f"fastray.{side}_vectors"] = f"{path} ({found}/{rows})"
         if not tags:
-            say("translate: no word vectors given (--set src_vectors=FILE.vec tgt_vectors=FILE.vec): random init")
+            logger.info("translate: no word vectors given (--set src_vectors=FILE.vec tgt_vectors=FILE.vec): random init")
         return tags or {"fastray.init": "random"}
+
+    def init_model(self, model: nn.Module, ctx: RunContext) -> None:
+        """Fill the embeddings from word vectors (before a checkpoint, if any, is loaded over
+        them), through the tokenizers named in the manifest."""
+        cfg = ctx.cfg
+        for path, emb, lang in ((cfg.src_vectors, model.encoder.emb, cfg.src_lang),
+                                (cfg.tgt_vectors, model.decoder.emb, cfg.tgt_lang)):
+            if path:
+                load_vectors(emb, path, _itos(ctx.manifest["spm"][lang]), cfg.vec_scale)
 
     def phases(self, cfg: Config) -> list:
         """Lesson 11's schedule, fastai 0.7's use_clr=(div, cut_div): Adam, the LR linear from
@@ -305,20 +301,19 @@ class Translate(Pipeline):
                 TrainingPhase(cfg.epochs - up, (cfg.lr, cfg.lr / cfg.div), "linear", **kw)]
 
     # ---- steps
-    def train_step(self, model, batch: dict, opt, cfg: Config) -> dict[str, torch.Tensor]:
-        if batch.get("init_vectors"):
-            _init_vectors(_core(model), cfg, batch["spm_src"], batch["spm_tgt"])
+    def train_step(self, model, batch: dict, ctx: RunContext) -> dict[str, torch.Tensor]:
+        tf = teacher_forcing(ctx.cfg, ctx.progress)
         tgt = batch["tgt"]
-        logits = model(batch["src"], batch["src_len"], tgt, tf=batch["tf"])  # (B, T-1, V)
+        logits = model(batch["src"], batch["src_len"], tgt, tf=tf)  # (B, T-1, V)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tgt[:, 1:].reshape(-1),
                                ignore_index=text.PAD_ID)
-        optimizer_step(opt, loss, cfg.clip)
-        return {"loss": loss.detach(), "tf": loss.new_tensor(batch["tf"])}
+        return {"loss": loss, "tf": loss.new_tensor(tf)}
 
-    def evaluate(self, model, batches: Iterable, cfg: Config) -> dict:
+    def evaluate(self, model, batches: Iterable, ctx: RunContext) -> dict:
         """Teacher-forced loss per token, and the detokenized greedy (and beam) outputs with
         their references: corpus BLEU needs every sentence, so combine() scores them."""
-        m = _core(model)
+        m, cfg = unwrap(model), ctx.cfg
+        spm_tgt = ctx.manifest["spm"][cfg.tgt_lang]
         loss_sum, n_tok = torch.zeros(()), 0
         hyps, beam_hyps, refs = [], [], []
         for b in batches:
@@ -329,9 +324,9 @@ class Translate(Pipeline):
                                                   ignore_index=text.PAD_ID, reduction="sum").cpu()
             n_tok += int((y != text.PAD_ID).sum())
             out, _ = m.greedy(src, src_len, cfg.decode_len)
-            hyps += _detok(out, b["spm_tgt"])
+            hyps += _detok(out, spm_tgt)
             if cfg.beam > 1:
-                beam_hyps += _detok(m.beam_search(src, src_len, cfg.beam, cfg.decode_len, cfg.len_alpha), b["spm_tgt"])
+                beam_hyps += _detok(m.beam_search(src, src_len, cfg.beam, cfg.decode_len, cfg.len_alpha), spm_tgt)
             refs += b["ref"]
         return {"loss_sum": float(loss_sum), "tokens": n_tok, "hyps": hyps, "beam_hyps": beam_hyps, "refs": refs,
                 "n": len(refs)}
@@ -348,18 +343,36 @@ class Translate(Pipeline):
             out["bleu_beam"] = bleu(beam_hyps, refs)
         return out
 
-    def artifacts(self, model, batch: dict, cfg: Config, out_dir: Path) -> list[Path]:
+    def on_epoch_end(self, model, ctx: RunContext) -> dict[str, list[Path]]:
+        """After the last epoch: the predictions, and the two SentencePiece models that
+        `fastray translate RUN_ID` loads with the model (``tokenizer/``)."""
+        if not ctx.is_last_epoch:
+            return {}
+        out = {}
+        if ctx.valid_batch is not None:
+            out["predictions"] = self.predictions(model, ctx.valid_batch, ctx)
+        tok = ctx.out_dir / TOKENIZER_DIR
+        tok.mkdir(exist_ok=True)
+        spm = ctx.manifest["spm"]
+        for side, lang in (("src", ctx.cfg.src_lang), ("tgt", ctx.cfg.tgt_lang)):
+            shutil.copyfile(spm[lang], tok / f"{side}.model")
+        out[TOKENIZER_DIR] = [tok / "src.model", tok / "tgt.model"]
+        return out
+
+    def predictions(self, model, batch: dict, ctx: RunContext) -> list[Path]:
         """The first validation batch: a table of source, reference and outputs, attention
-        heatmaps of a few sentences. The tokenizers are copied beside them for final_artifacts."""
+        heatmaps of a few sentences."""
+        cfg, out_dir = ctx.cfg, ctx.out_dir
+        spm_src, spm_tgt = ctx.manifest["spm"][cfg.src_lang], ctx.manifest["spm"][cfg.tgt_lang]
         n = min(cfg.show, len(batch["ref"]))
         src, src_len = batch["src"][:n], batch["src_len"][:n]
         model.eval()
         with torch.no_grad():
             greedy, attn = model.greedy(src, src_len, cfg.decode_len)
             beam = model.beam_search(src, src_len, cfg.beam, cfg.decode_len, cfg.len_alpha) if cfg.beam > 1 else None
-        outs = {"greedy": _detok(greedy, batch["spm_tgt"])}
+        outs = {"greedy": _detok(greedy, spm_tgt)}
         if beam is not None:
-            outs[f"beam{cfg.beam}"] = _detok(beam, batch["spm_tgt"])
+            outs[f"beam{cfg.beam}"] = _detok(beam, spm_tgt)
         table = out_dir / "translations.tsv"
         with open(table, "w", encoding="utf-8") as f:
             f.write("\t".join(["source", "reference", *outs]) + "\n")
@@ -370,19 +383,11 @@ class Translate(Pipeline):
         if attn is not None:
             for i in range(min(cfg.heatmaps, n)):
                 files.append(plot_attention(
-                    attn[i].float().cpu(), _pieces(src[i, : int(src_len[i])], batch["spm_src"]),
-                    _pieces(greedy[i], batch["spm_tgt"], stop_at_eos=True), out_dir / f"attention_{i}.png",
-                    title=batch["ref"][i]))
-        tok = out_dir / TOKENIZER_DIR
-        tok.mkdir(exist_ok=True)
-        shutil.copyfile(batch["spm_src"], tok / "src.model")
-        shutil.copyfile(batch["spm_tgt"], tok / "tgt.model")
+                    attn[i].float().cpu(), _pieces(src[i, : int(src_len[i])], spm_src),
+                    _pieces(greedy[i], spm_tgt, stop_at_eos=True), out_dir / f"attention_{i}.png",
+                    reference=batch["ref"][i], output=outs["greedy"][i],
+                    right=outs["greedy"][i] == subwords.normalize(batch["ref"][i], spm_tgt)))
         return files
-
-    def final_artifacts(self, model, cfg: Config, out_dir: Path) -> dict[str, list[Path]]:
-        tok = out_dir / TOKENIZER_DIR
-        files = [tok / "src.model", tok / "tgt.model"]
-        return {TOKENIZER_DIR: files} if all(f.is_file() for f in files) else {}
 
     def search_space(self, cfg: Config) -> dict[str, Any]:
         """Lesson 11's dropouts, the LR, how fast teacher forcing fades."""
@@ -396,16 +401,12 @@ class Translate(Pipeline):
         }
 
 
-def _core(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
 def _detok(tokens: torch.Tensor, spm_path: str, sp=None) -> list[str]:
     """Decoder output -> detokenized sentences (SentencePiece decode, specials dropped)."""
     ids = strip_tokens(tokens, text.EOS_ID, text.PAD_ID)
     if sp is not None:
         return [sp.decode([i for i in row if i > text.EOS_ID or i == text.UNK_ID]) for row in ids]
-    return [text.decode(row, spm_path) for row in ids]
+    return [subwords.decode(row, spm_path) for row in ids]
 
 
 @lru_cache(maxsize=4)
@@ -439,33 +440,22 @@ def _check_vectors(path: str, what: str, emb_sz: int) -> None:
         raise ValueError(f"{what} {path}: vectors of dimension {dim}, but emb_sz is {emb_sz} (--set emb_sz={dim})")
 
 
-def _init_vectors(model: Seq2Seq, cfg: Config, spm_src: str, spm_tgt: str) -> None:
-    """Fill the embeddings from word vectors at the run's first step (every worker the same)."""
-    for path, emb, spm_path in ((cfg.src_vectors, model.encoder.emb, spm_src), (cfg.tgt_vectors, model.decoder.emb, spm_tgt)):
-        if path:
-            load_vectors(emb, path, _itos(spm_path), cfg.vec_scale)
-
-
-def plot_attention(weights: torch.Tensor, src: list[str], out: list[str], path: Path, title: str = "") -> Path:
-    """A heatmap of attention weights (output tokens x source tokens)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+def plot_attention(weights: torch.Tensor, src: list[str], out: list[str], path: Path, reference: str = "",
+                   output: str = "", right: bool | None = None) -> Path:
+    """A heatmap of attention weights (output pieces x source pieces), titled with the
+    reference and the output, the output in red when it is not the reference."""
     w = weights[: len(out), : len(src)].numpy()
-    fig = Figure(figsize=(max(4.0, 0.35 * len(src) + 1.5), max(3.0, 0.3 * len(out) + 1.5)))
-    FigureCanvasAgg(fig)
+    fig = plots.figure((max(4.0, 0.35 * len(src) + 1.5), max(3.0, 0.3 * len(out) + 1.8)))
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(w, cmap="viridis", aspect="auto", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(len(src)), src, rotation=90, fontsize=7)
     ax.set_yticks(range(len(out)), out, fontsize=7)
-    ax.set_xlabel("source")
-    ax.set_ylabel("output")
-    if title:
-        ax.set_title(title, fontsize=8)
-    fig.colorbar(im, ax=ax, fraction=0.04)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    return path
+    ax.set_xlabel("source piece")
+    ax.set_ylabel("output piece (greedy)")
+    if output:
+        ax.set_title(f"output: {output}", fontsize=8, color={None: "black", True: "green", False: "red"}[right])
+    fig.colorbar(im, ax=ax, fraction=0.04, label="attention weight")
+    return plots.save(fig, path, dpi=90, title=f"reference: {reference}" if reference else "")
 
 
 # ---------------------------------------------------------------- trying a trained model
@@ -484,8 +474,8 @@ def load_run(run_id: str, tracking_uri: str | None = None) -> tuple[Seq2Seq, Con
     (kept in a temporary folder, the last item, that the caller removes)."""
     from mlflow.tracking import MlflowClient
 
-    from . import config as configs
-    from . import tracking
+    from ..core import config as configs
+    from ..core import tracking
 
     uri = tracking.resolve_uri(tracking_uri)
     client = MlflowClient(tracking_uri=uri)
@@ -523,7 +513,7 @@ def translate_lines(run_id: str, lines: list[str], tracking_uri: str | None = No
         import sentencepiece as spm
 
         sp, sp_tgt = spm.SentencePieceProcessor(model_file=spm_src), spm.SentencePieceProcessor(model_file=spm_tgt)
-        todo = [(i, sp.encode(text.fixup(line.strip()), add_bos=True, add_eos=True))
+        todo = [(i, sp.encode(documents.fixup(line.strip()), add_bos=True, add_eos=True))
                 for i, line in enumerate(lines) if line.strip()]
         out = [""] * len(lines)
         todo.sort(key=lambda t: -len(t[1]))
