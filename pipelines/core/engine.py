@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -75,13 +76,16 @@ def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_work
     from preprocessing.runtime import cluster_cpus, cluster_gpus, init_ray
 
     pipeline = pipe.name
+    if not os.environ.get("RAY_ADDRESS"):  # a local Ray gets no more CPUs: refuse before any work
+        ray_mod = sys.modules.get("ray")
+        cpus = cluster_cpus() if ray_mod is not None and ray_mod.is_initialized() else os.cpu_count() or 1
+        if num_workers > cpus:
+            raise ValueError(f"--num-workers {num_workers}: this machine's Ray has {cpus} CPU(s), one a worker "
+                             "at least; use fewer workers, or a cluster (RAY_ADDRESS)")
     torch.manual_seed(cfg.seed)
     check_resumable(pipeline, pipe.build_model(cfg), run_dir, name)
     manifest, hit = pipe.preprocess(cfg, data_dir, cache, on_bad)
     init_ray()
-    if not os.environ.get("RAY_ADDRESS") and num_workers > cluster_cpus():  # a local Ray gets no more CPUs
-        raise ValueError(f"--num-workers {num_workers}: this machine's Ray has {cluster_cpus()} CPU(s), one a "
-                         "worker at least; use fewer workers, or a cluster (RAY_ADDRESS)")
     if use_gpu and cluster_gpus() < num_workers:
         if not os.environ.get("RAY_ADDRESS"):  # a local Ray gets no more GPUs
             raise ValueError(f"--use-gpu with {num_workers} worker(s), but this machine has {cluster_gpus()} GPU(s)")
@@ -110,6 +114,8 @@ def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_work
     run_log = tracking.RunLogger(uri, run_id)
     if not resumed:
         _log_plan(run_log, sched, cfg)
+    else:
+        run_log.delete_tag("fastray.failure")  # an earlier attempt's
     logger.info(f"[{name}] {pipeline}, config {config_label or '?'}, data {data_dir}"
                 f"{' (generated sample data)' if sample else ''}: {sched.total_epochs} epoch(s) of {steps_per_epoch} "
                 f"batch(es) of {cfg.bs}, {num_workers} worker(s) x {cpus_per_worker} CPU{' + 1 GPU' if use_gpu else ''}; "
@@ -147,9 +153,10 @@ def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_work
         relay.close()
     fit_seconds = time.perf_counter() - t_fit
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    if "nonfinite_step" in metrics:
+    failure = run_log.tag("fastray.failure")  # rank 0 stopped the run (a diverged loss)
+    if failure:
         run_log.finish("FAILED")
-        raise ValueError(run_log.tag("fastray.failure") or f"the training loss is not finite at step {metrics['nonfinite_step']}")
+        raise ValueError(failure)
     with tempfile.TemporaryDirectory() as d:
         if tracking.plot_curves(run_log, Path(d) / "curves.png"):
             run_log.artifact(Path(d) / "curves.png", "plots")

@@ -187,8 +187,7 @@ def _run_loop(spec: RunSpec, session: Any, pipe: Any) -> None:
         if int(bad_step) >= 0:  # one sync an epoch; every rank sees it (DDP spreads nan to all)
             msg = (f"the training loss is not finite from step {int(bad_step)} (epoch {epoch + 1}): the run "
                    f"diverged; lower the LR (--set lr=...) or clip gradients (--set clip=1.0)")
-            session.report({"epoch": epoch + 1, "nonfinite_step": int(bad_step)}, None)
-            if run_log:
+            if run_log:  # the driver reads it there (Ray Train keeps no report without its metric)
                 run_log.tags({"fastray.failure": msg})
             raise NonFiniteLoss(msg)
 
@@ -265,8 +264,11 @@ def train_loop_per_worker(config: dict) -> None:
     """Ray Train's entry point on each worker."""
     from .sessions import RayTrainSession
 
-    logs.setup(queue=config["spec"].log_queue)
+    spec = config["spec"]
+    logs.setup(queue=spec.log_queue)
     try:
-        run_loop(config["spec"], RayTrainSession())
+        run_loop(spec, RayTrainSession())
     except NonFiniteLoss:
-        return  # reported as "nonfinite_step": the driver fails the run; Ray Train must not retry it
+        if not spec.run_id:  # a Tune trial's trainer: the trial fails
+            raise
+        # `fastray run`: the MLflow run's fastray.failure tag tells the driver; Ray Train must not retry it

@@ -217,6 +217,10 @@ class RunLogger:
     def metric_keys(self) -> list[str]:
         return sorted(self.client.get_run(self.run_id).data.metrics)
 
+    def delete_tag(self, key: str) -> None:
+        if self.tag(key) is not None:
+            self.client.delete_tag(self.run_id, key)
+
     def tag(self, key: str) -> str | None:
         return self.client.get_run(self.run_id).data.tags.get(key)
 

@@ -26,7 +26,7 @@ from typing import Any
 from . import logs, registry, tracking
 from .config import to_dict
 from .engine import plan
-from .loop import NonFiniteLoss, RunSpec, run_loop, train_loop_per_worker
+from .loop import RunSpec, run_loop, train_loop_per_worker
 from .sessions import TuneSession
 from .storage import Storage, is_uri, join_storage
 
@@ -53,7 +53,7 @@ def _trial(params: dict, *, pipeline: str, cfg: Any, manifest: dict, datasets: d
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    result = TorchTrainer(
+    TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
@@ -62,9 +62,7 @@ def _trial(params: dict, *, pipeline: str, cfg: Any, manifest: dict, datasets: d
                                                placement_strategy=placement),
         run_config=ray.train.RunConfig(name=trial, storage_path=storage, callbacks=[TuneReportCallback()]),
         datasets=datasets,
-    ).fit()
-    if "nonfinite_step" in (result.metrics or {}):  # the workers stopped on a diverged loss: the trial failed
-        raise NonFiniteLoss(f"the training loss is not finite from step {result.metrics['nonfinite_step']}")
+    ).fit()  # a diverged loss fails the trainer, and so the trial (its workers re-raise NonFiniteLoss)
 
 
 class MlflowTrials(Callback):
