@@ -32,7 +32,6 @@ from torch import nn
 
 from models.seq2seq import Seq2Seq, Seq2SeqConfig, load_vectors, read_vec_header, strip_tokens
 from preprocessing import pairs, text
-from preprocessing.samples import giga_fren as giga_fren_samples
 from preprocessing.text import batching, documents, subwords
 
 from ..core import plots
@@ -213,16 +212,10 @@ def _pad(ids: np.ndarray, off: np.ndarray, idx: list[int]) -> tuple[torch.Tensor
 
 
 class Translate(Pipeline):
-    dataset = "giga-fren"
     Config = Config
     configs = CONFIGS
-    metric = "bleu"
-    mode = "max"
 
     # ---- data
-    def sample_data(self, out: Path, size: int | None = None) -> dict:
-        return giga_fren_samples.giga_fren(out, size=size or 3000)
-
     def preprocess(self, cfg: Config, data_dir: Path, cache, on_bad: str = "skip"):
         for what in ("src_vectors", "tgt_vectors"):
             path = getattr(cfg, what)
@@ -531,16 +524,6 @@ def translate_lines(run_id: str, lines: list[str], tracking_uri: str | None = No
         return out
     finally:
         shutil.rmtree(d, ignore_errors=True)
-
-
-def add_parser(sub) -> Any:
-    """`fastray translate RUN_ID [--file F] [--beam K] [--tracking-uri URI]`."""
-    p = sub.add_parser("translate", help="translate lines (stdin or --file) with a trained translate run")
-    p.add_argument("run_id", help="the MLflow run id of a finished `fastray run translate`")
-    p.add_argument("--file", type=Path, default=None, help="one sentence a line (default: stdin)")
-    p.add_argument("--beam", type=int, default=None, help="beam size (default: the run's; 1: greedy)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
-    return p
 
 
 def cmd_translate(args) -> dict:
