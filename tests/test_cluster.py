@@ -382,12 +382,12 @@ def test_job_on_two_nodes_records_in_mlflow_server(local_cluster, tmp_path):
     """`ray job submit` of a two-worker run spread over both nodes, as README's Cluster section does it."""
     from mlflow.tracking import MlflowClient
 
-    from preprocessing import samples
+    from preprocessing.samples import cifar10 as cifar10_samples
 
     c = local_cluster
     storage = c.tmp / "storage"
     data = tmp_path / "cifar10"
-    samples.cifar10(data, size=360, seed=3)  # 300 train, 60 test: 4 steps an epoch at bs 64
+    cifar10_samples.cifar10(data, size=360, seed=3)  # 300 train, 60 test: 4 steps an epoch at bs 64
     nodes = {n["node_id"]: n for n in c.alive_nodes()}
     assert len(nodes) == 2
 

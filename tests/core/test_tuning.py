@@ -124,9 +124,9 @@ def test_killed_search_resumes_without_rerunning_finished_trials(cifar_small, wo
 
 def test_text_search_varies_drop_mult(capsys, tmp_path, workdir, ray_session):
     """The classifier's space holds AWD-LSTM's drop_mult; its epochs come from its stages."""
-    from preprocessing import samples
+    from preprocessing.samples import imdb as imdb_samples
 
-    samples.imdb(tmp_path / "imdb", size=300, seed=3)
+    imdb_samples.imdb(tmp_path / "imdb", size=300, seed=3)
     code = main(["tune", "imdb-clas", "--data", str(tmp_path / "imdb"), "--config", "tiny",
                  "--num-samples", "2", "--max-concurrent", "2"])
     out, err = capsys.readouterr()
