@@ -9,9 +9,9 @@ the test reviews; the classifier trains on train and is validated on test.
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,27 +23,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.awd_lstm import AWDLSTMConfig, ar_tar, encoder_state, language_model, layer_groups, load_encoder, text_classifier
-from preprocessing import samples, text
+from preprocessing import text
+from preprocessing.text import batching, corpus, encoding, readers
 
-from ..core.phases import discriminative, one_cycle, with_frozen
-from ..core.contract import Pipeline, RunContext, TrainConfig
 from ..core.batching import cycle_batches
+from ..core.contract import Pipeline, RunContext, TrainConfig, unwrap
 from ..core.metrics import classification_metrics
+from ..core.phases import discriminative, gradual_unfreeze, one_cycle
 
 ENCODER_ARTIFACT = "encoder/encoder.pt"
-# `fastray sample-data imdb`: reviews of 30 to 200 words (~200 SentencePiece tokens on average)
-# whose sentiment sentences agree with the label 4 times in 5; the rest say the opposite
-# (negated, contrasted with 'but'/'although', or plain), so only their weighted sum decides
-SAMPLE_KW = dict(max_words=200, agree=0.8)
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+logger = logging.getLogger("fastray")
 
 
 @dataclass(frozen=True)
-class _Common:
+class _Common(TrainConfig):
     vocab_size: int = 30000     # SentencePiece pieces (same in LM and classifier: the cache key)
     sample_docs: int = 10000    # documents SentencePiece learns from
     emb_sz: int = 400           # embedding size = last LSTM's size
@@ -51,21 +45,20 @@ class _Common:
     n_layers: int = 3           # stacked LSTMs
     drop_mult: float = 0.7      # scales every AWD-LSTM dropout (tuned)
     bptt: int = 70              # tokens per LM step / classifier encoder chunk
-    bs: int = 52                # global batch size, split evenly across workers
+    bs: int = 52                # examples per optimizer step over all workers (each gets bs // workers)
     lr: float = 1e-3            # peak LR of each 1cycle (the last layer group's)
     div: float = 10.0           # 1cycle: start LR = lr / div
     pct: float = 0.1            # 1cycle: fraction of the epochs in the final annealing
     moms: tuple[float, ...] = (0.8, 0.7)  # 1cycle Adam beta1: max, min
     beta2: float = 0.99         # Adam beta2 (lesson 10: 0.99)
     wd: float = 1e-7            # weight decay (lesson 10: 1e-7)
-    clip: float = 0.25          # gradient norm clipping (0: none)
-    seed: int = 0               # init, tokenizer sample and batch order
-    max_failures: int = 1       # Ray Train restarts of the worker group after a failure
-    bf16: bool = False          # autocast to bfloat16 on a GPU (off: LSTMs in fp32)
+    clip: float = 0.25          # max global gradient norm per optimizer step (0: no clipping)
+    bf16: bool = False          # autocast the forward and the loss to bfloat16 on a GPU (off: LSTMs in fp32)
 
     def __post_init__(self):
-        if self.bs < 1 or self.lr <= 0 or self.bptt < 2 or self.vocab_size < 8:
-            raise ValueError(f"need bs >= 1, lr > 0, bptt >= 2, vocab_size >= 8 (got bs={self.bs}, lr={self.lr}, "
+        super().__post_init__()
+        if self.lr <= 0 or self.bptt < 2 or self.vocab_size < 8:
+            raise ValueError(f"need lr > 0, bptt >= 2, vocab_size >= 8 (got lr={self.lr}, "
                              f"bptt={self.bptt}, vocab_size={self.vocab_size})")
         if len(self.moms) != 2:
             raise ValueError(f"moms needs two values (max, min), got {self.moms}")
@@ -77,32 +70,28 @@ class _Common:
 
 @dataclass(frozen=True)
 class LMConfig(_Common):
-    epochs: int = 15            # of the LM's 1cycle (lesson 10: 15)
+    epochs: int = 15            # epochs the whole run trains: one 1cycle (lesson 10: 15)
     alpha: float = 2.0          # AR penalty
     beta: float = 1.0           # TAR penalty
     pretrained: str = ""        # a WikiText-103 LM state dict file ("" = random init)
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-
 
 @dataclass(frozen=True)
 class ClasConfig(_Common):
-    stage_epochs: tuple[int, ...] = (1, 1, 14)  # 1cycle epochs per unfreezing stage: last group, last two, all
+    epochs: int = 16            # epochs the whole run trains, every unfreezing stage together (lesson 10: 1 + 1 + 14)
+    unfreeze_epochs: tuple[int, ...] = (1, 1)  # 1cycle epochs of the first stages (last group, last two ...); the rest trains all
     lr_factor: float = 2.6      # discriminative LRs: each group lr / lr_factor below the next
     max_len: int = 1400         # encoder outputs pooled from the end of a review
     lin_ftrs: tuple[int, ...] = (50,)  # hidden sizes of the classifier head
     encoder: str = ""           # an imdb-lm MLflow run id or an encoder.pt path ("" = random init)
-    clip: float = 25.0          # gradient norm clipping (lesson 10's classifier: 25)
+    clip: float = 25.0          # max global gradient norm per optimizer step (lesson 10's classifier: 25)
 
     def __post_init__(self):
         super().__post_init__()
-        object.__setattr__(self, "stage_epochs", tuple(int(e) for e in self.stage_epochs))
+        object.__setattr__(self, "unfreeze_epochs", tuple(int(e) for e in self.unfreeze_epochs))
         object.__setattr__(self, "lin_ftrs", tuple(int(e) for e in self.lin_ftrs))
-        if not self.stage_epochs or min(self.stage_epochs) < 1:
-            raise ValueError(f"stage_epochs must be epochs >= 1 per stage, got {self.stage_epochs}")
+        if any(e < 1 for e in self.unfreeze_epochs):
+            raise ValueError(f"unfreeze_epochs must be epochs >= 1 per stage, got {self.unfreeze_epochs}")
 
 
 _SMALL = dict(vocab_size=1000, sample_docs=2000, emb_sz=64, n_hid=128, n_layers=2, bptt=40)
@@ -114,10 +103,10 @@ LM_CONFIGS = {
 }
 CLAS_CONFIGS = {
     "tiny": ClasConfig(**{**_SMALL, "vocab_size": 300, "sample_docs": 300, "emb_sz": 16, "n_hid": 32},
-                       bs=16, stage_epochs=(1, 1, 1), lr=1e-2, max_len=120, lin_ftrs=(16,)),
-    "sample": ClasConfig(**_SMALL, bs=32, stage_epochs=(1, 1, 8), lr=1e-2, drop_mult=0.3, max_len=400,
-                         lin_ftrs=(32,)),
-    "default": ClasConfig(bs=48, lr=3e-3, drop_mult=0.5, stage_epochs=(1, 1, 14)),  # lesson 10 (GPU)
+                       bs=16, epochs=3, unfreeze_epochs=(1, 1), lr=1e-2, max_len=120, lin_ftrs=(16,)),
+    "sample": ClasConfig(**_SMALL, bs=32, epochs=10, unfreeze_epochs=(1, 1), lr=1e-2, drop_mult=0.3, max_len=400,
+                         lin_ftrs=(32,)),  # stages of 1, 1 and 8 epochs
+    "default": ClasConfig(bs=48, lr=3e-3, drop_mult=0.5, epochs=16, unfreeze_epochs=(1, 1)),  # lesson 10 (GPU): 1, 1, 14
 }
 
 
@@ -175,21 +164,20 @@ def _emb_rows(state: dict, key: str, what: str, path: Path) -> int:
 
 
 class _ImdbBase(Pipeline):
-    dataset = "imdb"
-
-    def sample_data(self, out: Path, size: int | None = None) -> dict:
-        return samples.imdb(out, size=size or 5000, **SAMPLE_KW)
+    dataset = "imdb"  # `fastray sample-data imdb`: preprocessing.samples.GENERATORS["imdb"]
 
     def preprocess(self, cfg, data_dir: Path, cache, on_bad: str = "skip"):
         src = getattr(cfg, self._init_field)
         if src and not _RUN_ID.fullmatch(src) and not Path(src).is_file():
             _resolve(self, src, self._init_what, None, Path("."))  # raises: fail before tokenizing
-        source = text.find_imdb(data_dir)
-        return text.tokenize(source, cache, vocab_size=cfg.vocab_size, sample_docs=cfg.sample_docs, seed=cfg.seed,
+        if src and Path(src).is_file():  # a file's vocabulary is known now: a mismatch fails before tokenizing too
+            self._check_vocab(cfg, _load(Path(src), self._init_what), Path(src))
+        source = readers.find_imdb(data_dir)
+        return encoding.tokenize(source, cache, vocab_size=cfg.vocab_size, sample_docs=cfg.sample_docs, seed=cfg.seed,
                              on_bad=on_bad)
 
     def _read(self, cache, manifest, split):
-        return text.read_tokens(cache, manifest, split)
+        return corpus.read_tokens(cache, manifest, split)
 
     def search_space(self, cfg) -> dict[str, Any]:
         """Lesson 10's one dropout knob, the LR, the 1cycle shape."""
@@ -206,9 +194,12 @@ class _ImdbBase(Pipeline):
     def _opt_kwargs(self, cfg) -> dict:
         return {"weight_decay": cfg.wd, "betas": (cfg.moms[0], cfg.beta2)}
 
-    @staticmethod
-    def _core(model: nn.Module) -> nn.Module:
-        return model.module if hasattr(model, "module") else model
+    def _check_vocab(self, cfg, state: dict, path: Path) -> None:
+        """The initial weights' vocabulary must be this config's tokenizer's."""
+        rows = _emb_rows(state, self._emb_key, self._init_what, path)
+        if rows != cfg.vocab_size:
+            raise ValueError(f"{self._init_what} {getattr(cfg, self._init_field)}: its vocabulary has {rows} tokens, "
+                             f"this config's vocab_size is {cfg.vocab_size}: {self._vocab_hint}")
 
 
 # ---------------------------------------------------------------- the language model
@@ -220,6 +211,7 @@ class ImdbLM(_ImdbBase):
     metric = "perplexity"
     mode = "min"
     _init_field, _init_what = "pretrained", "pretrained"
+    _emb_key, _vocab_hint = "encoder.embed.emb.weight", "the LM must use this tokenizer's vocabulary"
 
     def datasets(self, cfg, cache, manifest: dict) -> dict[str, Any]:
         train = self._read(cache, manifest, "train")
@@ -234,18 +226,19 @@ class ImdbLM(_ImdbBase):
         tokens = int(manifest["tokens"]["train"]) + int(manifest["tokens"].get("unsup", 0))
         return int((tokens // world) // ((cfg.bs // world) * cfg.bptt))
 
-    def batches(self, cfg, shard, bs, device, train, steps=None, epoch=0):
+    def batches(self, shard, ctx: RunContext, train: bool):
+        cfg, bs, device, epoch = ctx.cfg, ctx.bs, ctx.device, ctx.epoch
         ids, offsets, _ = _read_shard(shard)
         if train:
             def make(k: int):  # documents shuffled every pass, then one stream
                 rng = np.random.default_rng([cfg.seed, epoch, k])
                 order = rng.permutation(len(offsets) - 1)
                 stream = np.concatenate([ids[offsets[i]:offsets[i + 1]] for i in order]) if len(order) else ids
-                return text.LMStream(stream, bs, cfg.bptt, seed=cfg.seed * 1000 + epoch * 10 + k)
-            for x, y in cycle_batches(make, steps):
+                return batching.LMStream(stream, bs, cfg.bptt, seed=cfg.seed * 1000 + epoch * 10 + k)
+            for x, y in cycle_batches(make, ctx.steps_per_epoch):
                 yield x.to(device), y.to(device)
         else:
-            for x, y in text.LMStream(ids, bs, cfg.bptt, seed=cfg.seed):
+            for x, y in batching.LMStream(ids, bs, cfg.bptt, seed=cfg.seed):
                 yield x.to(device), y.to(device)
 
     def build_model(self, cfg: LMConfig) -> nn.Module:
@@ -253,38 +246,36 @@ class ImdbLM(_ImdbBase):
 
     def init_source(self, cfg: LMConfig, manifest: dict, tracking_uri: str) -> dict[str, str]:
         if not cfg.pretrained:
-            say("imdb-lm: no pretrained LM given (--set pretrained=FILE): random init")
+            logger.info("imdb-lm: no pretrained LM given (--set pretrained=FILE): random init")
             return {"fastray.init": "random"}
         path = _resolve(self, cfg.pretrained, "pretrained", None, Path("."))
         state = _load(path, "pretrained")
-        rows = _emb_rows(state, "encoder.embed.emb.weight", "pretrained", path)
-        if rows != cfg.vocab_size:
-            raise ValueError(f"pretrained {path}: its vocabulary has {rows} tokens, this config's vocab_size is "
-                             f"{cfg.vocab_size}: the LM must use this tokenizer's vocabulary")
+        self._check_vocab(cfg, state, path)
         try:
             self.build_model(cfg).load_state_dict(state)
         except RuntimeError as e:
             raise ValueError(f"pretrained {path}: does not fit this LM: {str(e).splitlines()[0]}") from None
-        say(f"imdb-lm: starting from the pretrained LM {path}")
+        logger.info(f"imdb-lm: starting from the pretrained LM {path}")
         return {"fastray.init": f"pretrained:{path}"}
 
-    def init_model(self, model, cfg: LMConfig, tracking_uri: str) -> None:
-        if cfg.pretrained:
-            model.load_state_dict(_load(Path(cfg.pretrained), "pretrained"))
+    def init_model(self, model, ctx: RunContext) -> None:
+        if ctx.cfg.pretrained:
+            model.load_state_dict(_load(Path(ctx.cfg.pretrained), "pretrained"))
 
     def phases(self, cfg: LMConfig) -> list:
         return one_cycle(cfg.epochs, cfg.lr, div=cfg.div, pct=cfg.pct, moms=tuple(cfg.moms), opt="adam",
                          opt_kwargs=self._opt_kwargs(cfg), data="train")
 
-    def train_step(self, model, batch, opt, cfg: LMConfig) -> dict[str, torch.Tensor]:
+    def train_step(self, model, batch, ctx: RunContext) -> dict[str, torch.Tensor]:
+        """The loss optimised is the cross entropy plus AR and TAR; "ce" alone is comparable
+        with the validation loss."""
         x, y = batch
         logits, raw, dropped = model(x, return_activations=True)
         ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
-        optimizer_step(opt, ce + ar_tar(raw, dropped, cfg.alpha, cfg.beta), cfg.clip)
-        return {"loss": ce.detach()}
+        return {"loss": ce + ar_tar(raw, dropped, ctx.cfg.alpha, ctx.cfg.beta), "ce": ce.detach()}
 
-    def evaluate(self, model, batches: Iterable, cfg) -> dict[str, float]:
-        m = self._core(model)
+    def evaluate(self, model, batches: Iterable, ctx: RunContext) -> dict[str, float]:
+        m = unwrap(model)
         m.reset()
         res = classification_metrics((m(x).reshape(-1, m.cfg.vocab_size), y.reshape(-1)) for x, y in batches)
         return {**res, "perplexity": math.exp(min(res["loss"], 50))}
@@ -294,8 +285,11 @@ class ImdbLM(_ImdbBase):
         out["perplexity"] = math.exp(min(out["loss"], 50))  # of the mean loss, not a mean of perplexities
         return out
 
-    def final_artifacts(self, model, cfg, out_dir: Path) -> dict[str, list[Path]]:
-        path = out_dir / "encoder.pt"
+    def on_epoch_end(self, model, ctx: RunContext) -> dict[str, list[Path]]:
+        """The encoder (embedding + LSTMs) after the last epoch, for imdb-clas (`encoder=RUN_ID`)."""
+        if not ctx.is_last_epoch:
+            return {}
+        path = ctx.out_dir / "encoder.pt"
         torch.save(encoder_state(model), path)
         return {"encoder": [path]}
 
@@ -309,26 +303,28 @@ class ImdbClas(_ImdbBase):
     metric = "accuracy"
     mode = "max"
     _init_field, _init_what = "encoder", "encoder"
+    _emb_key, _vocab_hint = "embed.emb.weight", "train the LM with the same vocab_size and data"
 
     def datasets(self, cfg, cache, manifest: dict) -> dict[str, Any]:
         return {"train": self._read(cache, manifest, "train"), "valid": self._read(cache, manifest, "valid")}
 
-    def batches(self, cfg, shard, bs, device, train, steps=None, epoch=0):
+    def batches(self, shard, ctx: RunContext, train: bool):
+        cfg, bs, device, epoch = ctx.cfg, ctx.bs, ctx.device, ctx.epoch
         ids, offsets, labels = _read_shard(shard)
         lengths = np.diff(offsets)
         keep = cfg.max_len + cfg.bptt  # the encoder keeps max_len outputs: older tokens only warm the state
 
         def batch(idx: list[int]):
             docs = [ids[max(offsets[i], offsets[i + 1] - keep):offsets[i + 1]] for i in idx]
-            return text.pad_batch(docs, text.PAD_ID).to(device), torch.from_numpy(labels[idx]).to(device)
+            return batching.pad_batch(docs, text.PAD_ID).to(device), torch.from_numpy(labels[idx]).to(device)
 
         if train:
             def make(k: int):
-                return (batch(b) for b in text.sortish_batches(lengths, bs, seed=cfg.seed * 1000 + epoch * 10 + k)
+                return (batch(b) for b in batching.sortish_batches(lengths, bs, seed=cfg.seed * 1000 + epoch * 10 + k)
                         if len(b) == bs)
-            yield from cycle_batches(make, steps)
+            yield from cycle_batches(make, ctx.steps_per_epoch)
         else:
-            for b in text.sorted_batches(lengths, bs):
+            for b in batching.sorted_batches(lengths, bs):
                 yield batch(b)
 
     def build_model(self, cfg: ClasConfig) -> nn.Module:
@@ -340,50 +336,43 @@ class ImdbClas(_ImdbBase):
 
     def init_source(self, cfg: ClasConfig, manifest: dict, tracking_uri: str) -> dict[str, str]:
         if not cfg.encoder:
-            say("imdb-clas: no encoder given (--set encoder=RUN_ID|FILE): random init")
+            logger.info("imdb-clas: no encoder given (--set encoder=RUN_ID|FILE): random init")
             return {"fastray.init": "random"}
         with tempfile.TemporaryDirectory() as d:
             path = _resolve(self, cfg.encoder, "encoder", tracking_uri, Path(d))
             state = _load(path, "encoder")
-            rows = _emb_rows(state, "embed.emb.weight", "encoder", path)
-            if rows != cfg.vocab_size:
-                raise ValueError(f"encoder {cfg.encoder}: its vocabulary has {rows} tokens, this config's vocab_size "
-                                 f"is {cfg.vocab_size}: train the LM with the same vocab_size and data")
+            self._check_vocab(cfg, state, path)
             load_encoder(self.build_model(cfg), state)  # ValueError when the architecture differs
         if _RUN_ID.fullmatch(cfg.encoder) and not Path(cfg.encoder).is_file():
             from mlflow.tracking import MlflowClient
 
             key = MlflowClient(tracking_uri=tracking_uri).get_run(cfg.encoder).data.tags.get("fastray.cache_key")
             if key and key != manifest["key"]:
-                say(f"imdb-clas: warning: the LM run {cfg.encoder} tokenized other data or settings "
-                    f"(cache key {key}, here {manifest['key']}): its token ids may mean other pieces")
-            say(f"imdb-clas: encoder loaded from the imdb-lm run {cfg.encoder}")
+                logger.warning(f"imdb-clas: warning: the LM run {cfg.encoder} tokenized other data or settings "
+                               f"(cache key {key}, here {manifest['key']}): its token ids may mean other pieces")
+            logger.info(f"imdb-clas: encoder loaded from the imdb-lm run {cfg.encoder}")
             return {"fastray.init": f"encoder:run:{cfg.encoder}"}
-        say(f"imdb-clas: encoder loaded from {cfg.encoder}")
+        logger.info(f"imdb-clas: encoder loaded from {cfg.encoder}")
         return {"fastray.init": f"encoder:file:{cfg.encoder}"}
 
-    def init_model(self, model, cfg: ClasConfig, tracking_uri: str) -> None:
-        if cfg.encoder:
+    def init_model(self, model, ctx: RunContext) -> None:
+        if ctx.cfg.encoder:
             with tempfile.TemporaryDirectory() as d:
-                load_encoder(model, _load(_resolve(self, cfg.encoder, "encoder", tracking_uri, Path(d)), "encoder"))
+                path = _resolve(self, ctx.cfg.encoder, "encoder", ctx.tracking_uri, Path(d))
+                load_encoder(model, _load(path, "encoder"))
 
     def phases(self, cfg: ClasConfig) -> list:
+        """Gradual unfreezing: a 1cycle per stage (the head, then one more group each stage,
+        unfreeze_epochs), then every group for the rest of `epochs`; discriminative LRs."""
         n = cfg.n_layers + 2
-        mults = discriminative(n, cfg.lr_factor)
-        out = []
-        for k, epochs in enumerate(cfg.stage_epochs):
-            trainable = min(n, k + 1) if k < len(cfg.stage_epochs) - 1 else n  # the last stage: all
-            cycle = one_cycle(epochs, cfg.lr, div=cfg.div, pct=cfg.pct, moms=tuple(cfg.moms), opt="adam",
-                              opt_kwargs=self._opt_kwargs(cfg), lr_mults=mults, data="train")
-            out += with_frozen(cycle, tuple(range(n - trainable)))
-        return out
+        return gradual_unfreeze(cfg.epochs, cfg.unfreeze_epochs, n, cfg.lr, div=cfg.div, pct=cfg.pct,
+                                moms=tuple(cfg.moms), opt="adam", opt_kwargs=self._opt_kwargs(cfg),
+                                lr_mults=discriminative(n, cfg.lr_factor), data="train")
 
-    def train_step(self, model, batch, opt, cfg: ClasConfig) -> dict[str, torch.Tensor]:
+    def train_step(self, model, batch, ctx: RunContext) -> dict[str, torch.Tensor]:
         x, y = batch
-        loss = F.cross_entropy(model(x).float(), y)
-        optimizer_step(opt, loss, cfg.clip)
-        return {"loss": loss.detach()}
+        return {"loss": F.cross_entropy(model(x).float(), y)}
 
-    def evaluate(self, model, batches: Iterable, cfg) -> dict[str, float]:
-        m = self._core(model)
+    def evaluate(self, model, batches: Iterable, ctx: RunContext) -> dict[str, float]:
+        m = unwrap(model)
         return classification_metrics((m(x), y) for x, y in batches)

@@ -8,12 +8,14 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from models.awd_lstm import encoder_state
-from pipelines import registry
 from pipelines.__main__ import main
-from pipelines.engine import LocalSession, RunSpec, run_loop
-from pipelines.imdb_ulmfit import SAMPLE_KW
-from pipelines.phases import Schedule
+from pipelines.core import registry
+from pipelines.core.engine import plan
+from pipelines.core.loop import RunSpec, run_loop
+from pipelines.core.phases import Schedule
+from pipelines.core.sessions import LocalSession
 from preprocessing import samples
+from preprocessing.samples import imdb as imdb_samples
 from preprocessing.cache import Cache
 
 
@@ -28,7 +30,7 @@ def run_cli(capsys, *argv):
 def imdb_small(tmp_path_factory) -> Path:
     """600 labelled reviews (300 train, 300 test) and 600 unlabelled ones."""
     out = tmp_path_factory.mktemp("data") / "aclImdb"
-    samples.imdb(out, size=600, seed=1)
+    imdb_samples.imdb(out, size=600, seed=1)
     return out
 
 
@@ -46,6 +48,14 @@ def test_registered_with_phases_of_gradual_unfreezing():
     assert len(mults) == n and all(abs(mults[i + 1] / mults[i] - 2.6) < 1e-9 for i in range(n - 1))
     assert set(clas.search_space(cfg)) >= {"drop_mult", "lr", "div", "pct"}
     assert set(lm.search_space(lm.configs["tiny"])) >= {"drop_mult", "lr", "div", "pct"}
+    # `epochs` is the whole run's: every named config trains what it says, and --epochs N
+    # cuts the unfreezing stages that no longer fit (one epoch: the head alone)
+    for pipe in (lm, clas):
+        for name, c in pipe.configs.items():
+            for epochs in (1, 2, c.epochs):
+                plan(pipe, dataclasses.replace(c, epochs=epochs), 10)
+    assert [p.frozen for p in clas.phases(dataclasses.replace(cfg, epochs=1))] == [tuple(range(n - 1))] * 3
+    assert clas.configs["sample"].epochs == 10 and clas.configs["sample"].unfreeze_epochs == (1, 1)  # 1, 1, 8
 
 
 def test_sample_data_by_dataset_name(capsys, tmp_path):
@@ -74,6 +84,7 @@ def test_lm_then_classifier_on_its_encoder(capsys, imdb_small, workdir, ray_sess
     assert "random init" in err
     assert lm["cache"] == "hit" and 1 < lm["metrics"]["perplexity"] < 300  # vocab 300: random is ~300
     assert 0 < lm["metrics"]["valid_accuracy"] <= 1
+    assert lm["metrics"]["train_loss"] > lm["metrics"]["train_ce"] > 0  # optimised: CE + AR + TAR
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}")
     assert "encoder.pt" in [Path(a.path).name for a in client.list_artifacts(lm["run_id"], "encoder")]
 
@@ -110,11 +121,12 @@ def test_lm_then_classifier_on_its_encoder(capsys, imdb_small, workdir, ray_sess
 def _train_here(name: str, cfg, cache: Cache, manifest: dict) -> LocalSession:
     """One run of `name` through the engine's loop and the pipeline's hooks, in this process."""
     pipe = registry.get(name)
-    spec = RunSpec(name, cfg, name, 1, 1, False, pipe.steps_per_epoch(cfg, manifest, 1), "", "", "")
+    spec = RunSpec(name, cfg, name, 1, 1, False, pipe.steps_per_epoch(cfg, manifest, 1), "", "", "",
+                   manifest=manifest)
     session = LocalSession(pipe.datasets(cfg, cache, manifest))
     threads = torch.get_num_threads()
     try:
-        run_loop(spec, session)
+        run_loop(spec, session, pipe)
     finally:
         torch.set_num_threads(threads)  # the loop sets this process's, as a worker's
     return session
@@ -126,7 +138,7 @@ def test_fine_tuned_encoder_beats_random_init(tmp_path, ray_session):
     with the same config, seed and batches (600 reviews; 1, 1 and 2 epochs of the unfreezing stages).
     Measured on the test reviews (400), the fine-tuned one is clearly better."""
     data = tmp_path / "aclImdb"
-    samples.imdb(data, **{**SAMPLE_KW, "size": 1000, "unsup": 1400, "test_frac": 0.4, "seed": 3})
+    samples.generate("imdb", data, size=1000, unsup=1400, test_frac=0.4, seed=3)  # the sample's reviews
     cache = Cache(tmp_path / "cache")
     lm_pipe = registry.get("imdb-lm")
     lm_cfg = dataclasses.replace(lm_pipe.configs["sample"], epochs=3)
@@ -139,7 +151,7 @@ def test_fine_tuned_encoder_beats_random_init(tmp_path, ray_session):
     enc = tmp_path / "encoder.pt"
     torch.save(encoder_state(model), enc)
 
-    clas_cfg = dataclasses.replace(registry.get("imdb-clas").configs["sample"], stage_epochs=(1, 1, 2), bs=16)
+    clas_cfg = dataclasses.replace(registry.get("imdb-clas").configs["sample"], epochs=4, unfreeze_epochs=(1, 1), bs=16)
     acc = {}
     for init, src in (("fine-tuned", str(enc)), ("random", "")):
         run = _train_here("imdb-clas", dataclasses.replace(clas_cfg, encoder=src), cache, manifest)
