@@ -164,7 +164,6 @@ def _emb_rows(state: dict, key: str, what: str, path: Path) -> int:
 
 
 class _ImdbBase(Pipeline):
-    dataset = "imdb"  # `fastray sample-data imdb`: preprocessing.samples.GENERATORS["imdb"]
 
     def preprocess(self, cfg, data_dir: Path, cache, on_bad: str = "skip"):
         src = getattr(cfg, self._init_field)
@@ -208,8 +207,6 @@ class _ImdbBase(Pipeline):
 class ImdbLM(_ImdbBase):
     Config = LMConfig
     configs = LM_CONFIGS
-    metric = "perplexity"
-    mode = "min"
     _init_field, _init_what = "pretrained", "pretrained"
     _emb_key, _vocab_hint = "encoder.embed.emb.weight", "the LM must use this tokenizer's vocabulary"
 
@@ -300,8 +297,6 @@ class ImdbLM(_ImdbBase):
 class ImdbClas(_ImdbBase):
     Config = ClasConfig
     configs = CLAS_CONFIGS
-    metric = "accuracy"
-    mode = "max"
     _init_field, _init_what = "encoder", "encoder"
     _emb_key, _vocab_hint = "embed.emb.weight", "train the LM with the same vocab_size and data"
 
