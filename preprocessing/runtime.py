@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 
 LOG_FILE_ENV = "FASTRAY_LOG_FILE"  # set: Ray's and MLflow's own lines go to this file, not the terminal
@@ -41,13 +42,25 @@ def init_ray(num_cpus: int | None = None) -> None:
 _handlers: dict[str, logging.Handler] = {}
 
 
+class _LazyFileHandler(logging.FileHandler):
+    """A log file (and its folder) made when the first line comes: a run refused before any
+    work leaves nothing behind."""
+
+    def __init__(self, path: str):
+        super().__init__(path, delay=True)
+
+    def _open(self):
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+
 def route_logs(path: str | None) -> None:
     """Send the terminal lines of Ray's, Ray Data's, Ray Train's, Tune's and MLflow's loggers
     (and Python warnings) to the file `path` instead; None leaves them as they are."""
     if not path:
         return
     if path not in _handlers:
-        handler = logging.FileHandler(path, delay=True)  # no file until a line comes
+        handler = _LazyFileHandler(path)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         _handlers[path] = handler
     handler = _handlers[path]

@@ -101,7 +101,7 @@ def test_storage_layout():
     u = Storage.resolve("s3://bucket/fastray/")
     assert u.checkpoints() == "s3://bucket/fastray/runs" and u.artifacts() == "s3://bucket/fastray/mlartifacts"
     assert u.cache_dir(None) is None and u.cache_dir(Path("/mnt/shared/c")) == Path("/mnt/shared/c")
-    assert Storage.resolve(None).checkpoints() is None  # the local defaults stay
+    assert Storage.resolve(None).checkpoints() == str(Path("runs").absolute())  # the local default: ./runs
 
 
 def test_new_experiments_keep_artifacts_on_the_storage(tmp_path, capsys):

@@ -156,7 +156,8 @@ def _cache_key(data: Path, cache_dir: Path) -> tuple[str, str]:
 
 
 def _entries(cache_dir: Path) -> list[str]:
-    return sorted(p.name for p in cache_dir.iterdir())
+    """The cache's entries and leftovers (not its logs/ folder of preprocess logs)."""
+    return sorted(p.name for p in cache_dir.iterdir() if p.name != "logs")
 
 
 def test_two_preprocess_processes_at_once_build_once(cifar_tiny, workdir, ray_session):

@@ -84,7 +84,6 @@ def internals_to(path: Path | None, mlflow: bool = True):
         return
     if mlflow:
         import mlflow  # noqa: F401  (configures its loggers on import: route them too)
-    path.parent.mkdir(parents=True, exist_ok=True)
     before = os.environ.get(LOG_FILE_ENV)
     os.environ[LOG_FILE_ENV] = str(path)
     route_logs(str(path))
