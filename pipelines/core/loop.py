@@ -217,7 +217,7 @@ def _run_loop(spec: RunSpec, session: Any, pipe: Any) -> None:
         if run_log and epoch + 1 not in logged:
             run_log.metrics(metrics, step=epoch + 1)  # after the checkpoint is safe: never twice
         if rank0:
-            shown = [k for k in metrics if k.startswith("train_")] + [k for k in ("valid_loss", pipe.metric, "lr") if k in metrics]
+            shown = [k for k in metrics if k.startswith("train_")] + [k for k in ("valid_loss", pipe.metric, "sched_lr") if k in metrics]
             logger.info(
                 f"[{spec.name}] epoch {epoch + 1}/{sched.total_epochs} "
                 + " ".join(f"{k}={metrics[k]:.4g}" for k in dict.fromkeys(shown))
@@ -241,15 +241,17 @@ def _run_loop(spec: RunSpec, session: Any, pipe: Any) -> None:
 
 
 def _lr_metrics(optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
-    """The last group's LR as "lr"; every group's when there are several (discriminative
-    LRs), or each optimizer's as lr_<name> when the pipeline owns several."""
+    """The LR the schedule set last, as "sched_lr" (not "lr": that is the config's peak LR,
+    and the key a search varies): the last group's; every group's when there are several
+    (discriminative LRs), or each optimizer's as sched_lr_<name> when the pipeline owns several."""
     if not optimizers:
         return {}
     if len(optimizers) > 1 or "opt" not in optimizers:
-        return {"lr": next(iter(optimizers.values())).param_groups[-1]["lr"],
-                **{f"lr_{k}": o.param_groups[-1]["lr"] for k, o in optimizers.items()}}
+        return {"sched_lr": next(iter(optimizers.values())).param_groups[-1]["lr"],
+                **{f"sched_lr_{k}": o.param_groups[-1]["lr"] for k, o in optimizers.items()}}
     groups = optimizers["opt"].param_groups
-    return {"lr": groups[-1]["lr"], **({f"lr_group{i}": g["lr"] for i, g in enumerate(groups)} if len(groups) > 1 else {})}
+    return {"sched_lr": groups[-1]["lr"],
+            **({f"sched_lr_group{i}": g["lr"] for i, g in enumerate(groups)} if len(groups) > 1 else {})}
 
 
 def _keep_first(batches: Iterable, ctx: RunContext) -> Iterator:

@@ -64,10 +64,27 @@ def run_url(uri: str, run_id: str) -> str:
     """Where a person sees the run: its page on the tracking server, or `fastray ui` for a
     local store (which serves it on 127.0.0.1:5000)."""
     exp = _client(uri).get_run(run_id).info.experiment_id
-    page = f"/#/experiments/{exp}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
+    return _ui(uri, f"/#/experiments/{exp}/runs/{run_id}?{MODEL_TRAINING_VIEW}")
+
+
+def _ui(uri: str, page: str) -> str:
+    """A page of the tracking server's UI; for a local store, of the one `fastray ui` serves."""
     if is_server(uri):
         return uri.rstrip("/") + page
     return f"http://127.0.0.1:5000{page} (start it with `fastray ui`)"
+
+
+def compare_url(uri: str, run_ids: list[str]) -> str:
+    """MLflow's compare view of these runs (one experiment's): their params and metrics side
+    by side, a link to each metric's histories, and scatter / parallel-coordinates plots."""
+    import urllib.parse
+
+    if not run_ids:
+        return ""
+    exp = _client(uri).get_run(run_ids[0]).info.experiment_id
+    query = urllib.parse.urlencode({"runs": json.dumps(run_ids, separators=(",", ":")),
+                                    "experiments": json.dumps([exp])})
+    return _ui(uri, f"/#/compare-runs?{query}&{MODEL_TRAINING_VIEW}")
 
 
 def require_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -232,7 +249,7 @@ def plot_curves(logger: RunLogger, path: Path) -> Path | None:
     """Every per-epoch metric against epoch: losses in one panel, the rest in another."""
     from . import plots
 
-    keys = [k for k in logger.metric_keys() if not k.startswith(("lr", "momentum", "images_per_s", "epoch_seconds"))]
+    keys = [k for k in logger.metric_keys() if not k.startswith(("sched_", "momentum", "images_per_s", "epoch_seconds"))]
     if not keys:
         return None
     losses = [k for k in keys if "loss" in k]

@@ -65,13 +65,51 @@ def _trial(params: dict, *, pipeline: str, cfg: Any, manifest: dict, datasets: d
     ).fit()  # a diverged loss fails the trainer, and so the trial (its workers re-raise NonFiniteLoss)
 
 
-class MlflowTrials(Callback):
-    """A Tune callback, in the driver: one child run per trial under the search's parent."""
+def short(v: Any) -> str:
+    """A searched value as people compare it: 3 significant digits."""
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
-    def __init__(self, uri: str, experiment: str, parent_id: str, base: dict, max_epochs: int, metric: str):
+
+def trial_name(trial_id: str, config: dict, stopped_at: int | None = None) -> str:
+    """`t03 lr=0.175 p=0.32`: the trial's number first (names stay distinct where the UI cuts
+    them), then its searched values; an ASHA-stopped trial ends with `[stopped@E]`."""
+    number = int(trial_id.rsplit("_", 1)[-1]) if trial_id.rsplit("_", 1)[-1].isdigit() else trial_id
+    name = f"t{number:02d} " + " ".join(f"{k}={short(v)}" for k, v in config.items())
+    return name + (f" [stopped@{stopped_at}]" if stopped_at is not None else "")
+
+
+def describe_space(space: dict) -> dict[str, str]:
+    """Each searched key's domain in words: `loguniform(0.1, 0.8)`, `choice([1.0, 3.0])`."""
+    from ray.tune.search import sample
+
+    out = {}
+    for k, d in space.items():
+        if isinstance(d, sample.Categorical):
+            out[k] = f"choice({list(d.categories)})"
+        elif isinstance(d, (sample.Float, sample.Integer)):
+            kind = type(d.get_sampler()).__name__.lower().lstrip("_")  # loguniform, uniform, normal ...
+            out[k] = f"{'randint' if isinstance(d, sample.Integer) and kind == 'uniform' else kind}" \
+                     f"({short(d.lower)}, {short(d.upper)})"
+        else:
+            out[k] = str(d)
+    return out
+
+
+class Trials(Callback):
+    """A Tune callback, in the driver: one MLflow child run per trial under the search's
+    parent, opened when the trial starts and closed when it ends (so its times are the
+    trial's), and a line on the terminal for each start, epoch and end (Tune's own tables
+    are off: they said the same in 200 lines)."""
+
+    def __init__(self, uri: str, experiment: str, parent_id: str, base: dict, max_epochs: int, metric: str,
+                 search: str):
         self.uri, self.experiment, self.parent_id = uri, experiment, parent_id
-        self.base, self.max_epochs, self.metric = base, max_epochs, metric
-        self.runs: dict[str, str] = {}
+        self.base, self.max_epochs, self.metric, self.search = base, max_epochs, metric, search
+        self.runs: dict[str, str] = {}   # trial id -> MLflow run id
+        self._names: dict[str, str] = {}  # trial id -> MLflow run name
+
+    def names(self) -> dict[str, str]:
+        return dict(self._names)
 
     def _run(self, trial) -> tracking.RunLogger:
         if trial.trial_id not in self.runs:
@@ -81,28 +119,62 @@ class MlflowTrials(Callback):
                                        f"tags.`mlflow.parentRunId` = '{self.parent_id}'", max_results=1)
             if found:  # a resumed search: keep writing to the trial's run
                 self.runs[trial.trial_id] = found[0].info.run_id
+                self._names[trial.trial_id] = found[0].info.run_name
+                client.update_run(found[0].info.run_id, status="RUNNING")
             else:
-                run = client.create_run(exp_id, run_name=f"trial-{trial.trial_id}", tags={
+                self._names[trial.trial_id] = trial_name(trial.trial_id, trial.config)
+                run = client.create_run(exp_id, run_name=self._names[trial.trial_id], tags={
                     "mlflow.parentRunId": self.parent_id, "fastray.trial_id": trial.trial_id})
                 logger = tracking.RunLogger(self.uri, run.info.run_id)
-                logger.params({"config": {**self.base, **trial.config}})
-                logger.tags({f"tuned.{k}": v for k, v in trial.config.items()})
+                logger.params({"config": {**self.base, **trial.config}, "hp": {k: short(v) for k, v in trial.config.items()}})
                 self.runs[trial.trial_id] = run.info.run_id
         return tracking.RunLogger(self.uri, self.runs[trial.trial_id])
 
+    def _say(self, trial, what: str) -> None:
+        logger.info(f"[{self.search}] {self._names.get(trial.trial_id, trial.trial_id).split(' [')[0]}: {what}")
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._run(trial)
+        self._say(trial, "started")
+
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        metrics = {k: v for k, v in result.items()
-                   if k == self.metric or k in ("lr", "images_per_s", "epoch_seconds") or k.startswith(("train_", "valid_"))}
+        metrics = {k: v for k, v in result.items() if k == self.metric or
+                   k.startswith(("train_", "valid_", "sched_")) or k in ("images_per_s", "epoch_seconds")}
         self._run(trial).metrics(metrics, step=int(result["epoch"]))
+        shown = [k for k in metrics if k.startswith("train_")] + [k for k in ("valid_loss", self.metric) if k in metrics]
+        self._say(trial, f"epoch {int(result['epoch'])}/{self.max_epochs} "
+                  + " ".join(f"{k}={metrics[k]:.4g}" for k in dict.fromkeys(shown)))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         epochs = int((trial.last_result or {}).get("epoch", 0))
         logger = self._run(trial)
-        logger.tags({"fastray.asha_stopped": epochs < self.max_epochs, "fastray.epochs_trained": epochs})
+        stopped = epochs < self.max_epochs
+        logger.tags({"fastray.asha_stopped": stopped, "fastray.epochs_trained": epochs})
+        if stopped:
+            logger.tags({"fastray.stop_reason": f"ASHA stopped it after epoch {epochs} of {self.max_epochs}: "
+                         f"its {self.metric} was not in the best half of the trials at that epoch"})
+            self._names[trial.trial_id] = trial_name(trial.trial_id, trial.config, epochs)
+            logger.client.update_run(logger.run_id, name=self._names[trial.trial_id])
+        value = (trial.last_result or {}).get(self.metric)
+        self._say(trial, (f"stopped by ASHA after epoch {epochs}/{self.max_epochs}" if stopped else
+                          f"finished {epochs} epochs") + (f", {self.metric}={value:.4g}" if value is not None else ""))
         logger.finish("FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._run(trial).finish("FAILED")
+        logger = self._run(trial)
+        why = _last_line(trial.error_file) or "the trial failed"
+        logger.tags({"fastray.failure": why})
+        self._say(trial, f"failed: {why}")
+        logger.finish("FAILED")
+
+
+def _last_line(path: str | None) -> str:
+    """The last line of a trial's error file (the exception), or ""."""
+    try:
+        lines = [l for l in Path(path).read_text().splitlines() if l.strip()] if path else []
+    except OSError:
+        return ""
+    return lines[-1].strip()[:500] if lines else ""
 
 
 def tune(
@@ -170,13 +242,18 @@ def tune(
     max_epochs = plan(pipe, cfg, steps_per_epoch).total_epochs  # ASHA's max_t
 
     uri = tracking.resolve_uri(tracking_uri)
+    init_tags = pipe.init_source(cfg, manifest, uri)  # weights resolved (fetched) once, here, for every trial
     storage_path = storage or Storage.resolve(None).checkpoints()
     search_args = {"num_samples": num_samples, "max_concurrent": concurrent, "workers_per_trial": workers_per_trial,
-                   "search": search, "seed": seed, "time_budget_s": time_budget_s}
+                   "search": search, "seed": seed, "time_budget_s": time_budget_s,
+                   "scheduler": f"ASHA(epochs, max_t={max_epochs}, grace_period=1, reduction_factor=2)",
+                   "space": describe_space(space)}
+    # the parent describes the search: the searched keys' base values, which no trial used, stay out
+    fixed_cfg = {k: v for k, v in to_dict(cfg).items() if k not in space}
     parent_id, resumed = tracking.start_run(
-        uri, pipeline, name, params={"config": to_dict(cfg), "search": search_args},
+        uri, pipeline, name, params={"config": fixed_cfg, "search": search_args},
         tags={"fastray.pipeline": pipeline, "fastray.kind": "tune", "fastray.config": config_label,
-              "fastray.cache_key": manifest["key"], "fastray.git_commit": tracking.git_commit()},
+              "fastray.cache_key": manifest["key"], "fastray.git_commit": tracking.git_commit(), **init_tags},
     )
     parent = tracking.RunLogger(uri, parent_id)
     logger.info(f"[{name}] MLflow parent run {parent_id} ({'resumed' if resumed else 'new'}) in {uri}; "
@@ -189,7 +266,7 @@ def tune(
                            placement=os.environ.get("FASTRAY_PLACEMENT", "PACK")),
         resources,
     )
-    callback = MlflowTrials(uri, pipeline, parent_id, to_dict(cfg), max_epochs, pipe.metric)
+    callback = Trials(uri, pipeline, parent_id, to_dict(cfg), max_epochs, pipe.metric, name)
     exp_path = join_storage(storage_path, name)
     # save the search's state at least every second (Tune's "auto" may wait minutes), so a
     # killed search loses no finished trial
@@ -203,12 +280,15 @@ def tune(
             trainable,
             param_space=space,
             tune_config=rt.TuneConfig(
-                metric=pipe.metric, mode=pipe.mode, scheduler=scheduler, search_alg=_search_alg(search, seed),
-                num_samples=num_samples, max_concurrent_trials=concurrent, time_budget_s=time_budget_s,
+                metric=pipe.metric, mode=pipe.mode, scheduler=scheduler, search_alg=_search_alg(search, seed, concurrent),
+                num_samples=num_samples, time_budget_s=time_budget_s,
+                # the random search limits itself (Tune would say it ignores max_concurrent_trials)
+                max_concurrent_trials=None if search == "random" else concurrent,
             ),
-            run_config=rt.RunConfig(name=name, storage_path=storage_path, callbacks=[callback], verbose=1),
+            run_config=rt.RunConfig(name=name, storage_path=storage_path, callbacks=[callback],
+                                     verbose=2 if logs.verbose() else 0),
         )
-    with contextlib.redirect_stdout(sys.stderr):  # Tune's tables are progress: stdout keeps the JSON
+    with _tune_output() as out, contextlib.redirect_stdout(out):  # stdout keeps the JSON line
         results = tuner.fit()
 
     # a trial that failed (a diverged loss, a crash) is never the best, whatever it reported before
@@ -218,7 +298,9 @@ def tune(
         parent.tags({"fastray.failure": f"all {len(results)} trials failed"})
         parent.finish("FAILED")
         raise ValueError(f"all {len(results)} trials failed ({len(results.errors)} errors); the first: {first}")
-    best = (max if pipe.mode == "max" else min)(ok, key=lambda r: r.metrics[pipe.metric])
+    # the best final metric; of equal ones, the trial that trained longest
+    sign = 1 if pipe.mode == "max" else -1
+    best = max(ok, key=lambda r: (sign * r.metrics[pipe.metric], r.metrics.get("epoch", 0)))
     best_cfg = dataclasses.replace(cfg, **best.config)
     best_json = {"base": config_label if config_label in pipe.configs else "default", **to_dict(best_cfg)}
     best_path = None  # on object storage, best.json is the parent run's MLflow artifact only
@@ -228,12 +310,25 @@ def tune(
     frame = results.get_dataframe()
     best_metrics = {k: v for k, v in best.metrics.items() if isinstance(v, (int, float)) and (
         k == pipe.metric or k.startswith(("train_", "valid_")) or k == "epoch")}
+    best_run = callback.runs.get(best.metrics.get("trial_id", ""), "")
+    best_name = tracking._client(uri).get_run(best_run).info.run_name if best_run else ""
+    children = list(callback.runs.values())
+    compare = tracking.compare_url(uri, children)
     parent.json(best_json, "best.json")
-    parent.metrics({f"best_{pipe.metric}": best.metrics[pipe.metric]}, step=0)
-    parent.tags({"fastray.best_trial": best.path.rsplit("/", 1)[-1]})
+    parent.params({"best": {k: short(v) for k, v in best.config.items()}})
+    parent.metrics({f"best_{k}": v for k, v in best_metrics.items() if k != "epoch"}, step=0)
+    parent.tags({"fastray.best_trial": best.metrics.get("trial_id", ""), "fastray.best_run_id": best_run,
+                 "fastray.best_run_name": best_name, "mlflow.note.content": _description(
+                     pipeline, len(frame), pipe.metric, best.metrics[pipe.metric], best_name, best_run, compare,
+                     search_args, uri)})
     with tempfile.TemporaryDirectory() as d:
-        parent.artifact(_plot_trials(results, pipe.metric, Path(d) / "trials.png"), "plots")
+        for png in _plot_trials(results, pipe.metric, pipe.mode, max_epochs, callback.names(), Path(d),
+                                {k for k, d in search_args["space"].items() if d.startswith("log")}):
+            parent.artifact(png, "plots")
     parent.finish()
+    logger.info(_table(results, pipe.metric, pipe.mode, max_epochs, callback.names()))
+    logger.info(f"[{name}] best trial: {best_name} ({pipe.metric}={best.metrics[pipe.metric]:.4g})")
+    logger.info(f"[{name}] compare the {len(children)} trials: {compare}")
     n_stopped = sum(int(r.metrics.get("epoch", 0)) < max_epochs for r in results if r.metrics)
     return {
         "parent_run_id": parent_id,
@@ -245,16 +340,34 @@ def tune(
         "best_config": best.config,
         "best_metrics": best_metrics,
         "best_config_path": str(best_path) if best_path else None,
+        "best_run_id": best_run,
+        "compare_url": compare,
+        "parent_url": tracking.run_url(uri, parent_id),
         "resumed": resumed,
         "seconds": round(time.perf_counter() - t0, 2),
     }
 
 
-def _search_alg(search: str, seed: int):
+@contextlib.contextmanager
+def _tune_output():
+    """Where Tune's own printed boxes go: the run folder's log file (the terminal gets the
+    trials' lines), or the terminal's stderr with -v."""
+    from preprocessing.runtime import LOG_FILE_ENV
+
+    path = os.environ.get(LOG_FILE_ENV)
+    if logs.verbose() or not path:
+        yield sys.stderr
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        yield f
+
+
+def _search_alg(search: str, seed: int, concurrent: int):
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     if search == "random":
-        return BasicVariantGenerator(random_state=seed)
+        return BasicVariantGenerator(random_state=seed, max_concurrent=concurrent)
     if search == "tpe":
         try:
             import optuna  # noqa: F401
@@ -266,20 +379,99 @@ def _search_alg(search: str, seed: int):
     raise ValueError(f"--search {search}: expected random or tpe")
 
 
-def _plot_trials(results, metric: str, path: Path) -> Path:
-    """Every trial's metric against epoch: ASHA's early stops show as short lines."""
+def _table(results, metric: str, mode: str, max_epochs: int, names: dict[str, str]) -> str:
+    """The trials, best first: name, final metric, epochs trained, how each ended."""
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        name = names.get(str(m.get("trial_id", "")), str(m.get("trial_id", "?"))).split(" [")[0]
+        value = m.get(metric)
+        ok = r.error is None and value is not None and math.isfinite(value)
+        epochs = int(m.get("epoch", 0))
+        end = "failed" if r.error is not None else "stopped (ASHA)" if epochs < max_epochs else "finished"
+        rows.append((ok, value if ok else math.nan, name, epochs, end))
+    sign = -1 if mode == "max" else 1
+    rows.sort(key=lambda row: (not row[0], sign * row[1] if row[0] else 0, -row[3]))
+    width = max(len(row[2]) for row in rows)
+    lines = [f"  {'trial':<{width}}  {metric:>10}  epochs  end"]
+    lines += [f"  {n:<{width}}  {v:>10.4g}  {e:>6}  {end}" for _, v, n, e, end in rows]
+    return "trials, best first:\n" + "\n".join(lines)
+
+
+def _description(pipeline: str, n: int, metric: str, value: float, best_name: str, best_run: str, compare: str,
+                 search: dict, uri: str) -> str:
+    """The parent run's description (MLflow shows it as Markdown on the run's page)."""
+    space = ", ".join(f"`{k}` {d}" for k, d in search["space"].items())
+    best = f"[{best_name}]({_page(tracking.run_url(uri, best_run))})" if best_run else "(not recorded)"
+    return (f"A search of {pipeline}: {n} trials ({search['search']} search over {space}; "
+            f"{search['scheduler']}).\n\nBest trial: {best}, {metric} {value:.4g}.\n\n"
+            f"[Compare the trials]({_page(compare)}): its metrics table links each metric's histories; "
+            "its Scatter Plot tab puts a searched value (params `hp.*`) against the metric.")
+
+
+def _page(url: str) -> str:
+    """A URL without the "(start it with `fastray ui`)" hint a local store's URLs carry."""
+    return url.split(" ", 1)[0]
+
+
+def _plot_trials(results, metric: str, mode: str, max_epochs: int, names: dict[str, str], folder: Path,
+                 log_keys: set[str] = frozenset()) -> list[Path]:
+    """trials.png: every trial's metric against epoch, the best drawn thick, ASHA-stopped ones
+    ending in an x; values.png: each searched value against the trial's final metric."""
+    from matplotlib.ticker import MaxNLocator
+
     from . import plots
 
-    fig = plots.figure((7, 4))
-    ax = fig.add_subplot(1, 1, 1)
+    rows = []  # (name, config, epochs, values, final)
     for r in results:
         df = r.metrics_dataframe
         if df is None or metric not in df or df.empty:
             continue
-        label = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.config.items())
-        ax.plot(df["epoch"], df[metric], marker="o", ms=3, label=label)
+        df = df.dropna(subset=[metric])
+        tid = str(r.metrics.get("trial_id", ""))
+        rows.append((names.get(tid, tid), r.config, list(df["epoch"]), list(df[metric]), float(df[metric].iloc[-1])))
+    if not rows:
+        return []
+    pick = max if mode == "max" else min
+    best = pick(rows, key=lambda row: row[4])
+    rows.sort(key=lambda row: row[4], reverse=mode == "max")  # the legend reads best first
+
+    fig = plots.figure((9, 5))
+    ax = fig.add_subplot(1, 1, 1)
+    for name, _, epochs, values, final in rows:
+        is_best = name == best[0]
+        stopped = epochs[-1] < max_epochs
+        (line,) = ax.plot(epochs, values, marker="o", ms=4, lw=3 if is_best else 1.2, alpha=1 if is_best else 0.75,
+                          zorder=3 if is_best else 2,
+                          label=f"{name.split(' [')[0]}: {final:.4g}" + (" (best)" if is_best else "")
+                          + (f" (stopped@{epochs[-1]})" if stopped else ""))
+        if stopped:
+            ax.plot(epochs[-1:], values[-1:], marker="x", ms=10, mew=2, color=line.get_color(), zorder=4)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0.8, max_epochs + 0.2)
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-    return plots.save(fig, path)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title=f"trial: final {metric}",
+              title_fontsize=8)
+    out = [plots.save(fig, folder / "trials.png", title=f"{len(rows)} trials, {metric} per epoch "
+                      f"(x: stopped early by ASHA; thick: best)")]
+
+    keys = list(best[1])
+    fig = plots.figure((4 * len(keys), 3.6))
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    for ax, key in zip(axes, keys):
+        xs = [row[1][key] for row in rows]
+        numeric = all(isinstance(x, (int, float)) for x in xs)
+        for (name, cfg, epochs, _, final), x in zip(rows, xs):
+            full = epochs[-1] >= max_epochs
+            ax.scatter([x if numeric else str(x)], [final], s=60 if name == best[0] else 30,
+                       marker="o" if full else "x", color="C3" if name == best[0] else "C0", zorder=3)
+        if numeric and key in log_keys:  # searched on a log scale: shown on one
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"final {metric}")
+        ax.grid(alpha=0.3)
+    out.append(plots.save(fig, folder / "values.png", title=f"each searched value against the trial's final {metric} "
+                          "(red: best; x: stopped early)"))
+    return out
