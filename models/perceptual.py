@@ -1,9 +1,10 @@
 """VGG16 features as a loss (lessons 13 and 14): content loss, Gram-matrix style loss.
 
-A perceptual loss compares images through a frozen ImageNet VGG16's activations. Without
-the ImageNet weights the features are those of a random network: such a loss still trains
-something (tests use it to run fast and offline), but not what the lessons showed, so it
-is allowed only when asked for by name (`allow_random=True`).
+A perceptual loss compares images through a frozen ImageNet VGG16's activations (the
+weights file, torchvision's vgg16-397923af.pth, is found or fetched by
+preprocessing.pretrained). Without it the features are those of a random network: such a
+loss still trains something (tests use it to run fast and offline), but not what the
+lessons showed, so it is allowed only when asked for by name (`allow_random=True`).
 
 Layers are indexes into torchvision's `vgg16().features`; the ReLU before each max-pool:
 """
@@ -20,38 +21,15 @@ from .weights import load_fitting, read_state_dict
 
 # the ReLU outputs just before each max-pool (lesson 14 takes its features there)
 VGG16_LAYERS = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22, "relu5_3": 29}
-VGG16_FILE = "vgg16-397923af.pth"  # torchvision's IMAGENET1K_V1 file name
-VGG16_URL = "https://download.pytorch.org/models/" + VGG16_FILE
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def hub_checkpoint(filename: str) -> Path:
-    """Where torch.hub (and torchvision) keep a downloaded weights file."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
-
-
-def find_weights(path: str | None, filename: str) -> Path | None:
-    """An explicit weights file (it must exist), else torch's hub cache, else None."""
-    if path:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise FileNotFoundError(f"weights file {p}: no such file")
-        return p
-    cached = hub_checkpoint(filename)
-    return cached if cached.is_file() else None
-
-
-def missing_vgg_message(config_key: str = "vgg_weights", allow_key: str = "allow_random_vgg") -> str:
-    return (f"the perceptual loss needs VGG16's ImageNet weights and found none: put {VGG16_FILE} "
-            f"({VGG16_URL}) in {hub_checkpoint(VGG16_FILE).parent}/, or --set {config_key}=FILE; "
-            f"--set {allow_key}=true trains against random VGG features instead (tests only)")
-
-
-def vgg16_features(upto: int, weights: str | None = None, allow_random: bool = False) -> tuple[nn.Sequential, str]:
-    """torchvision's vgg16().features[:upto + 1], frozen and in eval mode, and where its
-    weights came from ("file:PATH" or "random"). No weights and not allow_random: an error
-    that says how to supply them."""
+def vgg16_features(upto: int, weights: str | Path | None = None,
+                   allow_random: bool = False) -> tuple[nn.Sequential, str]:
+    """torchvision's vgg16().features[:upto + 1], frozen and in eval mode, with the weights
+    of the VGG16 state dict file `weights`, and where they came from ("file:PATH" or
+    "random"). No file: random features if allow_random, else a ValueError."""
     from torchvision.models.vgg import cfgs, make_layers
 
     if not 0 <= upto < 31:
@@ -62,12 +40,14 @@ def vgg16_features(upto: int, weights: str | None = None, allow_random: bool = F
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(m.bias)
-    path = find_weights(weights, VGG16_FILE)
-    if path is None:
+    if weights is None:
         if not allow_random:
-            raise FileNotFoundError(missing_vgg_message())
+            raise ValueError("VGG16 features need a weights file, or allow_random=True for random features")
         source = "random"
     else:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"VGG16 weights {path}: no such file")
         state = read_state_dict(path)
         # the file holds the whole classifier: take the feature layers this net keeps
         feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
@@ -93,7 +73,8 @@ def gram_matrix(f: torch.Tensor) -> torch.Tensor:
 class VGGFeatures(nn.Module):
     """Images in [0, 1] (B, 3, H, W) -> the activations at `layers`, in order."""
 
-    def __init__(self, layers: Sequence[int] = (8, 15, 22), weights: str | None = None, allow_random: bool = False):
+    def __init__(self, layers: Sequence[int] = (8, 15, 22), weights: str | Path | None = None,
+                 allow_random: bool = False):
         super().__init__()
         if not layers:
             raise ValueError("VGGFeatures needs at least one layer")

@@ -17,9 +17,6 @@ from torchvision.models.resnet import BasicBlock
 
 from .weights import load_resnet_body
 
-RESNET34_FILE = "resnet34-b627a593.pth"  # torchvision's IMAGENET1K_V1 file name
-RESNET34_URL = "https://download.pytorch.org/models/" + RESNET34_FILE
-
 
 @dataclass(frozen=True)
 class UNetConfig:

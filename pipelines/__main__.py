@@ -3,6 +3,7 @@
     fastray list
     fastray sample-data NAME --out DIR [--size N]
     fastray download NAME --out DIR [--source fastai|original] [--url U ...] [--checksum ...]
+    fastray download resnet34|resnet18|vgg16 --out DIR [--url U]   (torchvision's ImageNet weights)
     fastray preprocess NAME [--data DIR] [--cache-dir DIR] [--config C] [--set k=v ...] [--storage S]
     fastray run NAME [--data DIR] [--config tiny|sample|default|FILE.json] [--set k=v ...]
                 [--epochs N] [--num-workers N] [--use-gpu] [--tracking-uri URI] [--name NAME]
@@ -28,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from preprocessing import DataError, download
+from preprocessing import DataError, download, pretrained
 
 from .core import config as configs
 from .core import logs, registry, tracking
@@ -84,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--size", type=int, default=None, help="number of items")
 
-    download.add_parser(sub)
+    download.add_parser(sub, weights=tuple(pretrained.WEIGHTS))
     ui = sub.add_parser("ui", help="the MLflow UI on the runs' store, at http://127.0.0.1:PORT")
     ui.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
     ui.add_argument("--port", type=int, default=5000)
@@ -229,7 +230,7 @@ def cmd_run(args) -> dict:
         cfg, label = _config(pipe, args, "sample" if is_sample else "default")
         if is_sample and args.config is None:
             say("using the 'sample' config")
-        name = args.run_name or f"{args.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = args.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{args.name}"  # the UI cuts names: time first
         with logs.internals_to(_log_file(checkpoints, name)), tracking.artifact_storage(storage.artifacts()):
             check_cluster(storage, cache, args.tracking_uri, data=data)
             return fit(
@@ -271,6 +272,8 @@ def cmd_tune(args) -> dict:
 
 
 def cmd_download(args) -> dict:
+    if args.name in pretrained.WEIGHTS:  # one weights file for offline nodes: --set pretrained=DIR/FILE
+        return pretrained.cmd_download(args)
     return download.cmd_download(args, pipelines={n: registry.entry(n).dataset for n in registry.names()})
 
 

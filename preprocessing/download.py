@@ -194,11 +194,16 @@ def resolve(name: str, pipelines: dict[str, str] | None = None) -> Dataset:
 # ---------------------------------------------------------------- the command line
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    d = subparsers.add_parser("download", help="download a data set from its public address, check and extract it",
-                              description="Data sets: " + "; ".join(
-                                  f"{k}{' (' + ', '.join(v.aliases) + ')' if v.aliases else ''}" for k, v in DATASETS.items()))
-    d.add_argument("name", help="a data set (cifar10, imdb, wikitext-103, pascal, giga-fren, carvana, ...) or a pipeline name")
+def add_parser(subparsers, weights: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """The `download` subcommand; `weights`: the pretrained weights it also fetches (by name)."""
+    about = "Data sets: " + "; ".join(f"{k}{' (' + ', '.join(v.aliases) + ')' if v.aliases else ''}"
+                                      for k, v in DATASETS.items())
+    if weights:
+        about += ". Pretrained weights (one file, not extracted): " + ", ".join(weights)
+    d = subparsers.add_parser("download", help="download a data set or pretrained weights from their public address, "
+                              "check and extract them", description=about)
+    d.add_argument("name", help="a data set (cifar10, imdb, wikitext-103, pascal, giga-fren, carvana, ...), a pipeline "
+                                "name, or pretrained weights (resnet34, vgg16, ...)")
     d.add_argument("--out", required=True, type=Path, help="folder to extract into (pass it, or the folder the result names, as --data)")
     d.add_argument("--source", default=None, help="fastai | original: which copy (default: the one the pipeline's reader reads)")
     d.add_argument("--url", action="append", default=[], metavar="URL_OR_PATH",
@@ -323,9 +328,10 @@ def _say(msg: str, end: str = "\n") -> None:
 # ---------------------------------------------------------------- fetching
 
 
-def fetch(url: str, dest: Path, check: dict, retries: int = 3) -> tuple[Path, dict]:
+def fetch(url: str, dest: Path, check: dict, retries: int = 3, timeout: float = 60.0) -> tuple[Path, dict]:
     """Download `url` (http(s), file:// or a local path) to `dest`, resuming from
-    dest.part, and check its size and checksum. Returns (dest, info for the result)."""
+    dest.part, and check its size and checksum. Returns (dest, info for the result).
+    `timeout`: seconds to wait for the server to connect or to send more."""
     part = dest.with_name(dest.name + ".part")
     if dest.is_file():  # kept by --keep-archive, or a run killed while extracting
         try:
@@ -339,7 +345,7 @@ def fetch(url: str, dest: Path, check: dict, retries: int = 3) -> tuple[Path, di
     attempt = 0
     while True:
         try:
-            _transfer(url, part, check.get("size"))
+            _transfer(url, part, check.get("size"), timeout)
             break
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as e:
             if isinstance(e, urllib.error.HTTPError) and e.code not in (408, 429, 500, 502, 503, 504):
@@ -347,9 +353,9 @@ def fetch(url: str, dest: Path, check: dict, retries: int = 3) -> tuple[Path, di
             attempt += 1
             have = part.stat().st_size if part.exists() else 0
             if attempt > retries:
+                kept = f"; {have} bytes kept in {part}: run the command again to resume" if have else ""
                 raise DataError(f"{url}: download failed after {retries} retr{'y' if retries == 1 else 'ies'} "
-                                f"({type(e).__name__}: {e}); {have} bytes kept in {part}: run the command again "
-                                "to resume") from None
+                                f"({type(e).__name__}: {e}){kept}") from None
             _say(f"\n{dest.name}: {type(e).__name__}: {e}; resuming at byte {have} ({attempt}/{retries})")
             time.sleep(min(2.0 ** (attempt - 1), 10.0))
     try:
@@ -361,12 +367,12 @@ def fetch(url: str, dest: Path, check: dict, retries: int = 3) -> tuple[Path, di
     return dest, {**info, "resumed_from": resumed_from or None}
 
 
-def _transfer(url: str, part: Path, size: int | None) -> None:
+def _transfer(url: str, part: Path, size: int | None, timeout: float = 60.0) -> None:
     """Append the rest of `url` to `part` (from its current size), printing progress."""
     start = part.stat().st_size if part.exists() else 0
     if size is not None and start == size:
         return  # complete already, not yet checked
-    stream, total, start = _open(url, start, part)
+    stream, total, start = _open(url, start, part, timeout)
     with stream, open(part, "ab" if start else "wb") as f:
         progress = _Progress(part.name[: -len(".part")], start, total)
         while block := stream.read(CHUNK):
@@ -380,7 +386,7 @@ def _transfer(url: str, part: Path, size: int | None) -> None:
     progress.done()
 
 
-def _open(url: str, start: int, part: Path) -> tuple[BinaryIO, int | None, int]:
+def _open(url: str, start: int, part: Path, timeout: float = 60.0) -> tuple[BinaryIO, int | None, int]:
     """(stream from byte `start` or 0, total size or None, where the stream starts)."""
     scheme = urllib.parse.urlparse(url).scheme
     if scheme in ("", "file") or re.match(r"^[A-Za-z]:[\\/]", url):
@@ -398,7 +404,7 @@ def _open(url: str, start: int, part: Path) -> tuple[BinaryIO, int | None, int]:
     if start:
         req.add_header("Range", f"bytes={start}-")
     try:
-        resp = urllib.request.urlopen(req, timeout=60)
+        resp = urllib.request.urlopen(req, timeout=timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416 and start:  # nothing after `start`: the part is complete (or wrong: the checksum says)
             return _Empty(), start, start
@@ -454,12 +460,15 @@ class _Progress:
 
 
 def _verify(path: Path, check: dict, name: str | None = None) -> dict:
-    """Size and checksum against `check`; the file's size, md5, sha256 and what was checked."""
+    """Size and checksum against `check`; the file's size, md5, sha256 and what was checked.
+    A checksum shorter than its digest is a prefix (torch.hub's file names carry the first
+    8 hex digits of the sha256). check["advice"], if there, replaces the advice that ends a
+    mismatch's message."""
     name = name or path.name
     size = path.stat().st_size
     if check.get("size") is not None and size != check["size"]:
         raise DataError(f"{name}: {size} bytes, expected {check['size']} (published by {check['by']}{check['note']}); "
-                        "deleted: run the command again to download it anew")
+                        f"deleted: {check.get('advice', 'run the command again to download it anew')}")
     md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(CHUNK):
@@ -470,10 +479,11 @@ def _verify(path: Path, check: dict, name: str | None = None) -> dict:
     for algo in ("md5", "sha256"):
         want = check.get(algo)
         if want:
-            if got[algo] != want:
-                raise DataError(f"{name}: {algo} {got[algo]}, expected {want} (published by {check['by']}{check['note']}); "
-                                "deleted: run the command again to download it anew, or pass --checksum "
-                                "for a file you trust")
+            if not got[algo].startswith(want):
+                advice = check.get("advice", "run the command again to download it anew, or pass --checksum for a "
+                                             "file you trust")
+                raise DataError(f"{name}: {algo} {got[algo]}, expected {want}{'...' if len(want) < len(got[algo]) else ''} "
+                                f"(published by {check['by']}{check['note']}); deleted: {advice}")
             checked.append(algo)
     if not checked:
         _say(f"{name}: no checksum to check against; its sha256 is {got['sha256']}")

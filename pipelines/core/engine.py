@@ -107,13 +107,20 @@ def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_work
         tags={
             "fastray.pipeline": pipeline, "fastray.config": config_label, "fastray.cache_key": manifest["key"],
             "fastray.git_commit": tracking.git_commit(), "fastray.world_size": num_workers,
+            "fastray.metric": pipe.metric, "fastray.higher_is_better": pipe.mode == "max",
+            **tracking.source_tags(f"fastray run {pipeline}"),
             "fastray.device": "cuda" if use_gpu else "cpu", "fastray.generated_sample": sample,
             **init_tags,
         },
     )
     run_log = tracking.RunLogger(uri, run_id)
+    about = (f"**{pipeline}**, config `{config_label or '?'}`, data `{data_dir}`"
+             f"{' (generated sample data)' if sample else ''}: {sched.total_epochs} epoch(s) of {steps_per_epoch} "
+             f"batch(es) of {cfg.bs}, {num_workers} worker(s), {'GPU' if use_gpu else 'CPU'}.")
     if not resumed:
         _log_plan(run_log, sched, cfg)
+        run_log.tags({"mlflow.note.content": about})
+        tracking.log_dataset(run_log, pipe.dataset or pipeline, str(data_dir), manifest, sample)
     else:
         run_log.delete_tag("fastray.failure")  # an earlier attempt's
     logger.info(f"[{name}] {pipeline}, config {config_label or '?'}, data {data_dir}"
@@ -163,9 +170,12 @@ def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_work
     total = time.perf_counter() - t_start
     best = _best(run_log, pipe)
     run_log.metrics({"total_seconds": total, **({f"best_{pipe.metric}": best[1]} if best else {})}, step=sched.total_epochs)
-    run_log.finish()
     checkpoint = result.checkpoint.path if result.checkpoint else None
     final = metrics.get(pipe.metric)
+    if final is not None:
+        run_log.tags({"mlflow.note.content": about + f"\n\nResult: {pipe.metric} {final:.4g}"
+                      + (f" (best {best[1]:.4g} at epoch {best[0]})" if best else "") + f", in {logs.duration(total)}."})
+    run_log.finish()
     logger.info(f"[{name}] done in {logs.duration(total)}: {pipe.metric} {final:.4g}"
                 + (f" (best {best[1]:.4g} at epoch {best[0]})" if best else "")
                 + f"; checkpoint {checkpoint}; model in the run's artifacts (model/model.pt)\n"

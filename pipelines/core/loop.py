@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import tempfile
 import time
 from collections import defaultdict
@@ -44,6 +45,8 @@ class RunSpec:
     run_dir: str          # storage_path/name: Ray Train's checkpoints of this run
     manifest: dict = field(default_factory=dict)  # preprocess()'s manifest
     log_queue: Any = None  # the driver's Ray queue for fastray's lines (logs.Relay), or None
+    # seconds between samples of MLflow's system metrics (the driver's $FASTRAY_SYSTEM_METRICS_S)
+    system_metrics_s: float = field(default_factory=lambda: float(os.environ.get("FASTRAY_SYSTEM_METRICS_S", "10")))
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -57,7 +60,14 @@ def run_loop(spec: RunSpec, session: Any, pipe: Any = None) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, spec.cpus_per_worker))
     try:
-        _run_loop(spec, session, pipe or registry.get(spec.pipeline))
+        # rank 0's machine's CPU, memory (and GPU) use in the run, by MLflow's own monitor
+        monitor = tracking.system_metrics(spec.tracking_uri, spec.run_id, spec.system_metrics_s) \
+            if session.rank == 0 and spec.run_id else None
+        try:
+            _run_loop(spec, session, pipe or registry.get(spec.pipeline))
+        finally:
+            if monitor is not None:
+                monitor.finish()
     finally:
         torch.set_num_threads(threads)
 
@@ -124,6 +134,7 @@ def _run_loop(spec: RunSpec, session: Any, pipe: Any) -> None:
 
     opt, opt_phase, metrics = owned, -1, state["metrics"] if state else {}
     ctx.optimizers = owned or {}
+    example: dict[str, Any] = {}
     for epoch in range(start_epoch, sched.total_epochs):
         data = sched.phase_for_epoch(epoch).data or "train"
         ctx.epoch = epoch
@@ -195,9 +206,13 @@ def _run_loop(spec: RunSpec, session: Any, pipe: Any) -> None:
         if reset:
             reset()
         ctx.valid_batch = None
+        # the last epoch's first forward pass on rank 0: the logged MLflow model's signature
+        hook = unwrap(model).register_forward_hook(_capture(example)) if run_log and ctx.is_last_epoch else None
         with torch.no_grad(), autocast(device, cfg):
             valid = (pipe.to_device(b, ctx, train=False) for b in pipe.batches(session.shard("valid"), ctx, train=False))
             local = pipe.evaluate(model, _keep_first(valid, ctx), ctx)
+        if hook is not None:
+            hook.remove()
         results = pipe.combine(session.gather(local))
         metrics = {
             **{f"train_{k}": (v / steps).item() for k, v in sums.items()},
@@ -238,6 +253,27 @@ def _run_loop(spec: RunSpec, session: Any, pipe: Any) -> None:
         with tempfile.TemporaryDirectory() as d:
             torch.save(unwrap(model).state_dict(), Path(d) / "model.pt")
             run_log.artifact(Path(d) / "model.pt", "model")
+        tracking.log_model(run_log, unwrap(model), example)
+
+
+def _capture(example: dict) -> Any:
+    """A forward hook that keeps the first call's first tensor argument and its tensor
+    outputs (two rows each, on the CPU) in `example`."""
+
+    def hook(module, args, output) -> None:
+        if example:
+            return
+        x = next((a for a in args if torch.is_tensor(a)), None)
+        outs = output.items() if isinstance(output, dict) else enumerate(output if isinstance(output, (tuple, list))
+                                                                           else (output,))
+        tensors = {f"output{k}" if isinstance(k, int) else str(k): v for k, v in outs if torch.is_tensor(v)}
+        if x is None or not tensors:
+            return
+        row = lambda t: t[:2].detach().cpu().float() if t.is_floating_point() else t[:2].detach().cpu()  # noqa: E731
+        example["input"] = row(x)
+        example["output"] = {k: row(v) for k, v in tensors.items()}
+
+    return hook
 
 
 def _lr_metrics(optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:

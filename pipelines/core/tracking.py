@@ -159,6 +159,30 @@ def git_commit() -> str:
     return commit or os.environ.get("FASTRAY_GIT_COMMIT") or "unknown"
 
 
+def source_tags(command: str) -> dict[str, str]:
+    """MLflow's own source fields: what ran (`fastray run NAME`), from which commit, by whom;
+    a `ray job submit` job is a JOB."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no passwd entry
+        user = "unknown"
+    return {"mlflow.source.name": command, "mlflow.source.type": "JOB" if os.environ.get("RAY_JOB_ID") else "LOCAL",
+            "mlflow.source.git.commit": git_commit(), "mlflow.user": user}
+
+
+def log_dataset(run_log: "RunLogger", name: str, data_dir: str, manifest: dict, sample: bool) -> None:
+    """The data a run trained on as an MLflow dataset input: its name, folder, rows per
+    split, preprocessing cache key, and whether it was generated sample data."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    profile = {"rows": manifest.get("rows", {}), "cache_key": manifest["key"], "generated_sample": sample}
+    ds = Dataset(name=name, digest=str(manifest["key"])[:36], source_type="local",
+                 source=json.dumps({"uri": str(data_dir)}), profile=json.dumps(profile))
+    run_log.client.log_inputs(run_log.run_id, [DatasetInput(ds, [InputTag("mlflow.data.context", "training")])])
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     out = {}
     for k, v in d.items():
@@ -243,6 +267,49 @@ class RunLogger:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+def system_metrics(uri: str, run_id: str, interval: float = 10.0) -> Any:
+    """MLflow's own system-metrics monitor (CPU, memory, disk, network; GPU where pynvml
+    finds one) logging this machine's use to the run every `interval` seconds; None where
+    psutil is missing. Its finish() stops it."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError:
+        return None
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, samples_before_logging=1, tracking_uri=uri)
+    monitor.start()
+    return monitor
+
+
+def log_model(run_log: RunLogger, model: Any, example: dict) -> None:
+    """The trained model as an MLflow model of the run (its model tab, the logged-models
+    search, the registry), with the signature of the inputs and outputs its last
+    evaluation saw; the `models` package travels with it, so the pickle loads anywhere."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    import models
+
+    from mlflow.models import infer_signature
+
+    run = run_log.client.get_run(run_log.run_id)
+    if run.outputs and run.outputs.model_outputs:  # logged by an earlier attempt of this run
+        return
+    signature = None
+    if example:
+        signature = infer_signature(example["input"].numpy(), {k: v.numpy() for k, v in example["output"].items()})
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(run_log.uri)
+    mlflow.set_experiment(experiment_id=run.info.experiment_id)  # the run's: else the Default experiment's
+    try:
+        mlflow.pytorch.log_model(
+            model, name="model", run_id=run_log.run_id, signature=signature, serialization_format="pickle",
+            code_paths=[str(Path(models.__file__).parent)], pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+    finally:
+        mlflow.set_tracking_uri(before)
 
 
 def plot_curves(logger: RunLogger, path: Path) -> Path | None:

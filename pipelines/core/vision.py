@@ -12,7 +12,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from models.perceptual import IMAGENET_MEAN, IMAGENET_STD, VGGFeatures, find_weights, missing_vgg_message
+from models.perceptual import IMAGENET_MEAN, IMAGENET_STD, VGGFeatures
+from preprocessing import pretrained
 
 from . import plots
 
@@ -63,27 +64,41 @@ def psnr(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1 / mse.clamp_min(1e-10))
 
 
+def _random_vgg(weights: str, allow_random: bool) -> bool:
+    """Random VGG features: asked for by name (vgg_weights=none), or allowed (allow_random_vgg:
+    tests and sample configs, which never download) while torchvision's file is not in the hub cache."""
+    spec = pretrained.weights_spec(weights, "vgg_weights")
+    return spec == "none" or (spec == "auto" and allow_random and pretrained.cached("vgg16") is None)
+
+
 def vgg_source(weights: str, allow_random: bool, name: str, quiet: bool = False) -> dict[str, str]:
-    """On the driver: where the loss network's weights come from, said on stderr; an error
-    that says how to supply them when there are none and random features were not asked for.
-    Pipelines call it quietly before preprocessing too, so a missing file stops them early."""
-    path = find_weights(weights or None, "vgg16-397923af.pth")
-    if path is None and not allow_random:
-        raise FileNotFoundError(missing_vgg_message())
+    """On the driver: the loss network's VGG16 weights (pretrained.resolve: a file, or for auto
+    the hub cache, downloaded there when absent), said on stderr, and the run's tags; a
+    one-line error that says how to supply them when they cannot be had. Pipelines call it
+    quietly before preprocessing too, so a missing file stops them early."""
+    if _random_vgg(weights, allow_random):
+        if not quiet:
+            why = "vgg_weights=none" if pretrained.weights_spec(weights) == "none" else \
+                f"allow_random_vgg, and no {pretrained.WEIGHTS['vgg16'].file} in the hub cache"
+            logger.info(f"{name}: warning: no VGG16 weights: the perceptual loss uses RANDOM VGG features ({why})")
+        return {"fastray.vgg16": "random"}
+    got = pretrained.resolve(weights, "vgg16", key="vgg_weights")
+    assert got is not None  # "none" is random, above
     if not quiet:
-        logger.info(f"{name}: perceptual loss on VGG16 weights {path}" if path else
-            f"{name}: warning: no VGG16 weights: the perceptual loss uses RANDOM VGG features (allow_random_vgg)")
-    return {"fastray.vgg16": f"file:{path}" if path else "random"}
+        logger.info(f"{name}: perceptual loss on the VGG16 weights {got.path} (sha256 {got.sha256[:12]}...)")
+    return got.tags("fastray.vgg16")
 
 
 @lru_cache(maxsize=4)
 def loss_network(layers: tuple[int, ...], weights: str, allow_random: bool, device: str) -> VGGFeatures:
     """One frozen VGG16 feature extractor per worker process and device (not part of the
-    trained model: not checkpointed, not wrapped by DDP). Random weights come from a fixed
-    seed, so every worker uses the same random features."""
+    trained model: not checkpointed, not wrapped by DDP), on the file vgg_source found on the
+    driver (pretrained.locate: never downloaded here). Random weights come from a fixed seed,
+    so every worker uses the same random features."""
+    path = None if _random_vgg(weights, allow_random) else pretrained.locate(weights, "vgg16", key="vgg_weights")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1234)
-        net = VGGFeatures(layers, weights or None, allow_random)
+        net = VGGFeatures(layers, path, allow_random=path is None)
     return net.to(device)
 
 

@@ -17,9 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.unet import RESNET34_FILE, RESNET34_URL, UNet, UNetConfig, load_resnet34_encoder
-from models.perceptual import find_weights, hub_checkpoint
-from preprocessing import imagery
+from models.unet import UNet, UNetConfig, load_resnet34_encoder
+from preprocessing import imagery, pretrained
 from preprocessing.chunked import read_split
 
 from ..core.contract import Pipeline, RunContext, TrainConfig
@@ -34,7 +33,7 @@ logger = logging.getLogger("fastray")
 class Config(TrainConfig):
     width: int = 64                         # encoder stem channels, x2 per stage (ResNet34: 64)
     layers: tuple[int, ...] = (3, 4, 6, 3)  # BasicBlocks per encoder stage (ResNet34: 3, 4, 6, 3)
-    pretrained: str = "auto"    # ResNet34 ImageNet weights: a file, "auto" (torch's hub cache if there) or "none"
+    pretrained: str = "auto"    # ResNet34 ImageNet weights: auto (torchvision's file; random for another encoder), none or a file
     epochs: int = 10            # epochs the whole run trains: freeze_epochs frozen, then the whole net
     freeze_epochs: int = 2      # the first epochs: a 1cycle of the decoder alone (encoder frozen)
     small_epochs: int = 6       # the first epochs (frozen ones included) train at small_size (dropped if >= epochs)
@@ -50,6 +49,7 @@ class Config(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        object.__setattr__(self, "pretrained", pretrained.weights_spec(self.pretrained))
         if self.freeze_epochs < 0 or self.small_epochs < 0 or self.lr <= 0:
             raise ValueError(f"need freeze_epochs >= 0, small_epochs >= 0 and lr > 0 (freeze_epochs={self.freeze_epochs}, "
                              f"small_epochs={self.small_epochs}, lr={self.lr})")
@@ -86,14 +86,13 @@ def dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
 
 
-def _resolve_encoder(cfg: Config) -> Path | None:
-    """The ResNet34 weights file to use, or None for a random encoder."""
+def _random_encoder(cfg: Config) -> str:
+    """Why the encoder starts from random weights ("" when it loads ResNet34's)."""
     if cfg.pretrained == "none":
-        return None
-    if cfg.pretrained == "auto":
-        path = find_weights(None, RESNET34_FILE)
-        return path if path is not None and cfg.unet().is_resnet34 else None
-    return find_weights(cfg.pretrained, RESNET34_FILE)
+        return "pretrained=none"
+    if cfg.pretrained == "auto" and not cfg.unet().is_resnet34:
+        return f"the encoder is not ResNet34 (width={cfg.width}, layers={tuple(cfg.layers)}): no ImageNet weights for it"
+    return ""
 
 
 class CarvanaUNet(Pipeline):
@@ -122,22 +121,22 @@ class CarvanaUNet(Pipeline):
         return model.layer_groups()  # early encoder, late encoder, decoder
 
     def init_source(self, cfg: Config, manifest: dict, tracking_uri: str) -> dict[str, str]:
-        path = _resolve_encoder(cfg)
-        if path is not None:
-            load_resnet34_encoder(self.build_model(cfg), path)  # a clear error if it does not fit
-            logger.info(f"carvana-unet: encoder from the ResNet34 weights {path}")
-            return {"fastray.init": f"resnet34:{path}"}
-        why = ("pretrained=none" if cfg.pretrained == "none" else
-               f"the encoder is not ResNet34 (width={cfg.width}, layers={tuple(cfg.layers)})" if not cfg.unet().is_resnet34
-               else f"no {RESNET34_FILE} in {hub_checkpoint(RESNET34_FILE).parent}/ ({RESNET34_URL}; "
-                    "or --set pretrained=FILE)")
-        logger.info(f"carvana-unet: random encoder ({why})")
-        return {"fastray.init": "random"}
+        """On the driver: ResNet34's weights resolved once (auto: downloaded into the hub cache
+        when absent) and tried on the encoder; the MLflow tags name the file and its sha256."""
+        why = _random_encoder(cfg)
+        if why:
+            logger.info(f"carvana-unet: random encoder ({why})")
+            return {"fastray.init": "random"}
+        got = pretrained.resolve(cfg.pretrained, "resnet34")
+        assert got is not None  # none is random, above
+        load_resnet34_encoder(self.build_model(cfg), got.path)  # a clear error if it does not fit
+        logger.info(f"carvana-unet: encoder from the ResNet34 weights {got.path} (sha256 {got.sha256[:12]}...)")
+        return got.tags("fastray.init")
 
     def init_model(self, model, ctx: RunContext) -> None:
-        path = _resolve_encoder(ctx.cfg)
-        if path is not None:
-            load_resnet34_encoder(model, path)
+        """On a worker: the file init_source resolved, never downloaded."""
+        if not _random_encoder(ctx.cfg):
+            load_resnet34_encoder(model, pretrained.locate(ctx.cfg.pretrained, "resnet34"))
 
     def phases(self, cfg: Config) -> list:
         """fine_tune over `epochs`: freeze_epochs of the decoder alone (encoder groups 0, 1

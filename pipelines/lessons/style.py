@@ -33,7 +33,7 @@ from torch import nn
 
 from models.perceptual import content_loss, gram_matrix, style_loss
 from models.style_net import StyleNet, StyleNetConfig
-from preprocessing import imagery
+from preprocessing import imagery, pretrained
 from preprocessing.chunked import read_split
 from preprocessing.samples import images as image_samples
 
@@ -53,8 +53,10 @@ def style_image(style: str, size: int) -> np.ndarray:
 
 
 def _absolute(cfg: Any) -> None:
+    """The style image and VGG16 weights as absolute paths (Ray workers run in other folders)."""
     if cfg.style:  # a frozen dataclass: set through object.__setattr__
         object.__setattr__(cfg, "style", str(Path(cfg.style).expanduser().absolute()))
+    object.__setattr__(cfg, "vgg_weights", pretrained.weights_spec(cfg.vgg_weights, "vgg_weights"))
 
 
 def _check_style(cfg: Any, name: str, quiet: bool = False) -> dict[str, str]:
@@ -115,8 +117,8 @@ class NetConfig(TrainConfig):
     div: float = 10.0           # 1cycle: start LR = lr / div
     pct: float = 0.1            # 1cycle: fraction of the epochs in the final annealing
     moms: tuple[float, ...] = (0.9, 0.8)  # 1cycle Adam beta1: max, min
-    vgg_weights: str = ""       # VGG16 ImageNet weights file ("": torch's hub cache)
-    allow_random_vgg: bool = False  # without VGG16 weights, train against random features (tests)
+    vgg_weights: str = "auto"   # VGG16 ImageNet weights: auto (torchvision's file), none (random features) or a file
+    allow_random_vgg: bool = False  # auto without downloading: the hub cache's file, else random features (tests)
     valid_frac: float = 0.2     # held-out fraction of a folder without train/ and valid/
 
     def __post_init__(self):
@@ -230,8 +232,8 @@ class TransferConfig(TrainConfig):
     content_weight: float = 1.0  # of the content loss (MSE of activations)
     style_weight: float = 3e4   # of the style loss (MSE of Gram matrices)
     init: str = "noise"         # start from "noise" (lesson 13: blurred uniform noise) or the "content" image
-    vgg_weights: str = ""       # VGG16 ImageNet weights file ("": torch's hub cache)
-    allow_random_vgg: bool = False  # without VGG16 weights, optimise against random features (tests)
+    vgg_weights: str = "auto"   # VGG16 ImageNet weights: auto (torchvision's file), none (random features) or a file
+    allow_random_vgg: bool = False  # auto without downloading: the hub cache's file, else random features (tests)
     valid_frac: float = 0.2     # held-out fraction of a folder without train/ and valid/
     cpus_per_task: int = 1      # CPUs (torch threads) of each image's Ray task
 

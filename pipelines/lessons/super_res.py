@@ -25,7 +25,7 @@ from torch import nn
 
 from models.perceptual import FeatureLoss
 from models.srresnet import SRResNet, SRResNetConfig
-from preprocessing import imagery
+from preprocessing import imagery, pretrained
 from preprocessing.chunked import read_split
 
 from ..core.contract import Pipeline, RunContext, TrainConfig
@@ -64,12 +64,13 @@ class Config(TrainConfig):
     vgg_layers: tuple[int, ...] = (8, 15, 22)  # VGG16 feature layers of the feature loss (relu2_2, 3_3, 4_3)
     layer_weights: tuple[float, ...] = (0.2, 0.7, 0.1)  # their weights (lesson 14)
     pixel_weight: float = 0.01  # weight of the pixel L1 term of the feature loss (lesson 14: 1/100)
-    vgg_weights: str = ""       # VGG16 ImageNet weights file ("": torch's hub cache)
-    allow_random_vgg: bool = False  # without VGG16 weights, train against random features (tests)
+    vgg_weights: str = "auto"   # VGG16 ImageNet weights: auto (torchvision's file), none (random features) or a file
+    allow_random_vgg: bool = False  # auto without downloading: the hub cache's file, else random features (tests)
     valid_frac: float = 0.2     # held-out fraction of a folder without train/ and valid/
 
     def __post_init__(self):
         super().__post_init__()
+        object.__setattr__(self, "vgg_weights", pretrained.weights_spec(self.vgg_weights, "vgg_weights"))
         if not self.stages or len(self.stage_epochs) != len(self.stages) - 1 or min(self.stage_epochs, default=1) < 1:
             raise ValueError(f"need stages and one stage_epochs >= 1 for each stage but the last, which trains "
                              f"the rest of epochs (got stages={self.stages}, stage_epochs={self.stage_epochs})")

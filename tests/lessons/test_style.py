@@ -53,22 +53,20 @@ def test_style_net_shapes_and_loss_falls():
     assert losses[-1] < losses[0]
 
 
-def test_vgg_weights_missing_is_an_error_that_says_how(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache
-    with pytest.raises(FileNotFoundError) as e:
+def test_vgg_features_load_a_file_or_random_only_when_asked(tmp_path):
+    """VGGFeatures takes a weights file (found or fetched by preprocessing.pretrained);
+    without one, random features only when asked for by name."""
+    with pytest.raises(ValueError, match="allow_random=True"):
         VGGFeatures((3,))
-    assert "vgg16-397923af.pth" in str(e.value) and "allow_random_vgg=true" in str(e.value)
     with pytest.raises(FileNotFoundError, match="no such file"):
         VGGFeatures((3,), weights=str(tmp_path / "nope.pth"))
     net = VGGFeatures((3, 8), allow_random=True)
     assert net.source == "random" and [f.shape[1] for f in net(torch.rand(1, 3, 16, 16))] == [64, 128]
-    # a weights file in torch's cache is found without being named
-    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
     ref = VGGFeatures((3,), allow_random=True).net  # the first layers are all relu1_2 needs
     state = {f"features.{k}": v for k, v in ref.state_dict().items()} | {"classifier.0.bias": torch.zeros(1)}
-    torch.save(state, tmp_path / "torch" / "hub" / "checkpoints" / "vgg16-397923af.pth")
-    net = VGGFeatures((3,))
-    assert net.source.startswith("file:") and torch.equal(net.net[2].weight, ref[2].weight)
+    torch.save(state, tmp_path / "vgg16.pth")
+    net = VGGFeatures((3,), weights=tmp_path / "vgg16.pth")
+    assert net.source == f"file:{tmp_path / 'vgg16.pth'}" and torch.equal(net.net[2].weight, ref[2].weight)
     torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="not VGG16"):
         VGGFeatures((3,), weights=str(tmp_path / "bad.pth"))

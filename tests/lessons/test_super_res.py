@@ -2,7 +2,6 @@
 pairs, the stages of any --epochs, and the tiny config in one process on its cached data
 (random VGG features): each epoch's stage from its context."""
 import dataclasses
-from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -144,8 +143,9 @@ def test_each_epoch_trains_its_stage_from_the_context(tiny_data, tmp_path, capsy
     cache, manifest, _ = tiny_data
     cfg, pipe = CONFIGS["tiny"], registry.get("super-res")
     logs.setup()
-    assert pipe.init_source(cfg, manifest, "") == {"fastray.vgg16": ANY}
-    if "random" in pipe.init_source(cfg, manifest, "")["fastray.vgg16"]:
+    tags = pipe.init_source(cfg, manifest, "")  # allow_random_vgg: the hub cache's VGG16 if there, never downloaded
+    assert tags == {"fastray.vgg16": "random"} or tags["fastray.vgg16"].startswith("torchvision:vgg16-"), tags
+    if tags["fastray.vgg16"] == "random":
         assert "uses RANDOM VGG features" in capsys.readouterr().err
     shards = {k: ds.materialize() for k, ds in pipe.datasets(cfg, cache, manifest).items()}
     assert set(shards) == {"x2", "x4", "valid"}
@@ -168,9 +168,17 @@ def test_each_epoch_trains_its_stage_from_the_context(tiny_data, tmp_path, capsy
 
 
 def test_no_vgg_weights_is_one_error_line_from_the_cli(capsys, photos_dir, tmp_path, workdir, monkeypatch):
+    """No VGG16 in the hub cache and none to download: one line that says how to pass it."""
+    from preprocessing import pretrained
+    from tests.http_files import unreachable_url
+
     monkeypatch.setenv("TORCH_HOME", str(workdir / "torch"))  # no VGG16 weights anywhere
+    monkeypatch.setenv(pretrained.URL_ENV, unreachable_url())  # nor a server to fetch them from
+    monkeypatch.setattr(pretrained, "RETRIES", 0)
     code = main(["run", "super-res", "--data", str(photos_dir), "--config", "tiny", "--cache-dir",
                  str(tmp_path / "cache"), "--set", "allow_random_vgg=false"])
     err = capsys.readouterr().err
     lines = [l for l in err.splitlines() if l.startswith("fastray: error:")]
-    assert code == 1 and len(lines) == 1 and "needs VGG16's ImageNet weights" in lines[0], err[-2000:]
+    assert code == 1 and len(lines) == 1, err[-2000:]
+    assert "vgg_weights=auto needs vgg16-397923af.pth" in lines[0] and "--set vgg_weights=DIR/" in lines[0]
+    assert not (workdir / "torch" / "hub" / "checkpoints" / "vgg16-397923af.pth").exists()
