@@ -290,8 +290,10 @@ def cmd_ui(args) -> dict:
     say(f"MLflow UI for {uri}: {url} (Ctrl-C stops it)")
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
            "--port", str(args.port), "--workers", "1"]
+    # MLflow's GenAI job runner (eight huey processes) serves nothing in the model-training view
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     try:
-        code = subprocess.call(cmd)
+        code = subprocess.call(cmd, env=env)
     except KeyboardInterrupt:
         code = 0
     if code:

@@ -263,7 +263,8 @@ class LocalCluster:
 
     def _spawn(self, name: str, argv: list[str]) -> tuple[subprocess.Popen, Path]:
         log = self.tmp / f"{name}.log"
-        proc = subprocess.Popen(argv, env=self.env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+        env = {**self.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # GenAI jobs: eight idle processes
+        proc = subprocess.Popen(argv, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.tmp)
         self.procs.append(proc)
         return proc, log
