@@ -437,5 +437,5 @@ def plot_schedule(schedule: Schedule, path: str) -> str:
             ax.axvline(b, color="gray", alpha=0.3, lw=0.8)
     spe = schedule.steps_per_epoch
     ax_lr.secondary_xaxis("top", functions=(lambda s: s / spe, lambda e: e * spe)).set_xlabel("epoch")
-    return str(plots.save(fig, path))
+    return str(plots.save(fig, path, title="the schedule: LR and momentum per step (gray: phase boundaries)"))
 

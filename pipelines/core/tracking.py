@@ -312,14 +312,18 @@ def log_model(run_log: RunLogger, model: Any, example: dict) -> None:
         mlflow.set_tracking_uri(before)
 
 
-def plot_curves(logger: RunLogger, path: Path) -> Path | None:
-    """Every per-epoch metric against epoch: losses in one panel, the rest in another."""
+def plot_curves(logger: RunLogger, path: Path, title: str = "", phase_epochs: list[float] = ()) -> Path | None:
+    """Every per-epoch metric against epoch: losses in one panel, the rest in another; the
+    phases' boundaries (a resize, an unfreeze) as dotted lines at `phase_epochs`."""
+    from matplotlib.ticker import MaxNLocator
+
     from . import plots
 
-    keys = [k for k in logger.metric_keys() if not k.startswith(("sched_", "momentum", "images_per_s", "epoch_seconds"))]
+    keys = [k for k in logger.metric_keys() if not k.startswith(("system/", "best_", "sched_", "momentum", "images_per_s", "epoch_seconds"))]
     if not keys:
         return None
-    losses = [k for k in keys if "loss" in k]
+    keys = [k for k in keys if k not in ("frozen_groups", "total_seconds")]  # states, not curves
+    losses = [k for k in keys if "loss" in k or k.startswith("train_")]
     others = [k for k in keys if k not in losses]
     panels = [p for p in (losses, others) if p]
     fig = plots.figure((7, 3.2 * len(panels)))
@@ -328,7 +332,11 @@ def plot_curves(logger: RunLogger, path: Path) -> Path | None:
         for k in group:
             h = sorted(logger.history(k))
             ax.plot([s for s, _ in h], [v for _, v in h], marker="o", ms=3, label=k)
+        for i, e in enumerate(phase_epochs):
+            ax.axvline(e, color="gray", ls=":", lw=1, label="new stage (resize, unfreeze)" if i == 0 else None)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
+        ax.set_ylabel("loss" if group is losses else "metric")
         ax.grid(alpha=0.3)
-        ax.legend()
-    return plots.save(fig, path)
+        ax.legend(fontsize=8)
+    return plots.save(fig, path, title=title)
