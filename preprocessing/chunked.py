@@ -41,6 +41,11 @@ def warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
+def say(msg: str) -> None:
+    """A progress line of a cold build on stderr (Ray Data's own bars go to the log file)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
 def image_sizes(sizes, min_px: int = 4) -> tuple[int, ...]:
     """The distinct sizes, sorted; ValueError when there are none or one is below min_px."""
     sizes = tuple(sorted(set(int(s) for s in sizes)))
@@ -198,9 +203,14 @@ def decode_splits(splits: dict[str, list], decoder: Decoder, out: Path, *, root:
     left_out = left_out or {}
     init_ray()
     rows, skipped, bad_input = {}, {}, {}
-    for split, items in splits.items():
+    for i, (split, items) in enumerate(splits.items(), 1):
         parts = chunks(items, cluster_cpus(), seed, *chunk, shuffle=shuffle)
+        say(f"preprocess {split} ({i}/{len(splits)}): decoding {len(items)} {noun}(s) in {len(parts)} task(s) ...")
+        t0 = time.perf_counter()
         rows[split] = write_chunks(parts, decoder, out / split)
+        took = time.perf_counter() - t0
+        say(f"preprocess {split} ({i}/{len(splits)}): {rows[split]} row(s) in {took:.1f} s "
+            f"({len(items) / max(took, 1e-9):.0f} {noun}s/s)")
         failed = len(items) - rows[split] if decoder.row_per_item else 0
         if failed:
             warn(f"{split}: skipped {failed} unreadable {noun}(s) of {len(items)} "
