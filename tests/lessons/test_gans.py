@@ -184,7 +184,7 @@ def test_wgan_sample_passes_the_learning_check(capsys, rooms, workdir, ray_sessi
     pipe = registry.get("wgan")
     cfg = pipe.configs["sample"]
     trained = obj["metrics"]
-    assert {"train_wasserstein", "train_critic_loss", "train_gen_loss", "lr_gen", "lr_critic",
+    assert {"train_wasserstein", "train_critic_loss", "train_gen_loss", "sched_lr_gen", "sched_lr_critic",
             "valid_hist_tv"} <= set(trained)
     untrained = _untrained(pipe, cfg, rooms, Cache(workdir / "cache"))
     print(f"\nWGAN sample: trained fd={trained['fd']:.4f} hist_tv={trained['valid_hist_tv']:.3f} "
@@ -205,8 +205,8 @@ def test_cyclegan_sample_passes_the_learning_check(capsys, horse2zebra, workdir,
     pipe = registry.get("cyclegan")
     cfg = pipe.configs["sample"]
     trained = obj["metrics"]
-    assert {"train_gen_loss", "train_cycle", "train_identity", "train_disc_loss", "lr_gen", "lr_disc"} <= set(trained)
-    assert trained["lr_gen"] < 0.2 * cfg.lr  # the linear decay to 0 ran
+    assert {"train_gen_loss", "train_cycle", "train_identity", "train_disc_loss", "sched_lr_gen", "sched_lr_disc"} <= set(trained)
+    assert trained["sched_lr_gen"] < 0.2 * cfg.lr  # the linear decay to 0 ran
     untrained = _untrained(pipe, cfg, horse2zebra, Cache(workdir / "cache"))
     print(f"\nCycleGAN sample: trained domain_acc={trained['domain_acc']:.3f} "
           f"(A->B {trained['valid_a_to_b']:.3f}, B->A {trained['valid_b_to_a']:.3f}) "
