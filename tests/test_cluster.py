@@ -423,9 +423,14 @@ def test_job_on_two_nodes_records_in_mlflow_server(local_cluster, tmp_path):
     assert run.info.status == "FINISHED" and run.data.tags["fastray.world_size"] == "2"
     assert run.data.tags["fastray.git_commit"] == commit  # the uploaded working dir has no .git
     assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")] == [1, 2]
-    assert {"train_loss", "accuracy", "lr"} <= set(run.data.metrics)
+    assert {"train_loss", "accuracy", "sched_lr"} <= set(run.data.metrics)
     assert "model/model.pt" in {f.path for f in client.list_artifacts(run.info.run_id, "model")}
     assert list((storage / "mlartifacts").rglob("model.pt"))  # proxied by the server onto the storage
     assert list((storage / "runs" / "two-nodes").glob("checkpoint_*"))  # Ray Train's, on the storage
     assert list((storage / "cache").glob("cifar10-*"))
     assert not re.search(r"fastray: error", out)
+    # the job's log as `ray job logs` shows it: plain lines (no bar redrawn), header, epochs, summary
+    own = [l for l in out.splitlines() if l.startswith("[two-nodes] ")]
+    assert "\r[two-nodes]" not in out and "cifar10-darknet, config tiny" in own[0], out[-5000:]
+    assert [l.split()[2] for l in own if l.split()[1] == "epoch"] == ["1/2", "2/2"], own
+    assert any(l.startswith("[two-nodes] done in ") for l in own), own
