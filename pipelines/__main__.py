@@ -286,8 +286,15 @@ def cmd_ui(args) -> dict:
         url = f"{uri.rstrip('/')}/#/experiments?{tracking.MODEL_TRAINING_VIEW}"
         say(f"the runs are on the tracking server {uri}: open {url}")
         return {"url": url}
-    url = f"http://127.0.0.1:{args.port}/#/experiments?{tracking.MODEL_TRAINING_VIEW}"
+    base = f"http://127.0.0.1:{args.port}"
+    url = f"{base}/#/experiments?{tracking.MODEL_TRAINING_VIEW}"
     say(f"MLflow UI for {uri}: {url} (Ctrl-C stops it)")
+    # each pipeline's runs table with its headline metric shown, best first (an older store gets the view now)
+    for exp in tracking._client(uri).search_experiments():
+        if exp.name in registry.names():
+            exp_id = tracking.experiment_id(uri, exp.name)
+            say(f"  {exp.name}: {base}/#/experiments/{exp_id}/runs?{tracking.MODEL_TRAINING_VIEW}"
+                f"&viewStateShareKey={tracking.VIEW_KEY}")
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
            "--port", str(args.port), "--workers", "1"]
     # MLflow's GenAI job runner (eight huey processes) serves nothing in the model-training view

@@ -128,6 +128,28 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 
 
+# MLflow's UI loads a runs-table view (columns, sort) from the experiment tag
+# `mlflow.sharedViewState.<key>` when the URL says `viewStateShareKey=<key>` (its "share view"):
+# fastray's view shows and sorts by the pipeline's headline metric, which the default hides
+VIEW_KEY = "fastray"
+
+
+def table_view(metric: str, higher_is_better: bool) -> dict[str, str]:
+    """The experiment tag of fastray's runs-table view for a pipeline's headline metric."""
+    cols = [f"metrics.`{metric}`", "metrics.`valid_loss`", "attributes.`Models`"]  # narrow: seen on a laptop
+    state = {"orderByKey": f"metrics.`{metric}`", "orderByAsc": not higher_is_better, "selectedColumns": cols}
+    return {f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(state)}
+
+
+def _experiment_tags(name: str) -> dict[str, str]:
+    from . import registry
+
+    if name not in registry.names():
+        return dict(EXPERIMENT_KIND)
+    e = registry.entry(name)
+    return {**EXPERIMENT_KIND, **(table_view(e.metric, e.mode == "max") if e.metric else {})}
+
+
 def experiment_id(uri: str, name: str) -> str:
     client = _client(uri)
     exp = client.get_experiment_by_name(name)
@@ -136,11 +158,12 @@ def experiment_id(uri: str, name: str) -> str:
         if want and _storage_artifacts and not exp.artifact_location.startswith(want):
             logger.warning(f"warning: experiment {name!r} keeps the artifact location it was created with, "
                            f"{exp.artifact_location}, not {want}")
-        if exp.tags.get("mlflow.experimentKind") is None:  # made by an older fastray
-            client.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+        for k, v in _experiment_tags(name).items():  # made by an older fastray
+            if exp.tags.get(k) is None:
+                client.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=_artifact_root(uri), tags=EXPERIMENT_KIND)
+        return client.create_experiment(name, artifact_location=_artifact_root(uri), tags=_experiment_tags(name))
     except Exception:  # created meanwhile by another process
         return client.get_experiment_by_name(name).experiment_id
 

@@ -1,0 +1,25 @@
+"""What an experiment carries for MLflow's UI: the model-training view, and a runs-table
+view that shows and sorts by the pipeline's headline metric."""
+import json
+
+from pipelines.core import tracking
+
+
+def test_a_new_experiment_opens_on_its_headline_metric(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = tracking._client(uri)
+    for name, metric, ascending in (("cifar10-darknet", "accuracy", False), ("imdb-lm", "perplexity", True)):
+        tags = client.get_experiment(tracking.experiment_id(uri, name)).tags
+        assert tags["mlflow.experimentKind"] == "custom_model_development"
+        view = json.loads(tags[f"mlflow.sharedViewState.{tracking.VIEW_KEY}"])
+        assert view["orderByKey"] == f"metrics.`{metric}`" and view["orderByAsc"] is ascending
+        assert view["selectedColumns"][0] == f"metrics.`{metric}`"
+
+
+def test_an_older_experiment_gets_the_view_and_keeps_its_own_tags(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = tracking._client(uri)
+    exp = client.create_experiment("pascal-ssd", tags={"team": "vision"})  # as fastray before the view made it
+    assert tracking.experiment_id(uri, "pascal-ssd") == exp
+    tags = client.get_experiment(exp).tags
+    assert tags["team"] == "vision" and json.loads(tags["mlflow.sharedViewState.fastray"])["orderByKey"] == "metrics.`mAP`"
