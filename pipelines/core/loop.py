@@ -253,7 +253,7 @@ def _run_loop(spec: RunSpec, session: Any, pipe: Any) -> None:
         with tempfile.TemporaryDirectory() as d:
             torch.save(unwrap(model).state_dict(), Path(d) / "model.pt")
             run_log.artifact(Path(d) / "model.pt", "model")
-        tracking.log_model(run_log, unwrap(model), example)
+        tracking.log_model(run_log, unwrap(model), example, spec.pipeline)
 
 
 def _capture(example: dict) -> Any:

@@ -305,10 +305,12 @@ def system_metrics(uri: str, run_id: str, interval: float = 10.0) -> Any:
     return monitor
 
 
-def log_model(run_log: RunLogger, model: Any, example: dict) -> None:
+def log_model(run_log: RunLogger, model: Any, example: dict, name: str) -> None:
     """The trained model as an MLflow model of the run (its model tab, the logged-models
     search, the registry), with the signature of the inputs and outputs its last
-    evaluation saw; the `models` package travels with it, so the pickle loads anywhere."""
+    evaluation saw; the `models` package travels with it, so the pickle loads anywhere. It is
+    named after the pipeline: a logged model named "model" would shadow the run's model/
+    folder of artifacts (the state dict) in MLflow's artifact listing."""
     import mlflow
     import mlflow.pytorch
     import torch
@@ -328,7 +330,7 @@ def log_model(run_log: RunLogger, model: Any, example: dict) -> None:
     mlflow.set_experiment(experiment_id=run.info.experiment_id)  # the run's: else the Default experiment's
     try:
         mlflow.pytorch.log_model(
-            model, name="model", run_id=run_log.run_id, signature=signature, serialization_format="pickle",
+            model, name=name, run_id=run_log.run_id, signature=signature, serialization_format="pickle",
             code_paths=[str(Path(models.__file__).parent)], pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
     finally:

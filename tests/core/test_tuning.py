@@ -151,7 +151,7 @@ def test_search_against_an_mlflow_server(capsys, cifar_small, workdir, ray_sessi
     models = requests.post(f"{api}/logged-models/search", json={
         "experiment_ids": [exp["experiment"]["experiment_id"]]}).json()["models"]
     ours = [m for m in models if m["info"]["source_run_id"] == run_id]
-    assert len(ours) == 1 and ours[0]["info"]["name"] == "model", models
+    assert len(ours) == 1 and ours[0]["info"]["name"] == "cifar10-darknet", models
 
 
 def test_killed_search_resumes_without_rerunning_finished_trials(cifar_small, workdir, ray_session):
