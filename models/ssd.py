@@ -8,8 +8,10 @@
   cell has k = 9 anchors (3 zooms x 3 aspect ratios): 16*9 + 4*9 + 9 = 189 anchors. Per
   anchor, C logits (one binary cross entropy per class, no background class: background
   is "no class fires") and 4 offsets from the anchor. Anchors are matched to objects by
-  IoU over 0.5, plus each object's best anchor; focal loss (gamma 2, alpha 0.25) is an
-  option; non-maximum suppression at inference.
+  IoU over a threshold (lesson 9's notebook: 0.4; SSD's paper: 0.5), plus each object's
+  best anchor. The class loss is focal loss (lesson 9's notebook: gamma 1, alpha 0.25, a
+  bias of -4; RetinaNet: gamma 2, alpha 0.25, a prior of 0.01) or plain BCE; the box loss
+  is L1 on the offsets, weighted against it; non-maximum suppression at inference.
 
 Boxes are (x1, y1, x2, y2) in fractions of the image, throughout. The body is torchvision's
 resnet34 or resnet18 (ImageNet weights from a file, else random), or a narrow ResNet of
@@ -201,28 +203,48 @@ def match_anchors(boxes: torch.Tensor, labels: torch.Tensor, difficult: torch.Te
     return idx, hit & ~hard, hit & hard
 
 
-def focal_weight(logits: torch.Tensor, target: torch.Tensor, gamma: float, alpha: float) -> torch.Tensor:
-    """The focal loss's factor on each binary cross entropy (lesson 9): alpha_t (1 - p_t)^gamma."""
+def prior_bias(prior: float) -> float:
+    """The class logits' starting bias, so that every class starts at probability `prior`:
+    -log((1 - prior) / prior). RetinaNet: prior 0.01, bias -4.595 (lesson 9 set -4.0, a prior
+    of 0.018), so that the many easy negatives do not dominate the first steps' loss."""
+    if not 0.0 < prior < 1.0:
+        raise ValueError(f"prior must be in (0, 1), got {prior}")
+    return -math.log((1.0 - prior) / prior)
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float, alpha: float) -> torch.Tensor:
+    """Focal loss per element (Lin et al. 2017), unreduced: alpha_t (1 - p_t)^gamma BCE(logits,
+    target), the factor inside the graph so the gradient is focal loss's (torchvision.ops.
+    sigmoid_focal_loss's formula; alpha < 0: no alpha_t). gamma 0 and alpha 0.5 give BCE / 2."""
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
     p = torch.sigmoid(logits)
-    pt = p * target + (1 - p) * (1 - target)
-    w = alpha * target + (1 - alpha) * (1 - target)
-    return (w * (1 - pt).pow(gamma)).detach()
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = p * target + (1 - p) * (1 - target)
+    loss = ce * (1 - p_t).pow(gamma)
+    if alpha >= 0:
+        loss = (alpha * target + (1 - alpha) * (1 - target)) * loss
+    return loss
 
 
 def ssd_loss(cls_logits: torch.Tensor, offsets: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
              difficult: torch.Tensor, anchors: torch.Tensor, focal: bool = True, gamma: float = 2.0,
-             alpha: float = 0.25, threshold: float = 0.5, box_weight: float = 1.0) -> dict[str, torch.Tensor]:
+             alpha: float = 0.25, threshold: float = 0.5, box_weight: float = 0.15) -> dict[str, torch.Tensor]:
     """Binary cross entropy per class over every anchor (focal if asked), and L1 on the
-    positive anchors' offsets, each summed and divided by the number of positive anchors."""
+    positive anchors' offsets (encode's: divided by VARIANCES) summed over the four, each term
+    summed and divided by the number of positive anchors; loss = clas + box_weight * loc.
+    Anchors matched to a difficult object count in neither term."""
     cls_logits, offsets = cls_logits.float(), offsets.float()
     idx, pos, ignore = match_anchors(boxes, labels, difficult, anchors, threshold)
     n_pos = pos.sum().clamp(min=1).float()
     matched_labels = labels.gather(1, idx)                                # (B, A)
     target = F.one_hot(matched_labels.clamp(min=0), cls_logits.shape[-1]).float() * pos[..., None]
-    weight = (~ignore).float()[..., None].expand_as(target)
+    keep = (~ignore).float()[..., None]                                   # (B, A, 1)
     if focal:
-        weight = weight * focal_weight(cls_logits, target, gamma, alpha)
-    clas = F.binary_cross_entropy_with_logits(cls_logits, target, weight=weight, reduction="sum") / n_pos
+        per = focal_loss(cls_logits, target, gamma, alpha)
+    else:
+        per = F.binary_cross_entropy_with_logits(cls_logits, target, reduction="none")
+    clas = (per * keep).sum() / n_pos
     matched_boxes = boxes.gather(1, idx[..., None].expand(-1, -1, 4))     # (B, A, 4)
     loc = (offsets - encode(matched_boxes, anchors)).abs().sum(-1)[pos].sum() / n_pos
     return {"loss": clas + box_weight * loc, "clas": clas.detach(), "loc": loc.detach(), "n_pos": n_pos.detach()}
@@ -246,7 +268,7 @@ class OutConv(nn.Module):
         self.k, self.num_classes = k, num_classes
         self.clas = nn.Conv2d(ni, num_classes * k, 3, padding=1)
         self.box = nn.Conv2d(ni, 4 * k, 3, padding=1)
-        nn.init.constant_(self.clas.bias, bias)  # every class starts rare: sigmoid(bias)
+        nn.init.constant_(self.clas.bias, bias)  # every class starts rare: sigmoid(bias) = the prior
 
     @staticmethod
     def _flatten(x: torch.Tensor, per: int) -> torch.Tensor:
@@ -258,8 +280,9 @@ class OutConv(nn.Module):
 
 
 class SSDHead(nn.Module):
-    def __init__(self, ni: int, g: int, num_classes: int, p: float, nf: int = 256, bias: float = -4.0):
+    def __init__(self, ni: int, g: int, num_classes: int, p: float, nf: int = 256, prior: float = 0.01):
         super().__init__()
+        bias = prior_bias(prior)
         k = len(ANCHOR_ZOOMS) * len(ANCHOR_RATIOS)
         self.drop = nn.Dropout(p)
         self.conv0 = StdConv(ni, nf, stride=1, p=p)
@@ -288,15 +311,16 @@ class SSDHead(nn.Module):
 
 
 class SSD(nn.Module):
-    """(B, 3, H, W) -> (class logits (B, A, C), offsets (B, A, 4)); anchors is a buffer (A, 4)."""
+    """(B, 3, H, W) -> (class logits (B, A, C), offsets (B, A, 4)); anchors is a buffer (A, 4).
+    The class logits' biases start at prior_bias(prior)."""
 
-    def __init__(self, cfg: DetConfig, nf: int = 256):
+    def __init__(self, cfg: DetConfig, nf: int = 256, prior: float = 0.01):
         super().__init__()
         if not 0.0 <= cfg.p < 1.0 or cfg.num_classes < 1:
             raise ValueError(f"need 0 <= p < 1 and num_classes >= 1, got p={cfg.p}, num_classes={cfg.num_classes}")
         self.cfg = cfg
         self.body, c, halvings = make_body(cfg.backbone, cfg.width)
-        self.head = SSDHead(c, feature_size(cfg.size, halvings), cfg.num_classes, cfg.p, nf=nf)
+        self.head = SSDHead(c, feature_size(cfg.size, halvings), cfg.num_classes, cfg.p, nf=nf, prior=prior)
         self.register_buffer("anchors", make_anchors(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,9 +3,9 @@
 - pascal-largest (lesson 8): the class and box of each image's largest object, from a
   ResNet body and a small fully connected head; L1 on the box + weighted cross entropy.
   Scored by the class accuracy of the largest object and the mean IoU of its box.
-- pascal-ssd (lesson 9): every object, from 189 anchors on 4x4, 2x2 and 1x1 grids; one
-  binary cross entropy per class (focal loss by default, plain in the sample config) + L1 on
-  anchor offsets; NMS.
+- pascal-ssd (lesson 9): every object, from 189 anchors on 4x4, 2x2 and 1x1 grids; focal
+  loss per class (or plain binary cross entropy: focal=false) + box_weight x L1 on anchor
+  offsets; NMS.
   Scored by mAP at IoU 0.5 (VOC2007's 11-point form; the all-point form beside it).
 
 Training as lesson 8 (core.phases.fine_tune): `epochs` in all, the first `frozen_epochs` a
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from models import ssd as det
-from preprocessing import voc
+from preprocessing import pretrained, voc
 from preprocessing.samples import pascal as pascal_samples
 
 from ..core import metrics as dm
@@ -49,7 +49,7 @@ class _Common(TrainConfig):
     valid_split: str = "val"    # the image set scored each epoch (train always trains)
     backbone: str = "resnet34"  # resnet34 | resnet18 (torchvision) | narrow (a small ResNet for CPUs)
     width: int = 16             # the narrow backbone's stem channels (x2 per stage)
-    pretrained: str = ""        # torchvision ImageNet state dict file for a resnet body ("": random init)
+    pretrained: str = "auto"    # a resnet body's ImageNet weights: auto (torchvision's; narrow: none), none or a file
     size: int = 224             # images squashed to size x size px (the body's map must halve to 4x4)
     epochs: int = 13            # epochs the whole run trains, every stage together (lesson 8: 3 frozen + 10)
     frozen_epochs: int = 3      # the first epochs of `epochs`: a 1cycle with the body frozen, only the head trains
@@ -66,6 +66,7 @@ class _Common(TrainConfig):
     def __post_init__(self):
         super().__post_init__()
         object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "pretrained", pretrained.weights_spec(self.pretrained))
         if self.lr <= 0 or self.unfrozen_lr <= 0 or self.frozen_epochs < 0:
             raise ValueError(f"need lr and unfrozen_lr > 0 and frozen_epochs >= 0 (got lr={self.lr}, "
                              f"unfrozen_lr={self.unfrozen_lr}, frozen_epochs={self.frozen_epochs})")
@@ -95,11 +96,13 @@ class SSDConfig(_Common):
     frozen_epochs: int = 5      # the first epochs of `epochs`, with the body frozen
     lr: float = 3e-3            # peak LR of the frozen cycle (Adam)
     unfrozen_lr: float = 1e-3   # peak LR of the unfrozen cycle, the head's
-    focal: bool = True          # focal loss; False: plain binary cross entropy
-    gamma: float = 2.0          # focal loss: (1 - p_t)^gamma
-    alpha: float = 0.25         # focal loss: weight of the positive targets
-    match_iou: float = 0.5      # an anchor is positive over this IoU with an object
-    box_weight: float = 1.0     # L1 on the offsets against the classification loss
+    focal: bool = True          # focal loss (its true gradient); False: plain binary cross entropy
+    gamma: float = 1.0          # focal loss: (1 - p_t)^gamma (lesson 9's notebook: 1; RetinaNet: 2)
+    alpha: float = 0.25         # focal loss: weight of the positive targets (lesson 9 and RetinaNet: 0.25)
+    prior: float = 0.01         # every class's starting probability: the class logits' bias is -log((1 - prior) / prior)
+    match_iou: float = 0.4      # an anchor is positive over this IoU with an object (lesson 9's notebook: 0.4; SSD: 0.5)
+    box_weight: float = 0.15    # L1 on the offsets (divided by the variances 0.1, 0.2) against the class loss: RetinaNet's
+                                # balance (its L1 on unscaled offsets is ~0.15 of ours; at 1.0 focal loss trailed BCE)
     score_thresh: float = 0.05  # detections under this score are dropped before NMS
     nms_iou: float = 0.45       # NMS drops a box overlapping a better one of its class over this
     max_det: int = 100          # detections kept per image
@@ -114,10 +117,9 @@ LARGEST_CONFIGS = {
 }
 SSD_CONFIGS = {
     "tiny": SSDConfig(**_SAMPLE, width=8, bs=16, epochs=2, frozen_epochs=1, lr=3e-3, unfrozen_lr=3e-3),
-    # plain BCE: on the sample it beat focal loss at this budget (mAP@0.5 0.666 vs 0.287 after all 13
-    # epochs, idle 2 cores; --set focal=true for lesson 9's focal loss)
+    # focal loss, lesson 9's gamma 1 and IoU 0.4, box_weight 0.15 (benchmarks/focal_vs_bce.py; --set focal=false: BCE)
     "sample": SSDConfig(**_SAMPLE, width=16, bs=16, epochs=13, frozen_epochs=1, lr=3e-3, unfrozen_lr=2e-3,
-                        lr_factor=2.0, p=0.05, focal=False),
+                        lr_factor=2.0, p=0.05),
     "default": SSDConfig(),  # lesson 9 on the real VOC 2007 (GPU; --set pretrained=resnet34.pth)
 }
 
@@ -141,22 +143,29 @@ class _PascalBase(Pipeline):
         return det.layer_groups(model)
 
     def init_source(self, cfg, manifest: dict, tracking_uri: str) -> dict[str, str]:
-        if not cfg.pretrained:
-            logger.info(f"{self.name}: no ImageNet weights given (--set pretrained=FILE): {cfg.backbone} from random init")
+        """On the driver: the body's ImageNet weights resolved once (auto: torchvision's file,
+        downloaded into the hub cache when absent) and tried on the body; the MLflow tags name
+        the file and its sha256."""
+        if cfg.pretrained == "none" or (cfg.pretrained == "auto" and cfg.backbone not in pretrained.WEIGHTS):
+            why = "pretrained=none" if cfg.pretrained == "none" else f"no ImageNet weights for the {cfg.backbone} backbone"
+            logger.info(f"{self.name}: {cfg.backbone} body from random init ({why})")
             return {"fastray.init": "random"}
-        if cfg.backbone == "narrow":
+        if cfg.backbone not in pretrained.WEIGHTS:
             raise ValueError(f"pretrained {cfg.pretrained}: ImageNet weights need a resnet34 or resnet18 backbone, "
-                             "not narrow")
-        if not Path(cfg.pretrained).is_file():
-            raise FileNotFoundError(f"pretrained {cfg.pretrained}: no such file (a torchvision {cfg.backbone} "
-                                    "ImageNet state dict)")
-        det.load_imagenet(self.build_model(cfg).body, cfg.pretrained)  # ValueError when it does not fit
-        logger.info(f"{self.name}: {cfg.backbone} body from the ImageNet weights in {cfg.pretrained}")
-        return {"fastray.init": f"imagenet:{cfg.pretrained}"}
+                             f"not {cfg.backbone}")
+        got = pretrained.resolve(cfg.pretrained, cfg.backbone)
+        assert got is not None  # none is random, above
+        det.load_imagenet(self.build_model(cfg).body, str(got.path))  # ValueError when it does not fit
+        logger.info(f"{self.name}: {cfg.backbone} body from the ImageNet weights {got.path} (sha256 {got.sha256[:12]}...)")
+        return got.tags("fastray.init")
 
     def init_model(self, model, ctx: RunContext) -> None:
-        if ctx.cfg.pretrained:
-            det.load_imagenet(model.body, ctx.cfg.pretrained)
+        """On a worker: the file init_source resolved, never downloaded."""
+        cfg = ctx.cfg
+        if cfg.backbone in pretrained.WEIGHTS:
+            path = pretrained.locate(cfg.pretrained, cfg.backbone)
+            if path is not None:
+                det.load_imagenet(model.body, str(path))
 
     def phases(self, cfg) -> list:
         """fine_tune: the first frozen_epochs train the head alone (groups 0 and 1 frozen),
@@ -278,7 +287,7 @@ class PascalSSD(_PascalBase):
     configs = SSD_CONFIGS
 
     def build_model(self, cfg: SSDConfig) -> nn.Module:
-        return det.SSD(cfg.det(cfg.p))
+        return det.SSD(cfg.det(cfg.p), prior=cfg.prior)
 
     def _loss(self, model, out, b, cfg: SSDConfig) -> dict[str, torch.Tensor]:
         return det.ssd_loss(*out, b["boxes"], b["labels"], b["difficult"], unwrap(model).anchors,
