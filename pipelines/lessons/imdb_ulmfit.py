@@ -29,7 +29,7 @@ from preprocessing.text import batching, corpus, encoding, readers
 from ..core.batching import cycle_batches
 from ..core.contract import Pipeline, RunContext, TrainConfig, unwrap
 from ..core.metrics import classification_metrics
-from ..core.phases import discriminative, gradual_unfreeze, one_cycle
+from ..core.phases import TrainingPhase, discriminative, gradual_unfreeze, one_cycle, with_frozen
 
 ENCODER_ARTIFACT = "encoder/encoder.pt"
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -85,13 +85,22 @@ class ClasConfig(_Common):
     lin_ftrs: tuple[int, ...] = (50,)  # hidden sizes of the classifier head
     encoder: str = ""           # an imdb-lm MLflow run id or an encoder.pt path ("" = random init)
     clip: float = 25.0          # max global gradient norm per optimizer step (lesson 10's classifier: 25)
+    cut_div: float = 0.0        # > 0: each stage a slanted triangular LR (lesson 10's use_clr=(div, cut_div)): lr / div
+                                # up to lr over 1 / cut_div of the stage, down to lr / div, Adam beta1 moms[0]; 0: 1cycle
+    stage_lrs: tuple[float, ...] = ()  # LR multiplier of each stage (the unfreezing stages, then the last); () = all 1
 
     def __post_init__(self):
         super().__post_init__()
         object.__setattr__(self, "unfreeze_epochs", tuple(int(e) for e in self.unfreeze_epochs))
         object.__setattr__(self, "lin_ftrs", tuple(int(e) for e in self.lin_ftrs))
+        object.__setattr__(self, "stage_lrs", tuple(float(m) for m in self.stage_lrs))
         if any(e < 1 for e in self.unfreeze_epochs):
             raise ValueError(f"unfreeze_epochs must be epochs >= 1 per stage, got {self.unfreeze_epochs}")
+        if self.cut_div != 0 and self.cut_div <= 1:
+            raise ValueError(f"cut_div must be 0 (1cycle) or > 1, got {self.cut_div}")
+        if self.stage_lrs and (len(self.stage_lrs) != len(self.unfreeze_epochs) + 1 or min(self.stage_lrs) <= 0):
+            raise ValueError(f"stage_lrs needs one multiplier > 0 per stage ({len(self.unfreeze_epochs) + 1}: "
+                             f"unfreeze_epochs, then the last), got {self.stage_lrs}")
 
 
 _SMALL = dict(vocab_size=1000, sample_docs=2000, emb_sz=64, n_hid=128, n_layers=2, bptt=40)
@@ -357,12 +366,41 @@ class ImdbClas(_ImdbBase):
                 load_encoder(model, _load(path, "encoder"))
 
     def phases(self, cfg: ClasConfig) -> list:
-        """Gradual unfreezing: a 1cycle per stage (the head, then one more group each stage,
-        unfreeze_epochs), then every group for the rest of `epochs`; discriminative LRs."""
+        """Gradual unfreezing: a cycle per stage (the head, then one more group each stage,
+        unfreeze_epochs), then every group for the rest of `epochs`; discriminative LRs. A cycle
+        is a 1cycle, or with cut_div a slanted triangle; stage k peaks at lr * stage_lrs[k]."""
         n = cfg.n_layers + 2
-        return gradual_unfreeze(cfg.epochs, cfg.unfreeze_epochs, n, cfg.lr, div=cfg.div, pct=cfg.pct,
-                                moms=tuple(cfg.moms), opt="adam", opt_kwargs=self._opt_kwargs(cfg),
-                                lr_mults=discriminative(n, cfg.lr_factor), data="train")
+        kw = dict(opt="adam", opt_kwargs=self._opt_kwargs(cfg), lr_mults=discriminative(n, cfg.lr_factor), data="train")
+        if not cfg.cut_div and not cfg.stage_lrs:
+            return gradual_unfreeze(cfg.epochs, cfg.unfreeze_epochs, n, cfg.lr, div=cfg.div, pct=cfg.pct,
+                                    moms=tuple(cfg.moms), **kw)
+        out, left, last = [], cfg.epochs, len(cfg.unfreeze_epochs)
+        for k, e in enumerate((*cfg.unfreeze_epochs, cfg.epochs)):  # as gradual_unfreeze: the last takes the rest
+            e = min(e, left)
+            if not e:
+                break
+            lr = cfg.lr * (cfg.stage_lrs[k] if cfg.stage_lrs else 1.0)
+            if cfg.cut_div:
+                up = e / cfg.cut_div
+                cycle = [TrainingPhase(up, (lr / cfg.div, lr), "linear", cfg.moms[0], **kw),
+                         TrainingPhase(e - up, (lr, lr / cfg.div), "linear", cfg.moms[0], **kw)]
+            else:
+                cycle = one_cycle(e, lr, div=cfg.div, pct=cfg.pct, moms=tuple(cfg.moms), **kw)
+            out += with_frozen(cycle, () if k == last else tuple(range(max(0, n - k - 1))))
+            left -= e
+        return out
+
+    def search_space(self, cfg) -> dict[str, Any]:
+        """The dropout knob, the LR, and the shape of each stage's cycle: 1cycle's div and
+        pct, or the slanted triangle's div and cut_div (with cut_div set)."""
+        space = super().search_space(cfg)
+        if cfg.cut_div:
+            from ray import tune
+
+            del space["pct"]
+            space["div"] = tune.uniform(8.0, 40.0)
+            space["cut_div"] = tune.uniform(3.0, 12.0)
+        return space
 
     def train_step(self, model, batch, ctx: RunContext) -> dict[str, torch.Tensor]:
         x, y = batch

@@ -6,7 +6,9 @@ language, or a joint one) through preprocessing/text's cached Ray Data path, joi
 and cached. Training: per-token cross entropy with teacher forcing whose probability falls
 over training; each epoch, corpus BLEU (sacrebleu, on detokenized text against the real
 references) of greedy decoding, and of beam search, on the validation set. The lesson
-reported only a loss.
+reported only a loss. The references are scored as written: the SentencePiece models keep
+every character (no NFKC folding; byte pieces for rare or unseen characters, see
+preprocessing.text.subwords.SpmSettings), so a model that writes the reference scores 100.
 
 Artifacts: the model, its two SentencePiece models (``tokenizer/``), a table of source,
 reference and outputs for validation sentences and attention heatmaps (``predictions/``).

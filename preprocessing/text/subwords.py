@@ -77,17 +77,39 @@ def _sentences(texts: list[str], max_bytes: int = 8192) -> Iterator[str]:
                 yield line
 
 
+BYTE_FALLBACK_MIN_VOCAB = 1024  # byte pieces only where their 256 take at most a quarter of the vocabulary
+NORMALIZATIONS = ("identity", "nmt_nfkc")
+# "identity": every character as written but these, Python's str.isspace() but " " (tab, newline,
+# no-break and typographic spaces ...), which become a space, as nmt_nfkc makes them: SentencePiece
+# then folds runs of spaces into one. Fixed here so that the model does not depend on the
+# Python's Unicode tables.
+_SPACES = (0x9, 0xA, 0xB, 0xC, 0xD, 0x1C, 0x1D, 0x1E, 0x1F, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B),
+           0x2028, 0x2029, 0x202F, 0x205F, 0x3000)
+
+
 @dataclass(frozen=True)
 class SpmSettings:
     """How SentencePiece is trained: train_spm's and tokenize's keyword arguments.
     vocab_size is an upper bound (a small corpus gives fewer pieces); sample_docs is the
-    size of the training sample (WikiText: articles), drawn with seed."""
+    size of the training sample (WikiText: articles), drawn with seed.
+
+    Every character round-trips, decode(encode(x)) == x up to whitespace runs (after
+    fixup): normalization "identity" keeps characters as written but whitespace
+    characters, which become spaces (nmt_nfkc, SentencePiece's default, would also turn
+    "½" into "1⁄2", "ﬁ" into "fi", "…" into "..."), and no character becomes <unk> (" ⁇ "):
+    with byte_fallback and vocab_size >= BYTE_FALLBACK_MIN_VOCAB a character rarer than
+    character_coverage, or one never seen in training, is spelled as its UTF-8 bytes
+    (256 byte pieces <0x00>..<0xFF>, ids 4..259); with a smaller vocabulary, which the byte
+    pieces would crowd out, every character of the training text becomes a piece
+    (character_coverage 1.0), so only characters never seen in training are <unk>."""
 
     vocab_size: int = 30000
     model_type: Literal["unigram", "bpe"] = "unigram"
-    character_coverage: float = 0.9999
+    character_coverage: float = 0.9999  # with byte pieces; without them 1.0 (every training character a piece)
     sample_docs: int = 10000
     seed: int = 0
+    byte_fallback: bool = True          # unseen and rare characters as UTF-8 byte pieces (vocab_size >= 1024)
+    normalization: str = "identity"     # "identity": characters as written, whitespace to " "; "nmt_nfkc": NFKC
 
     def __post_init__(self):
         if self.model_type not in ("unigram", "bpe"):
@@ -97,12 +119,22 @@ class SpmSettings:
                 f"need vocab_size >= 8, sample_docs >= 1 and 0.9 <= character_coverage <= 1 "
                 f"(got {self.vocab_size}, {self.sample_docs}, {self.character_coverage})"
             )
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+
+    def trainer_options(self) -> dict[str, Any]:
+        """What SentencePiece's trainer is given for characters: byte pieces, their coverage,
+        the normalization rule (see the class docstring)."""
+        use_bytes = self.byte_fallback and self.vocab_size >= BYTE_FALLBACK_MIN_VOCAB
+        return {"byte_fallback": use_bytes, "character_coverage": self.character_coverage if use_bytes else 1.0,
+                "normalization": self.normalization}
 
 
 def train_spm(source: TextSource, cache: Cache, **settings: Any) -> Path:
     """Train SentencePiece on a deterministic sample of the training documents; the path
     of the cached model. `settings`: SpmSettings's fields (vocab_size=30000,
-    model_type="unigram", character_coverage=0.9999, sample_docs=10000, seed=0).
+    model_type="unigram", character_coverage=0.9999, sample_docs=10000, seed=0,
+    byte_fallback=True, normalization="identity").
     The cache key is the sample's content hash and the parameters; an index keyed by the
     sampled files' (path, size, mtime) finds it again without reading them.
     Special ids: unk 0, pad 1, bos 2, eos 3. Runs in this process (no Ray)."""
@@ -111,9 +143,8 @@ def train_spm(source: TextSource, cache: Cache, **settings: Any) -> Path:
 
 def train_spm_manifest(source: TextSource, cache: Cache, settings: SpmSettings) -> tuple[Path, dict, bool]:
     """train_spm's work: (the model's path, its cache manifest, hit)."""
-    params = {"vocab_size": settings.vocab_size, "model_type": settings.model_type,
-              "character_coverage": settings.character_coverage, "seed": settings.seed,
-              "special": SPECIAL_IDS, "version": TEXT_VERSION}
+    params = {"vocab_size": settings.vocab_size, "model_type": settings.model_type, **settings.trainer_options(),
+              "seed": settings.seed, "special": SPECIAL_IDS, "version": TEXT_VERSION}
     units = _sample_units(source, settings.sample_docs, settings.seed)
     index_key = digest({"files": fingerprint_paths(sorted({u[0] for u in units}), source.root),
                         "units": digest([u[1:] for u in units]),
@@ -139,14 +170,37 @@ def train_spm_manifest(source: TextSource, cache: Cache, settings: SpmSettings) 
         tmp.mkdir(parents=True)
         buf = io.BytesIO()
         spm.set_random_generator_seed(settings.seed)
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=_sentences(texts), model_writer=buf, vocab_size=settings.vocab_size,
-            model_type=settings.model_type, character_coverage=settings.character_coverage,
-            unk_id=UNK_ID, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-            hard_vocab_limit=False, max_sentence_length=8192, num_threads=os.cpu_count() or 1,
-            minloglevel=2,
-        )
+        chars = settings.trainer_options()
+        if chars.pop("normalization") == "identity":
+            rules = tmp / "normalization.tsv"  # codepoint TAB replacement (hex)
+            rules.write_text("".join(f"{c:X}\t20\n" for c in _SPACES))
+            chars["normalization_rule_tsv"] = str(rules)
+        else:
+            chars["normalization_rule_name"] = settings.normalization
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=_sentences(texts), model_writer=buf, vocab_size=settings.vocab_size,
+                model_type=settings.model_type, **chars,
+                unk_id=UNK_ID, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+                hard_vocab_limit=False, max_sentence_length=8192, num_threads=os.cpu_count() or 1,
+                minloglevel=2,
+            )
+        except RuntimeError as e:
+            if "smaller than required_chars" not in str(e):
+                raise
+            need = str(e).split("Vocabulary size is smaller than required_chars.")[-1].split(".")[0].strip()
+            raise ValueError(f"vocab_size={settings.vocab_size} cannot hold every character of the training text "
+                             f"with the special pieces ({need}): raise vocab_size (>= {BYTE_FALLBACK_MIN_VOCAB} "
+                             f"spells rare characters as bytes)") from None
         model = buf.getvalue()
+        if chars.get("normalization_rule_tsv"):  # the rules are compiled into the model: forget the file's path
+            from sentencepiece import sentencepiece_model_pb2
+
+            proto = sentencepiece_model_pb2.ModelProto.FromString(model)
+            proto.normalizer_spec.ClearField("normalization_rule_tsv")
+            proto.normalizer_spec.name = "identity"  # SentencePiece says user_defined
+            model = proto.SerializeToString()
+            Path(chars["normalization_rule_tsv"]).unlink()
         (tmp / "spm.model").write_bytes(model)
         sp = spm.SentencePieceProcessor(model_proto=model)
         return {"sha256": hashlib.sha256(model).hexdigest(), "vocab_size": sp.get_piece_size(),
@@ -171,9 +225,10 @@ def decode(ids, model_path: str | Path) -> str:
 
 
 def normalize(text: str, model_path: str | Path) -> str:
-    """What decode(encode(text)) gives: fixup, SentencePiece's normalisation (NFKC,
-    whitespace runs and newlines to one space, trimmed). Characters outside the
-    vocabulary come back as " ⁇ " instead."""
+    """What decode(encode(text)) gives: fixup, SentencePiece's normalisation (the model's
+    rule: "identity" for the models train_spm makes now; whitespace runs and newlines to one
+    space, trimmed). A character the model cannot spell (no piece, no byte fallback) comes
+    back from decode as " ⁇ " instead."""
     norm = processor(str(model_path)).normalize(fixup(text))
     return norm.replace("\u2581", " ").strip()
 

@@ -58,6 +58,28 @@ def test_registered_with_phases_of_gradual_unfreezing():
     assert clas.configs["sample"].epochs == 10 and clas.configs["sample"].unfreeze_epochs == (1, 1)  # 1, 1, 8
 
 
+def test_slanted_triangles_and_stage_lrs():
+    """cut_div: lesson 10's use_clr=(div, cut_div) per stage (up over 1/cut_div of it, then
+    down, beta1 constant); stage_lrs: each stage's peak; without them, gradual_unfreeze's 1cycles."""
+    clas = registry.get("imdb-clas")
+    base = dataclasses.replace(clas.configs["tiny"], epochs=5, unfreeze_epochs=(1, 1))
+    assert clas.phases(dataclasses.replace(base, stage_lrs=(1, 1, 1))) == clas.phases(base)
+    cfg = dataclasses.replace(base, cut_div=10, div=32, stage_lrs=(2, 1, 0.5))
+    phases = clas.phases(cfg)
+    n = cfg.n_layers + 2
+    assert [(round(p.epochs, 6), p.lr, p.frozen) for p in phases] == [
+        (0.1, (2 * cfg.lr / 32, 2 * cfg.lr), tuple(range(n - 1))), (0.9, (2 * cfg.lr, 2 * cfg.lr / 32), tuple(range(n - 1))),
+        (0.1, (cfg.lr / 32, cfg.lr), tuple(range(n - 2))), (0.9, (cfg.lr, cfg.lr / 32), tuple(range(n - 2))),
+        (0.3, (cfg.lr / 64, cfg.lr / 2), ()), (2.7, (cfg.lr / 2, cfg.lr / 64), ())]
+    assert {p.momentum for p in phases} == {cfg.moms[0]} and {p.lr_decay for p in phases} == {"linear"}
+    assert [p.frozen for p in clas.phases(dataclasses.replace(cfg, epochs=1))] == [tuple(range(n - 1))] * 2
+    plan(clas, cfg, 10)
+    with pytest.raises(ValueError, match="stage_lrs needs one multiplier"):
+        dataclasses.replace(cfg, stage_lrs=(1, 1))
+    with pytest.raises(ValueError, match="cut_div"):
+        dataclasses.replace(cfg, cut_div=0.5)
+
+
 def test_sample_data_by_dataset_name(capsys, tmp_path):
     code, obj, _ = run_cli(capsys, "sample-data", "imdb", "--out", str(tmp_path / "a"), "--size", "20")
     assert code == 0 and obj["dataset"] == "imdb" and obj["train"] + obj["test"] == 20
@@ -101,7 +123,7 @@ def test_lm_then_classifier_on_its_encoder(capsys, imdb_small, workdir, ray_sess
     assert run.data.tags["fastray.init"] == f"encoder:run:{lm['run_id']}"
     # discriminative LRs, one metric per layer group, each 2.6x the one before
     n = registry.get("imdb-clas").configs["tiny"].n_layers + 2
-    lrs = [[m.value for m in client.get_metric_history(clas["run_id"], f"lr_group{i}")] for i in range(n)]
+    lrs = [[m.value for m in client.get_metric_history(clas["run_id"], f"sched_lr_group{i}")] for i in range(n)]
     assert all(len(h) == 3 for h in lrs)
     for epoch in range(3):
         for i in range(n - 1):

@@ -32,3 +32,73 @@ def test_round_trip(imdb_small, imdb_tokens):
     for f in (p for p in files if p.parent.name != "unsup"):
         assert normalize(f.read_text(), model) in decoded, f
     assert decode(torch.tensor([BOS_ID, PAD_ID]), model) == ""
+
+
+# accented and rare characters: some are folded by NFKC ("½" -> "1⁄2", "ﬁ" -> "fi", "…" -> "...")
+TRAIN_LINES = ["Où est le café numéro {} ?", "Zoë a écrit {} lettres à sa sœur.", "The naïve résumé has {} pages."]
+RARE = "Dvořák’s ﬁnal 3½ … «déjà vu» — 東京 ☃ Ærø"
+
+
+def _table(tmp_path, lines: list[str]):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from preprocessing.text.readers import find_table
+
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.table({"text": lines}), path)
+    return find_table(path, "text", None)
+
+
+def test_settings_choose_byte_pieces_or_full_coverage():
+    from preprocessing.text.subwords import BYTE_FALLBACK_MIN_VOCAB, SpmSettings
+
+    big = SpmSettings(vocab_size=BYTE_FALLBACK_MIN_VOCAB).trainer_options()
+    assert big == {"byte_fallback": True, "character_coverage": 0.9999, "normalization": "identity"}
+    small = SpmSettings(vocab_size=BYTE_FALLBACK_MIN_VOCAB - 1).trainer_options()
+    assert small == {"byte_fallback": False, "character_coverage": 1.0, "normalization": "identity"}
+    assert SpmSettings(byte_fallback=False).trainer_options()["character_coverage"] == 1.0  # never <unk> for a seen one
+    with pytest.raises(ValueError, match="normalization"):
+        SpmSettings(normalization="nfc")
+
+
+@pytest.mark.parametrize("vocab_size", [1024, 120])
+def test_every_character_round_trips(tmp_path, vocab_size):
+    """decode(encode(x)) == x for accented and rare characters. With byte pieces (vocab_size
+    >= 1024) even characters never seen in training; with a small vocabulary every character
+    of the training text, seen once or more (character_coverage 1.0), and only an unseen
+    one is <unk>."""
+    import sentencepiece as spm
+
+    lines = [t.format(n) for n in range(200) for t in TRAIN_LINES] + ([RARE] if vocab_size < 1024 else [])
+    model = train_spm(_table(tmp_path, lines), Cache(tmp_path / "c"), vocab_size=vocab_size, sample_docs=1000)
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    for x in (RARE, "Zoë’s ﬁnal naïve résumé… ½"):
+        ids = sp.encode(x)
+        assert decode(ids, model) == x and normalize(x, model) == x
+        assert 0 not in ids  # no <unk>
+    if vocab_size >= 1024:
+        assert sp.id_to_piece(4) == "<0x00>" and sp.id_to_piece(259) == "<0xFF>"  # byte pieces after the specials
+    else:
+        assert decode(sp.encode("Ω"), model).strip() == "\u2047"  # never seen, no byte pieces: " ⁇ "
+
+
+def test_the_old_settings_lost_characters(tmp_path):
+    """What the issue measured: SentencePiece's defaults (nmt_nfkc, coverage < 1, no byte
+    pieces) do not give the text back."""
+    import io
+
+    import sentencepiece as spm
+
+    lines = [t.format(n) for n in range(200) for t in TRAIN_LINES]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf, vocab_size=1024,
+                                   character_coverage=0.9999, hard_vocab_limit=False, minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    assert sp.decode(sp.encode(RARE)) != RARE
+
+
+def test_a_vocabulary_too_small_for_the_characters_is_one_clear_error(tmp_path):
+    lines = [t.format(n) for n in range(50) for t in TRAIN_LINES]
+    with pytest.raises(ValueError, match=r"vocab_size=20 cannot hold every character .*raise vocab_size"):
+        train_spm(_table(tmp_path, lines), Cache(tmp_path / "c"), vocab_size=20)
