@@ -45,9 +45,10 @@ def fastray(*argv: str, log: Path) -> dict | None:
     return json.loads([l for l in out.stdout.splitlines() if l.strip()][-1])
 
 
-def summary(args, fields: dict, runs: list[dict]) -> dict:
+def summary(args, fields: dict, runs: list[dict], resumed: int) -> dict:
     result = {"pipeline": "pascal-ssd", "config": "sample", "overrides": args.sets, **fields,
-              "validation_images": 300, "complete": len(runs) == len(args.seeds) * len(args.losses), "runs": runs}
+              "validation_images": 300, "complete": len(runs) == len(args.seeds) * len(args.losses),
+              "runs_kept_by_resume": resumed, "runs": runs}
     for loss in args.losses:
         maps = [r["mAP"] for r in runs if r["loss"] == loss]
         if maps:
@@ -129,9 +130,9 @@ def main() -> None:
                              "fit_seconds": info.get("fit_seconds"), "attempt": attempt})
                 print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
                 args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(summary(args, fields, runs), indent=1) + "\n")  # so far
+                args.out.write_text(json.dumps(summary(args, fields, runs, len(done)), indent=1) + "\n")  # so far
 
-    print(json.dumps(summary(args, fields, runs)))
+    print(json.dumps(summary(args, fields, runs, len(done))))
 
 
 if __name__ == "__main__":
