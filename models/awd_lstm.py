@@ -11,7 +11,7 @@ fine-tune with discriminative learning rates and gradual unfreezing over layer_g
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -365,6 +365,14 @@ class TextClassifier(nn.Module):
 
     def reset(self) -> None:
         self.encoder.reset()
+
+    def set_n_classes(self, n: int) -> None:
+        """A new head of n outputs (a user's table says how many labels only after the model
+        is built); the encoder is kept."""
+        if n != self.cfg.n_classes:
+            self.cfg = replace(self.cfg, n_classes=n)
+            self.head = PoolingLinearClassifier(self.cfg.emb_sz, self.cfg.lin_ftrs, n,
+                                                tuple(p * self.cfg.drop_mult for p in self.cfg.clas_ps))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.head(*self.encoder(ids))

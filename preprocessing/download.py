@@ -3,8 +3,9 @@ addresses, checked and extracted safely.
 
 - Addresses: fast.ai's S3 copies where the pipeline's reader reads their layout, else the
   publisher's own archive (each data set lists both where both exist: ``--source``).
-  Carvana has no public address (Kaggle only): the command says how to get it and then
-  checks and extracts the files given with ``--url``.
+  Carvana and the Jigsaw toxic comments have no public address (Kaggle only): the command
+  says how to get them and then checks and extracts the files given with ``--url`` (the
+  Jigsaw zip's inner zips too, and train.csv's and test.csv's columns).
 - Checksums: the MD5 and size fast.ai publishes (fastai/data/checks.txt) or torchvision /
   torchtext publish for the original archives; where none is published the result reports
   the sha256 it computed so that a user can pin it with ``--checksum sha256:HEX``.
@@ -23,6 +24,7 @@ addresses, checked and extracted safely.
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import http.client
 import json
@@ -96,6 +98,11 @@ def _fastai(path: str, size: int, md5: str, layout: str) -> Source:
     return Source((_published(f"https://s3.amazonaws.com/{path}", size, md5, _FASTAI),), layout)
 
 
+JIGSAW_COMPETITION = "jigsaw-toxic-comment-classification-challenge"
+JIGSAW_COLUMNS = {"train.csv": ("id", "comment_text", "toxic", "severe_toxic", "obscene", "threat", "insult",
+                                "identity_hate"),
+                  "test.csv": ("id", "comment_text")}
+
 DATASETS: dict[str, Dataset] = {d.name: d for d in [
     Dataset(
         "cifar10", "CIFAR-10, 60,000 32x32 images in 10 classes (lesson 12: Darknet)",
@@ -156,6 +163,18 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in [
                 "kaggle.com, then `kaggle competitions download -c carvana-image-masking-challenge -f train.zip` "
                 "and `-f train_masks.zip`, and check and extract them with "
                 "`fastray download carvana --out DIR --url train.zip --url train_masks.zip`"),
+    ),
+    Dataset(
+        "jigsaw-toxic", "Kaggle's Jigsaw Toxic Comment Classification Challenge, 159,571 labelled Wikipedia comments "
+                        "with six 0/1 labels and 153,164 to predict (text-lm, text-clas)",
+        {"kaggle": Source((Remote(f"{JIGSAW_COMPETITION}.zip"),),
+                          "train.csv (id, comment_text, toxic, severe_toxic, obscene, threat, insult, identity_hate) and "
+                          "test.csv (id, comment_text), each shipped as a zip inside the zip: read by "
+                          "text.tables.find_tables")},
+        "kaggle", aliases=("jigsaw", "toxic-comments"),
+        manual=(f"jigsaw-toxic is on Kaggle only: accept the rules of the competition {JIGSAW_COMPETITION} on "
+                f"kaggle.com, then `kaggle competitions download -c {JIGSAW_COMPETITION}`, and check and extract it "
+                f"with `fastray download jigsaw-toxic --out DIR --url {JIGSAW_COMPETITION}.zip`"),
     ),
     Dataset(
         "horse2zebra", "CycleGAN's horse2zebra, unpaired horse and zebra photos (lesson 14: CycleGAN)",
@@ -260,6 +279,8 @@ def _download(ds: Dataset, src_name: str, src: Source, remotes: list[Remote], ch
     try:
         for f in files:
             extract(downloads / f["name"], staging)
+        if ds.name in AFTER_EXTRACT:
+            AFTER_EXTRACT[ds.name](staging)
         extracted = sorted(p.name for p in staging.iterdir()) if staging.exists() else []
         _merge(staging, out)
     finally:
@@ -275,6 +296,29 @@ def _download(ds: Dataset, src_name: str, src: Source, remotes: list[Remote], ch
     marker.write_text(json.dumps(result, indent=1))
     _say(f"{ds.name}: {len(extracted)} top-level entr{'y' if len(extracted) == 1 else 'ies'} in {out}; use --data {data}")
     return {**result, "status": "downloaded", "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _jigsaw_files(staging: Path) -> None:
+    """Kaggle's competition zip holds a zip per file (train.csv.zip ...): extract those (as
+    safely as the outer one) and check that train.csv and test.csv are there with their
+    columns, so that a wrong or truncated download is named now, not at training."""
+    for inner in sorted(staging.rglob("*.csv.zip")):
+        extract(inner, inner.parent)
+        inner.unlink()
+    for name, cols in JIGSAW_COLUMNS.items():
+        found = sorted(staging.rglob(name))
+        if not found:
+            raise DataError(f"jigsaw-toxic: no {name} in the archive (expected Kaggle's {JIGSAW_COMPETITION}.zip); "
+                            "nothing was extracted")
+        with open(found[0], newline="", encoding="utf-8", errors="replace") as f:
+            header = next(csv.reader(f), [])
+        missing = [c for c in cols if c not in header]
+        if missing:
+            raise DataError(f"jigsaw-toxic: {name} lacks the column(s) {', '.join(missing)} (its header: "
+                            f"{', '.join(header[:10])}); nothing was extracted")
+
+
+AFTER_EXTRACT: dict[str, Callable[[Path], None]] = {"jigsaw-toxic": _jigsaw_files}  # checks of what an archive held
 
 
 def _with_urls(ds: Dataset, src: Source, urls: list[str]) -> list[Remote]:

@@ -6,6 +6,12 @@ Data: the reviews tokenized with SentencePiece (one tokenizer and cache for both
 the same corpus and vocab_size give the same cache key, so the LM's vocabulary is the
 classifier's), cached as rows of ids. The LM trains on train + unsup and is validated on
 the test reviews; the classifier trains on train and is validated on test.
+
+The machinery is written once here for any corpus: `LanguageModel` and `Classifier` take
+their documents from `tokens()` (IMDb's folders here; a user's labelled table in
+text_clas.py: text-lm and text-clas), the LM trains on every split but "valid", and the
+classifier's targets, loss and metrics are hooks. `backwards=true` reads every document
+from its end (fastai's backward LM); a classifier refuses an encoder of the other direction.
 """
 from __future__ import annotations
 
@@ -54,6 +60,8 @@ class _Common(TrainConfig):
     wd: float = 1e-7            # weight decay (lesson 10: 1e-7)
     clip: float = 0.25          # max global gradient norm per optimizer step (0: no clipping)
     bf16: bool = False          # autocast the forward and the loss to bfloat16 on a GPU (off: LSTMs in fp32)
+    backwards: bool = False     # read every document from its last token to its first (fastai's backward LM);
+                                # the classifier must read as its encoder's LM did
 
     def __post_init__(self):
         super().__post_init__()
@@ -122,8 +130,19 @@ CLAS_CONFIGS = {
 # ---------------------------------------------------------------- shared data
 
 
-def _read_shard(shard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, offsets, labels) of a worker's shard of token rows."""
+def reverse_docs(ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Every document's tokens in reverse order (documents stay where they are): what a
+    backward LM and its classifier read. ids back to back, offsets as in corpus.Ragged."""
+    lengths = np.diff(offsets)
+    if not len(ids):
+        return ids
+    doc = np.repeat(np.arange(len(lengths)), lengths)                # the document of each position
+    return ids[offsets[doc] + offsets[doc + 1] - 1 - np.arange(len(ids))]
+
+
+def _read_shard(shard, backwards: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, offsets, labels) of a worker's shard of token rows (each document reversed
+    with `backwards`)."""
     import pyarrow.compute as pc
 
     ids, lens, labels = [], [], []
@@ -135,11 +154,12 @@ def _read_shard(shard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     lengths = np.concatenate(lens).astype(np.int64) if lens else np.zeros(0, np.int64)
     offsets = np.zeros(len(lengths) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    return (np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, np.int64), offsets,
+    flat = np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, np.int64)
+    return (reverse_docs(flat, offsets) if backwards else flat, offsets,
             np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64))
 
 
-def _resolve(pipe: "_ImdbBase", spec: str, what: str, tracking_uri: str | None, dst: Path) -> Path:
+def _resolve(spec: str, what: str, tracking_uri: str | None, dst: Path, lm_name: str = "imdb-lm") -> Path:
     """An encoder/state source (a file, or an MLflow run id) -> a local file."""
     p = Path(spec)
     if p.is_file():
@@ -153,7 +173,7 @@ def _resolve(pipe: "_ImdbBase", spec: str, what: str, tracking_uri: str | None, 
             raise FileNotFoundError(f"{what} {spec}: cannot get {ENCODER_ARTIFACT} of MLflow run {spec} in "
                                     f"{tracking_uri} ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     raise FileNotFoundError(f"{what} {spec}: no such file" + (
-        " (expected an encoder.pt or the MLflow run id of an imdb-lm run)" if what == "encoder" else ""))
+        f" (expected an encoder.pt or the MLflow run id of an {lm_name} run)" if what == "encoder" else ""))
 
 
 def _load(path: Path, what: str) -> dict:
@@ -166,23 +186,52 @@ def _load(path: Path, what: str) -> dict:
     return state
 
 
+BACKWARDS_KEY = "fastray.backwards"  # in an LM's encoder.pt: 1 when the LM read backwards (absent: forwards)
+
+
+def _load_encoder(path: Path) -> tuple[dict, bool]:
+    """An encoder.pt -> (its weights, whether its LM read backwards)."""
+    state = _load(path, "encoder")
+    flag = state.pop(BACKWARDS_KEY, None)
+    return state, bool(flag.item()) if torch.is_tensor(flag) else bool(flag)
+
+
+def _check_direction(cfg, backwards: bool, spec: str) -> None:
+    """A backward LM's encoder knows text read from its end: a forward classifier (or the
+    other way round) would read it in the order it never saw."""
+    if backwards != cfg.backwards:
+        way = lambda b: "backward (backwards=true)" if b else "forward (backwards=false)"  # noqa: E731
+        raise ValueError(f"encoder {spec}: its LM read {way(backwards)}, this classifier reads "
+                         f"{way(cfg.backwards)}: set backwards={str(backwards).lower()} or use an LM of this direction")
+
+
 def _emb_rows(state: dict, key: str, what: str, path: Path) -> int:
     if key not in state:
         raise ValueError(f"{what} {path}: no {key!r} in the state dict (not an AWD-LSTM {what}?)")
     return int(state[key].shape[0])
 
 
-class _ImdbBase(Pipeline):
+class _UlmfitBase(Pipeline):
+    lm_name = "imdb-lm"  # the language model pipeline whose encoder a classifier takes
+
+    def tokens(self, cfg, data_dir: Path, cache, on_bad: str) -> tuple[dict, bool]:
+        """The corpus tokenized and cached: (manifest, hit). IMDb's aclImdb/ here."""
+        source = readers.find_imdb(data_dir)
+        return encoding.tokenize(source, cache, vocab_size=cfg.vocab_size, sample_docs=cfg.sample_docs, seed=cfg.seed,
+                                 on_bad=on_bad)
 
     def preprocess(self, cfg, data_dir: Path, cache, on_bad: str = "skip"):
         src = getattr(cfg, self._init_field)
         if src and not _RUN_ID.fullmatch(src) and not Path(src).is_file():
-            _resolve(self, src, self._init_what, None, Path("."))  # raises: fail before tokenizing
+            _resolve(src, self._init_what, None, Path("."), self.lm_name)  # raises: fail before tokenizing
         if src and Path(src).is_file():  # a file's vocabulary is known now: a mismatch fails before tokenizing too
-            self._check_vocab(cfg, _load(Path(src), self._init_what), Path(src))
-        source = readers.find_imdb(data_dir)
-        return encoding.tokenize(source, cache, vocab_size=cfg.vocab_size, sample_docs=cfg.sample_docs, seed=cfg.seed,
-                             on_bad=on_bad)
+            self._check_init(cfg, Path(src))
+        return self.tokens(cfg, data_dir, cache, on_bad)
+
+    def _check_init(self, cfg, path: Path) -> dict:
+        state = _load(path, self._init_what)
+        self._check_vocab(cfg, state, path)
+        return state
 
     def _read(self, cache, manifest, split):
         return corpus.read_tokens(cache, manifest, split)
@@ -213,28 +262,33 @@ class _ImdbBase(Pipeline):
 # ---------------------------------------------------------------- the language model
 
 
-class ImdbLM(_ImdbBase):
+class LanguageModel(_UlmfitBase):
+    """The LM of a corpus: trains on every split but "valid" (labelled or not: train and
+    unsup, or a table's train and test), validated on "valid"; its encoder is the artifact."""
+
     Config = LMConfig
-    configs = LM_CONFIGS
     _init_field, _init_what = "pretrained", "pretrained"
     _emb_key, _vocab_hint = "encoder.embed.emb.weight", "the LM must use this tokenizer's vocabulary"
 
+    @staticmethod
+    def _splits(manifest: dict) -> list[str]:
+        return [s for s in manifest["rows"] if s != "valid"]
+
     def datasets(self, cfg, cache, manifest: dict) -> dict[str, Any]:
-        train = self._read(cache, manifest, "train")
-        if "unsup" in manifest["rows"]:
-            train = train.union(self._read(cache, manifest, "unsup"))
+        parts = [self._read(cache, manifest, s) for s in self._splits(manifest)]
+        train = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
         return {"train": train, "valid": self._read(cache, manifest, "valid")}
 
     def train_rows(self, manifest: dict) -> int:
-        return int(manifest["rows"]["train"]) + int(manifest["rows"].get("unsup", 0))
+        return sum(int(manifest["rows"][s]) for s in self._splits(manifest))
 
     def steps_per_epoch(self, cfg, manifest: dict, world: int) -> int:
-        tokens = int(manifest["tokens"]["train"]) + int(manifest["tokens"].get("unsup", 0))
+        tokens = sum(int(manifest["tokens"][s]) for s in self._splits(manifest))
         return int((tokens // world) // ((cfg.bs // world) * cfg.bptt))
 
     def batches(self, shard, ctx: RunContext, train: bool):
         cfg, bs, device, epoch = ctx.cfg, ctx.bs, ctx.device, ctx.epoch
-        ids, offsets, _ = _read_shard(shard)
+        ids, offsets, _ = _read_shard(shard, cfg.backwards)
         if train:
             def make(k: int):  # documents shuffled every pass, then one stream
                 rng = np.random.default_rng([cfg.seed, epoch, k])
@@ -252,16 +306,15 @@ class ImdbLM(_ImdbBase):
 
     def init_source(self, cfg: LMConfig, manifest: dict, tracking_uri: str) -> dict[str, str]:
         if not cfg.pretrained:
-            logger.info("imdb-lm: no pretrained LM given (--set pretrained=FILE): random init")
+            logger.info(f"{self.name}: no pretrained LM given (--set pretrained=FILE): random init")
             return {"fastray.init": "random"}
-        path = _resolve(self, cfg.pretrained, "pretrained", None, Path("."))
-        state = _load(path, "pretrained")
-        self._check_vocab(cfg, state, path)
+        path = _resolve(cfg.pretrained, "pretrained", None, Path("."))
+        state = self._check_init(cfg, path)
         try:
             self.build_model(cfg).load_state_dict(state)
         except RuntimeError as e:
             raise ValueError(f"pretrained {path}: does not fit this LM: {str(e).splitlines()[0]}") from None
-        logger.info(f"imdb-lm: starting from the pretrained LM {path}")
+        logger.info(f"{self.name}: starting from the pretrained LM {path}")
         return {"fastray.init": f"pretrained:{path}"}
 
     def init_model(self, model, ctx: RunContext) -> None:
@@ -292,35 +345,57 @@ class ImdbLM(_ImdbBase):
         return out
 
     def on_epoch_end(self, model, ctx: RunContext) -> dict[str, list[Path]]:
-        """The encoder (embedding + LSTMs) after the last epoch, for imdb-clas (`encoder=RUN_ID`)."""
+        """The encoder (embedding + LSTMs) after the last epoch, for the classifier
+        (`encoder=RUN_ID`), marked with the direction it read in."""
         if not ctx.is_last_epoch:
             return {}
         path = ctx.out_dir / "encoder.pt"
-        torch.save(encoder_state(model), path)
+        torch.save({**encoder_state(model), BACKWARDS_KEY: torch.tensor(int(ctx.cfg.backwards))}, path)
         return {"encoder": [path]}
+
+
+class ImdbLM(LanguageModel):
+    configs = LM_CONFIGS
 
 
 # ---------------------------------------------------------------- the classifier
 
 
-class ImdbClas(_ImdbBase):
+class Classifier(_UlmfitBase):
+    """A classifier on an LM's encoder: gradual unfreezing, discriminative LRs. Single-label
+    softmax by default; a subclass gives other targets, loss and metrics (text_clas.py)."""
+
     Config = ClasConfig
-    configs = CLAS_CONFIGS
     _init_field, _init_what = "encoder", "encoder"
     _emb_key, _vocab_hint = "embed.emb.weight", "train the LM with the same vocab_size and data"
+    n_classes = 2  # the head's outputs
 
     def datasets(self, cfg, cache, manifest: dict) -> dict[str, Any]:
         return {"train": self._read(cache, manifest, "train"), "valid": self._read(cache, manifest, "valid")}
 
+    def targets(self, labels: np.ndarray, ctx: RunContext, train: bool) -> torch.Tensor:
+        """A batch's targets from its rows' label column (IMDb: the class numbers themselves)."""
+        return torch.from_numpy(labels)
+
+    def _check_init(self, cfg, path: Path) -> dict:
+        state, backwards = _load_encoder(path)
+        _check_direction(cfg, backwards, cfg.encoder)
+        self._check_vocab(cfg, state, path)
+        return state
+
+    def docs(self, ids: np.ndarray, offsets: np.ndarray, idx, keep: int) -> list[np.ndarray]:
+        """The documents idx, each its last `keep` tokens."""
+        return [ids[max(offsets[i], offsets[i + 1] - keep):offsets[i + 1]] for i in idx]
+
     def batches(self, shard, ctx: RunContext, train: bool):
         cfg, bs, device, epoch = ctx.cfg, ctx.bs, ctx.device, ctx.epoch
-        ids, offsets, labels = _read_shard(shard)
+        ids, offsets, labels = _read_shard(shard, cfg.backwards)
         lengths = np.diff(offsets)
         keep = cfg.max_len + cfg.bptt  # the encoder keeps max_len outputs: older tokens only warm the state
 
         def batch(idx: list[int]):
-            docs = [ids[max(offsets[i], offsets[i + 1] - keep):offsets[i + 1]] for i in idx]
-            return batching.pad_batch(docs, text.PAD_ID).to(device), torch.from_numpy(labels[idx]).to(device)
+            x = batching.pad_batch(self.docs(ids, offsets, idx, keep), text.PAD_ID)
+            return x.to(device), self.targets(labels[idx], ctx, train).to(device)
 
         if train:
             def make(k: int):
@@ -332,7 +407,7 @@ class ImdbClas(_ImdbBase):
                 yield batch(b)
 
     def build_model(self, cfg: ClasConfig) -> nn.Module:
-        return text_classifier(cfg.awd(max_len=cfg.max_len, lin_ftrs=cfg.lin_ftrs, n_classes=2,
+        return text_classifier(cfg.awd(max_len=cfg.max_len, lin_ftrs=cfg.lin_ftrs, n_classes=self.n_classes,
                                        clas_ps=(0.4,) + (0.1,) * len(cfg.lin_ftrs)))
 
     def param_groups(self, model) -> list[list[nn.Parameter]]:
@@ -340,30 +415,29 @@ class ImdbClas(_ImdbBase):
 
     def init_source(self, cfg: ClasConfig, manifest: dict, tracking_uri: str) -> dict[str, str]:
         if not cfg.encoder:
-            logger.info("imdb-clas: no encoder given (--set encoder=RUN_ID|FILE): random init")
+            logger.info(f"{self.name}: no encoder given (--set encoder=RUN_ID|FILE): random init")
             return {"fastray.init": "random"}
         with tempfile.TemporaryDirectory() as d:
-            path = _resolve(self, cfg.encoder, "encoder", tracking_uri, Path(d))
-            state = _load(path, "encoder")
-            self._check_vocab(cfg, state, path)
+            path = _resolve(cfg.encoder, "encoder", tracking_uri, Path(d), self.lm_name)
+            state = self._check_init(cfg, path)
             load_encoder(self.build_model(cfg), state)  # ValueError when the architecture differs
         if _RUN_ID.fullmatch(cfg.encoder) and not Path(cfg.encoder).is_file():
             from mlflow.tracking import MlflowClient
 
             key = MlflowClient(tracking_uri=tracking_uri).get_run(cfg.encoder).data.tags.get("fastray.cache_key")
             if key and key != manifest["key"]:
-                logger.warning(f"imdb-clas: warning: the LM run {cfg.encoder} tokenized other data or settings "
+                logger.warning(f"{self.name}: warning: the LM run {cfg.encoder} tokenized other data or settings "
                                f"(cache key {key}, here {manifest['key']}): its token ids may mean other pieces")
-            logger.info(f"imdb-clas: encoder loaded from the imdb-lm run {cfg.encoder}")
+            logger.info(f"{self.name}: encoder loaded from the {self.lm_name} run {cfg.encoder}")
             return {"fastray.init": f"encoder:run:{cfg.encoder}"}
-        logger.info(f"imdb-clas: encoder loaded from {cfg.encoder}")
+        logger.info(f"{self.name}: encoder loaded from {cfg.encoder}")
         return {"fastray.init": f"encoder:file:{cfg.encoder}"}
 
     def init_model(self, model, ctx: RunContext) -> None:
         if ctx.cfg.encoder:
             with tempfile.TemporaryDirectory() as d:
-                path = _resolve(self, ctx.cfg.encoder, "encoder", ctx.tracking_uri, Path(d))
-                load_encoder(model, _load(path, "encoder"))
+                path = _resolve(ctx.cfg.encoder, "encoder", ctx.tracking_uri, Path(d), self.lm_name)
+                load_encoder(model, _load_encoder(path)[0])
 
     def phases(self, cfg: ClasConfig) -> list:
         """Gradual unfreezing: a cycle per stage (the head, then one more group each stage,
@@ -409,3 +483,7 @@ class ImdbClas(_ImdbBase):
     def evaluate(self, model, batches: Iterable, ctx: RunContext) -> dict[str, float]:
         m = unwrap(model)
         return classification_metrics((m(x), y) for x, y in batches)
+
+
+class ImdbClas(Classifier):
+    configs = CLAS_CONFIGS

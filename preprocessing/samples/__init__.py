@@ -10,6 +10,7 @@ require a real metric:
     horse2zebra  CycleGAN's trainA/ trainB/ testA/ testB/: plain and striped animals
     carvana      train/ and train_masks/: cars and their masks, several views each
     images       an image folder tree of photographs (or pink noise) and a style picture
+    jigsaw       Kaggle's toxic comments: train.csv with six 0/1 labels, test.csv
 
 Production code takes class names from the preprocess manifest, never from here.
 """
@@ -29,6 +30,7 @@ GENERATORS: dict[str, tuple[str, str, int, dict]] = {
     "horse2zebra": ("horse2zebra", "horse2zebra", 1000, {}),
     "images": ("images", "natural_images", 800, {}),
     "carvana": ("carvana", "carvana", 1200, {}),
+    "jigsaw-toxic": ("jigsaw", "jigsaw", 10000, {}),  # training comments; a quarter as many in test.csv
 }
 
 

@@ -102,9 +102,14 @@ def _split_folder(cache: Cache, manifest: dict, split: str) -> Path:
 
 def load_tokens(cache: Cache, manifest: dict, split: str) -> TokenArrays:
     """A cached split read with pyarrow (no Ray): for a training worker or a test."""
+    return load_folder(_split_folder(cache, manifest, split))
+
+
+def load_folder(folder: Path) -> TokenArrays:
+    """A split's folder of token parquet files (<cache entry>/<split>/) read with pyarrow."""
     import pyarrow.parquet as pq
 
-    files = sorted(_split_folder(cache, manifest, split).glob("*.parquet"))
+    files = sorted(Path(folder).glob("*.parquet"))
     tables = [pq.read_table(f, columns=["ids", "label"]) for f in files]
     return TokenArrays(
         Ragged.concat([Ragged.from_arrow(t.column("ids")) for t in tables]),
