@@ -196,17 +196,26 @@ def cmd_sample_data(args) -> dict:
 def cmd_preprocess(args) -> dict:
     from preprocessing.cache import Cache
 
-    pipe = registry.get(args.name)
     storage = Storage.resolve(args.storage)
     cache = Cache(storage.cache_dir(args.cache_dir))
-    data, is_sample = _data_dir(pipe, args)
-    cfg, _ = _config(pipe, args, "sample" if is_sample else "default")
+    # the same request as last time, nothing it read changed: its entry, without importing the
+    # lesson (and torch); on a cluster the full path checks that the nodes see the folders
+    request = {"pipeline": args.name, "data": args.data and str(args.data.absolute()), "cwd": os.getcwd(),
+               "config": args.config, "set": args.set, "on_bad": args.on_bad_input, "cache": str(cache.root)}
     t0 = time.perf_counter()
-    log = cache.root / "logs" / f"preprocess-{args.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    with logs.internals_to(log, mlflow=False):
-        # a cold build on a cluster reads and writes from many nodes: check that they see the folders
-        check_cluster(storage, cache, None, data=data)
-        manifest, hit = pipe.preprocess(cfg, data, cache, args.on_bad_input)
+    manifest = None if os.environ.get("RAY_ADDRESS") else cache.recall(request)
+    hit = manifest is not None
+    if manifest is None:
+        pipe = registry.get(args.name)
+        data, is_sample = _data_dir(pipe, args)
+        cfg, _ = _config(pipe, args, "sample" if is_sample else "default")
+        t0 = time.perf_counter()
+        log = cache.root / "logs" / f"preprocess-{args.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        with logs.internals_to(log, mlflow=False):
+            # a cold build on a cluster reads and writes from many nodes: check that they see the folders
+            check_cluster(storage, cache, None, data=data)
+            manifest, hit = pipe.preprocess(cfg, data, cache, args.on_bad_input)
+        cache.remember(request, _read_by_preprocess(pipe, args, data), manifest)
     seconds = time.perf_counter() - t0
     say(f"cache {'hit' if hit else 'miss'}: {manifest['key']} ({seconds:.2f}s)")
     return {
@@ -214,6 +223,17 @@ def cmd_preprocess(args) -> dict:
         "skipped": manifest.get("skipped", {}), "path": str(cache.path(manifest["name"], manifest["key"])),
         "seconds": round(seconds, 3),
     }
+
+
+def _read_by_preprocess(pipe, args, data: Path) -> list[Path]:
+    """What decides a preprocess's entry besides the request itself: the data folder (and,
+    with no --data, the default one, whose filling changes the choice), files the config
+    names, and fastray's own code."""
+    named = [args.config or ""] + [s.partition("=")[2] for s in args.set]
+    root = Path(__file__).resolve().parent.parent
+    return ([data] + ([pipe.default_data_dir()] if args.data is None else [])
+            + [Path(v) for v in named if v and os.path.exists(v)]
+            + [root / "pipelines", root / "preprocessing", root / "models"])
 
 
 def cmd_run(args) -> dict:

@@ -156,8 +156,9 @@ def _cache_key(data: Path, cache_dir: Path) -> tuple[str, str]:
 
 
 def _entries(cache_dir: Path) -> list[str]:
-    """The cache's entries and leftovers (not its logs/ folder of preprocess logs)."""
-    return sorted(p.name for p in cache_dir.iterdir() if p.name != "logs")
+    """The cache's entries and leftovers (not its logs/ folder of preprocess logs, nor the
+    commands' .receipts/)."""
+    return sorted(p.name for p in cache_dir.iterdir() if p.name not in ("logs", ".receipts"))
 
 
 def test_two_preprocess_processes_at_once_build_once(cifar_tiny, workdir, ray_session):

@@ -16,11 +16,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-import torch
-
 from . import tracking
+
+if TYPE_CHECKING:  # torch is imported where a checkpoint is read or written: `fastray preprocess` needs none
+    import torch
 
 logger = logging.getLogger("fastray")
 
@@ -183,12 +185,16 @@ def run_lock(run_dir: str, name: str):
 
 
 def save_state(state: dict, folder: Path) -> None:
+    import torch
+
     torch.save(state, Path(folder) / CHECKPOINT_FILE)
     (Path(folder) / EPOCH_FILE).write_text(str(state["epoch"]))
 
 
 def load_state(folder: Path) -> dict:
     """A checkpoint's state: tensors and plain containers only (weights_only: no pickled code)."""
+    import torch
+
     return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 

@@ -76,3 +76,30 @@ def test_two_builders_of_one_key_leave_one_valid_entry(tmp_path):
         t.join()
     assert len(results) == 2 and all(m["rows"] == 7 for m, _ in results)
     assert [p.name for p in tmp_path.iterdir()] == ["d-k"]
+
+
+def test_a_receipt_finds_the_entry_until_anything_it_read_changes(tmp_path):
+    """A command's receipt (issue 19: a hit without importing the lesson) holds while the
+    files it read are as they were; a touched, added or removed file, a damaged entry or
+    verify=full sends the command the full way."""
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "sub" / "a.txt").write_text("a")
+    cache, calls = Cache(tmp_path / "cache"), []
+    manifest, _ = cache.build("d", "k", _writer(b"x" * 10, calls))
+    request = {"pipeline": "p", "data": str(data)}
+    assert cache.recall(request) is None  # nothing remembered yet
+    cache.remember(request, [data], manifest)
+    assert cache.recall(request)["key"] == "k" and cache.recall({**request, "data": "other"}) is None
+    assert Cache(tmp_path / "cache", verify="full").recall(request) is None
+
+    f = data / "sub" / "a.txt"
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # touched
+    assert cache.recall(request) is None
+    cache.remember(request, [data], manifest)
+    (data / "sub" / "b.txt").write_text("b")  # added
+    assert cache.recall(request) is None
+    cache.remember(request, [data], manifest)
+    (cache.path("d", "k") / "part-0.bin").write_bytes(b"x")  # the entry damaged
+    assert cache.recall(request) is None
