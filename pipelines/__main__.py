@@ -9,6 +9,7 @@
                 [--epochs N] [--num-workers N] [--use-gpu] [--tracking-uri URI] [--name NAME]
                 [--storage PATH_OR_URI] [--placement pack|spread]
     fastray tune NAME ... [--storage PATH_OR_URI] [--placement pack|spread]
+    fastray flow NAME [--data DIR] [--config C] [--set [STAGE.]key=value ...] [--dry-run] [--from S] [--until S]
     fastray translate RUN_ID [--file F] [--beam K]     (a trained translate run, one line each)
 
 --storage (or $FASTRAY_STORAGE) is where a run keeps what outlives it, laid out like the
@@ -124,6 +125,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="pack the workers on few nodes (default) or spread them one a node where they fit; "
                         "default $FASTRAY_PLACEMENT or pack")
 
+    f = sub.add_parser("flow", help="run a lesson's stages as one command (each stage cached and resumable)")
+    common(f)
+    f.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
+    f.add_argument("--dry-run", action="store_true", help="print the plan (which stages are reused) and stop")
+    f.add_argument("--from", dest="start", default=None, metavar="STAGE", help="run from this stage (those before reused)")
+    f.add_argument("--until", default=None, metavar="STAGE", help="run up to this stage")
+
     t = sub.add_parser("tune", help="search dropout and schedule hyperparameters with Ray Tune + ASHA")
     common(t)
     t.add_argument("--epochs", type=int, default=None, help="epochs of each trial (ASHA's max_t)")
@@ -175,7 +183,12 @@ def cmd_list(args) -> dict:
         configs = list(registry.pipeline_class(name).configs)
         rows.append({"name": name, "lesson": e.lesson, "dataset": e.dataset, "metric": e.metric, "configs": configs})
         say(f"{name:16s} lesson {e.lesson:2d}  data {e.dataset:12s} metric {e.metric} ({e.mode})")
-    return {"pipelines": rows}
+    from .core import flows
+
+    for name in flows.names():
+        f = flows.get(name)
+        say(f"{name:16s} lesson {f.lesson:2d}  flow: {' -> '.join(s.name for s in f.stages)}")
+    return {"pipelines": rows, "flows": {n: [s.name for s in flows.get(n).stages] for n in flows.names()}}
 
 
 def cmd_sample_data(args) -> dict:
@@ -291,6 +304,29 @@ def cmd_tune(args) -> dict:
         )
 
 
+def cmd_flow(args) -> dict:
+    from preprocessing.cache import Cache
+
+    from .core import flows
+
+    flow = flows.get(args.name)
+    storage = Storage.resolve(args.storage)
+    checkpoints = storage.checkpoints()
+    cache = Cache(storage.cache_dir(args.cache_dir))
+    found: dict[str, tuple[Path, bool]] = {}
+
+    def data_for(pipe) -> tuple[Path, bool]:  # a stage's data, as `fastray run` finds it; once a data set
+        if pipe.dataset not in found:
+            found[pipe.dataset] = _data_dir(pipe, args)
+        return found[pipe.dataset]
+
+    with logs.internals_to(_log_file(checkpoints, f"flow-{flow.name}")), tracking.artifact_storage(storage.artifacts()):
+        check_cluster(storage, cache, args.tracking_uri, data=args.data)
+        return flows.run(flow.name, config=args.config, sets=args.set, data_for=data_for, cache=cache,
+                         uri=args.tracking_uri, storage=args.storage, cache_dir=args.cache_dir,
+                         on_bad=args.on_bad_input, dry_run=args.dry_run, start=args.start, until=args.until)
+
+
 def cmd_download(args) -> dict:
     if args.name in pretrained.WEIGHTS:  # one weights file for offline nodes: --set pretrained=DIR/FILE
         return pretrained.cmd_download(args)
@@ -335,7 +371,7 @@ def cmd_translate(args) -> dict:
 
 
 COMMANDS = {"list": cmd_list, "sample-data": cmd_sample_data, "download": cmd_download, "preprocess": cmd_preprocess,
-            "run": cmd_run, "tune": cmd_tune, "translate": cmd_translate, "ui": cmd_ui}
+            "run": cmd_run, "flow": cmd_flow, "tune": cmd_tune, "translate": cmd_translate, "ui": cmd_ui}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -182,6 +182,15 @@ def git_commit() -> str:
     return commit or os.environ.get("FASTRAY_GIT_COMMIT") or "unknown"
 
 
+RUN_TAGS_ENV = "FASTRAY_RUN_TAGS"  # JSON: tags a caller (a flow's stage) asks this process's run to carry
+
+
+def env_tags() -> dict[str, str]:
+    """The tags of $FASTRAY_RUN_TAGS: a flow names the stage, its identity and its parent run."""
+    text = os.environ.get(RUN_TAGS_ENV)
+    return {k: str(v) for k, v in json.loads(text).items()} if text else {}
+
+
 def source_tags(command: str) -> dict[str, str]:
     """MLflow's own source fields: what ran (`fastray run NAME`), from which commit, by whom;
     a `ray job submit` job is a JOB."""

@@ -1,0 +1,125 @@
+"""`fastray flow`: a lesson's stages as one command, each stage reused when nothing it
+depends on changed, resumed after a kill, recorded under one MLflow parent run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines.core import config as configs
+from pipelines.core import flows
+from preprocessing.samples import imdb as imdb_samples
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_sets_reach_one_stage_every_stage_or_the_flow():
+    flow = flows.get("ulmfit")
+    options, per = flows.split_sets(flow, list(flow.stages), ["clas.lr=0.01", "seed=3", "backwards=true"])
+    assert options == {"backwards": True}
+    assert per["clas"] == {"lr": "0.01", "seed": "3"} and per["lm"] == {"seed": "3"}
+    assert per["lm_bwd"] == {"seed": "3"} and per["clas_bwd"] == {"seed": "3"}
+    _, per = flows.split_sets(flow, list(flow.stages), ["seed=3"])
+    assert "seed" not in per["lm_bwd"]  # an inactive stage takes nothing
+    with pytest.raises(configs.ConfigError, match="no stage 'clsa'"):
+        flows.split_sets(flow, list(flow.stages), ["clsa.lr=0.01"])
+    with pytest.raises(configs.ConfigError, match="no stage of ulmfit has a field 'nope'"):
+        flows.split_sets(flow, list(flow.stages), ["nope=1"])
+    with pytest.raises(configs.ConfigError, match="true or false"):
+        flows.split_sets(flow, list(flow.stages), ["backwards=maybe"])
+    with pytest.raises(KeyError, match="unknown flow"):
+        flows.get("ulmfitt")
+
+
+def test_every_declared_stage_names_a_pipeline_and_feeds_from_an_earlier_stage():
+    from pipelines.core import registry
+
+    for flow in flows.FLOWS.values():
+        seen: set[str] = set()
+        for stage in flow.stages:
+            registry.entry(stage.pipeline)
+            assert set(stage.inputs.values()) <= seen, (flow.name, stage.name)
+            assert not stage.when or stage.when in flow.options
+            seen.add(stage.name)
+
+
+def _fastray(workdir: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines", *args], env=env, capture_output=True, text=True,
+                          cwd=workdir, timeout=900)
+
+
+def _runs(workdir: Path) -> dict[str, list]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}")
+    return {e.name: client.search_runs([e.experiment_id]) for e in client.search_experiments()}
+
+
+def test_ulmfit_flow_reuses_finished_stages_and_resumes_a_killed_one(tmp_path, workdir, ray_session):
+    data = tmp_path / "aclImdb"
+    imdb_samples.imdb(data, size=600, seed=1)
+    env = {**os.environ, "RAY_ADDRESS": ray_session, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+    flow = ["flow", "ulmfit", "--data", str(data), "--config", "tiny"]
+
+    # 1. the whole flow: the LM, then the classifier on its encoder, under one parent run
+    first = _fastray(workdir, env, *flow)
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = json.loads(first.stdout.strip().splitlines()[-1])
+    assert [s["status"] for s in out["stages"].values()] == ["done", "done"]
+    lm_id, clas_id = out["stages"]["lm"]["run_id"], out["stages"]["clas"]["run_id"]
+    runs = _runs(workdir)
+    parent = runs["flow-ulmfit"][0]
+    assert parent.info.status == "FINISHED" and parent.info.run_id == out["parent_run_id"]
+    assert parent.data.metrics["accuracy"] == pytest.approx(out["stages"]["clas"]["metrics"]["accuracy"])
+    assert parent.data.tags["stage.lm.run_id"] == lm_id
+    clas = runs["imdb-clas"][0]
+    assert clas.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert clas.data.params["config.encoder"] == lm_id  # fed by the LM stage
+    assert runs["imdb-lm"][0].data.tags["fastray.stage_id"] == out["stages"]["lm"]["identity"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}")
+    assert "plots/flow.png" in {f.path for f in client.list_artifacts(parent.info.run_id, "plots")}
+
+    # 2. the same command again: nothing trained, no MLflow run made
+    again = _fastray(workdir, env, *flow)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "every stage was reused" in again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[-1])["reused"] is True
+    assert {k: len(v) for k, v in _runs(workdir).items()} == {k: len(v) for k, v in runs.items()}
+
+    # 3. only the classifier's LR changed: the LM is reused and the classifier runs; SIGKILL
+    # the flow's process while the classifier trains: its stage process goes with it
+    changed = flow + ["--set", "clas.lr=0.02", "--set", "clas.epochs=4"]
+    log = open(workdir / "killed.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines", *changed], env=env, stdout=subprocess.DEVNULL,
+                            stderr=log, cwd=workdir)
+    deadline = time.time() + 400
+    while time.time() < deadline and "epoch 2/4" not in (workdir / "killed.log").read_text():
+        assert proc.poll() is None, (workdir / "killed.log").read_text()[-3000:]
+        time.sleep(0.3)
+    text = (workdir / "killed.log").read_text()
+    assert "lm        imdb-lm    reused" in text, text[-3000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(2)
+    stage_procs = subprocess.run(["pgrep", "-f", "pipelines run imdb-clas"], capture_output=True, text=True).stdout
+    assert not stage_procs.strip(), "a stage outlived its flow"
+
+    resumed = _fastray(workdir, env, *changed)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "clas      imdb-clas  resumes" in resumed.stderr
+    assert "resuming from the checkpoint of epoch" in resumed.stderr
+    out = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert out["stages"]["lm"] | {"metrics": None} == {"pipeline": "imdb-lm", "status": "reuse", "run_id": lm_id,
+                                                        "identity": out["stages"]["lm"]["identity"], "metrics": None}
+    assert out["stages"]["clas"]["status"] == "done" and out["stages"]["clas"]["run_id"] != clas_id
+    after = _runs(workdir)
+    assert len(after["imdb-lm"]) == 1  # the LM trained once in all
+    assert len(after["imdb-clas"]) == 2  # the first classifier, and the changed one (killed, then resumed)
