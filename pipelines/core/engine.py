@@ -114,8 +114,6 @@ def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_work
         },
     )
     run_log = tracking.RunLogger(uri, run_id)
-    if tracking.env_tags():  # a flow's stage: its identity and parent, on a resumed run too
-        run_log.tags(tracking.env_tags())
     about = (f"**{pipeline}**, config `{config_label or '?'}`, data `{data_dir}`"
              f"{' (generated sample data)' if sample else ''}: {sched.total_epochs} epoch(s) of {steps_per_epoch} "
              f"batch(es) of {cfg.bs}, {num_workers} worker(s), {'GPU' if use_gpu else 'CPU'}.")

@@ -72,6 +72,7 @@ FLOWS: dict[str, Flow] = {
             Stage("lm_bwd", "imdb-lm", sets={"backwards": "true"}, when="backwards"),
             Stage("clas_bwd", "imdb-clas", inputs={"encoder": "lm_bwd"}, sets={"backwards": "true"},
                   when="backwards"),
+            Stage("ensemble", "imdb-ensemble", inputs={"forward": "clas", "backward": "clas_bwd"}, when="backwards"),
         ),
         options={"backwards": False},
     ),
@@ -244,7 +245,7 @@ def describe(flow: Flow, stages: list[Planned]) -> list[str]:
                 "not run": "not run"}[p.status]
         if p.status in ("run", "resume") and not p.identity:
             what = "runs (its data is not preprocessed yet)"
-        lines.append(f"  {p.stage.name:9s} {p.stage.pipeline:10s} {what}" + (f"; {fed}" if fed else ""))
+        lines.append(f"  {p.stage.name:9s} {p.stage.pipeline:13s} {what}" + (f"; {fed}" if fed else ""))
     return lines
 
 

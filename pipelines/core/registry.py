@@ -26,6 +26,7 @@ PIPELINES: dict[str, Entry] = {
     "pascal-ssd": Entry("pipelines.lessons.pascal:PascalSSD", 9, "pascal", "mAP"),
     "imdb-lm": Entry("pipelines.lessons.imdb_ulmfit:ImdbLM", 10, "imdb", "perplexity", "min"),
     "imdb-clas": Entry("pipelines.lessons.imdb_ulmfit:ImdbClas", 10, "imdb", "accuracy"),
+    "imdb-ensemble": Entry("pipelines.lessons.ulmfit_ensemble:ImdbEnsemble", 10, "imdb", "accuracy"),
     "text-lm": Entry("pipelines.lessons.text_clas:TextLM", 10, "jigsaw-toxic", "perplexity", "min"),
     "text-clas": Entry("pipelines.lessons.text_clas:TextClas", 10, "jigsaw-toxic", "roc_auc"),
     "translate": Entry("pipelines.lessons.translate:Translate", 11, "giga-fren", "bleu"),

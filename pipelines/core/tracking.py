@@ -241,8 +241,11 @@ def start_run(uri: str, experiment: str, name: str, params: dict, tags: dict) ->
     run_id = find_run(uri, exp_id, name)
     if run_id is not None:
         client.update_run(run_id, status="RUNNING")
+        if env_tags():  # a flow's stage resumed: its identity, and the parent run now
+            RunLogger(uri, run_id).tags(env_tags())
         return run_id, True
-    run = client.create_run(exp_id, run_name=name, tags={"fastray.name": name, **{k: str(v) for k, v in tags.items()}})
+    tags = {"fastray.name": name, **{k: str(v) for k, v in tags.items()}, **env_tags()}
+    run = client.create_run(exp_id, run_name=name, tags=tags)
     RunLogger(uri, run.info.run_id).params(params)
     return run.info.run_id, False
 

@@ -105,7 +105,7 @@ def test_ulmfit_flow_reuses_finished_stages_and_resumes_a_killed_one(tmp_path, w
         assert proc.poll() is None, (workdir / "killed.log").read_text()[-3000:]
         time.sleep(0.3)
     text = (workdir / "killed.log").read_text()
-    assert "lm        imdb-lm    reused" in text, text[-3000:]
+    assert "lm        imdb-lm       reused" in text, text[-3000:]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     time.sleep(2)
@@ -114,7 +114,7 @@ def test_ulmfit_flow_reuses_finished_stages_and_resumes_a_killed_one(tmp_path, w
 
     resumed = _fastray(workdir, env, *changed)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "clas      imdb-clas  resumes" in resumed.stderr
+    assert "clas      imdb-clas     resumes" in resumed.stderr
     assert "resuming from the checkpoint of epoch" in resumed.stderr
     out = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert out["stages"]["lm"] | {"metrics": None} == {"pipeline": "imdb-lm", "status": "reuse", "run_id": lm_id,
