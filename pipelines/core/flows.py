@@ -288,12 +288,16 @@ def _launch(p: Planned, stages: dict[str, Planned], *, flow: str, parent_id: str
 def execute(flow: Flow, stages: list[Planned], *, parent_id: str, uri: str, storage: str | None,
             cache_dir: Path | None, on_bad: str) -> None:
     """Launch each stage whose upstreams are done, as many at once as are ready; wait."""
-    from preprocessing.runtime import init_ray
-
-    init_ray()
     import ray
 
+    from preprocessing.runtime import RUNTIME_ENV, init_ray
+
+    init_ray()
+
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
+    job_env = dict(ray.get_runtime_context().runtime_env or {})
+    if job_env:  # under `ray job submit`: the stages' workers get the job's uploaded code and env too
+        env[RUNTIME_ENV] = json.dumps(job_env)
     by_name = {p.stage.name: p for p in stages}
     running: dict[str, subprocess.Popen] = {}
     failed: list[str] = []
