@@ -98,7 +98,8 @@ class Planned:
     pipe: Any
     cfg: Any
     label: str
-    data: Path | None        # None: the stage finds its data as `fastray run` does
+    data_dir: Path           # the stage's data, as the flow's process found it
+    data: Path | None        # what its process is given: None when it finds it itself (the generated sample)
     sets: dict[str, str]     # the --set overrides the stage's process gets (fed fields added at launch)
     key: str | None          # the data's cache key (None: not preprocessed yet, in a dry run)
     identity: str | None = None
@@ -165,8 +166,8 @@ def plan(flow: Flow, *, config: str | None, sets: list[str], data_for: Callable[
     from preprocessing.cache import digest
 
     options, per_stage = split_sets(flow, flow.stages, sets)
-    out: dict[str, Planned] = {}
-    for stage in flow.active(options):
+    planned: list[Planned] = []
+    for stage in flow.active(options):  # every config first: a bad --set fails before any work
         pipe = registry.get(stage.pipeline)
         data, is_sample = data_for(pipe)
         sets_ = {**stage.sets, **per_stage[stage.name]}
@@ -176,19 +177,25 @@ def plan(flow: Flow, *, config: str | None, sets: list[str], data_for: Callable[
                                       f"{stage.inputs[fed[0]]}")
         cfg, label = configs.load(pipe.configs, config or ("sample" if is_sample else "default"))
         cfg = configs.apply(cfg, sets_, source=f"stage {stage.name}")
+        planned.append(Planned(stage, pipe, cfg, label, data, data if not is_sample else None, sets_, None))
+    if not dry_run:
+        from preprocessing.runtime import init_ray
+
+        init_ray()  # preprocessing (a cache miss) reads with Ray Data
+    out: dict[str, Planned] = {}
+    for p in planned:
         try:
-            manifest, _ = pipe.preprocess(cfg, data, _ProbeCache(cache) if dry_run else cache, on_bad)
-            key = manifest["key"]
+            manifest, _ = p.pipe.preprocess(p.cfg, p.data_dir, _ProbeCache(cache) if dry_run else cache, on_bad)
+            p.key = manifest["key"]
         except _Unbuilt:
-            key = None
-        p = Planned(stage, pipe, cfg, label, data if not is_sample else None, sets_, key)
-        ups = [out[u] for u in stage.inputs.values()]
-        if key is not None and all(u.identity for u in ups):
-            own = {k: v for k, v in configs.to_dict(cfg).items() if k not in stage.inputs}
-            p.identity = digest([stage.pipeline, own, key, {f: out[u].identity for f, u in stage.inputs.items()}])
-            p.run_name = f"{flow.name}-{stage.name}-{p.identity[:10]}"
-        out[stage.name] = p
-    return list(out.values())
+            p.key = None
+        ups = [out[u] for u in p.stage.inputs.values()]
+        if p.key is not None and all(u.identity for u in ups):
+            own = {k: v for k, v in configs.to_dict(p.cfg).items() if k not in p.stage.inputs}
+            p.identity = digest([p.stage.pipeline, own, p.key, {f: out[u].identity for f, u in p.stage.inputs.items()}])
+            p.run_name = f"{flow.name}-{p.stage.name}-{p.identity[:10]}"
+        out[p.stage.name] = p
+    return planned
 
 
 def _finished(uri: str, experiment: str, identity: str) -> Any:
@@ -434,10 +441,6 @@ def run(name: str, *, config: str | None, sets: list[str], data_for: Callable[[A
     flow = get(name)
     uri = tracking.resolve_uri(uri)
     tracking.require_reachable(uri)
-    if not dry_run:
-        from preprocessing.runtime import init_ray
-
-        init_ray()  # preprocessing (a cache miss) reads with Ray Data
     stages = plan(flow, config=config, sets=sets, data_for=data_for, cache=cache, on_bad=on_bad, dry_run=dry_run)
     mark(flow, stages, uri, start, until)
     flow_id = digest([flow.name, [(p.stage.name, p.identity, p.status == "skip") for p in stages]])

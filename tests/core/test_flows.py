@@ -37,6 +37,15 @@ def test_sets_reach_one_stage_every_stage_or_the_flow():
         flows.get("ulmfitt")
 
 
+@pytest.mark.parametrize("sets,msg", [(["clas.encoder=x"], "the flow feeds it from the stage lm"),
+                                      (["clas.lr=-1"], "stage clas: need lr > 0")])
+def test_a_fed_field_or_a_bad_value_fails_before_any_work(sets, msg, tmp_path):
+    """Every stage's config is resolved before the first preprocessing or run."""
+    with pytest.raises(configs.ConfigError, match=msg):
+        flows.plan(flows.get("ulmfit"), config="tiny", sets=sets, data_for=lambda pipe: (tmp_path, False),
+                   cache=None, on_bad="skip", dry_run=True)
+
+
 def test_every_declared_stage_names_a_pipeline_and_feeds_from_an_earlier_stage():
     from pipelines.core import registry
 
