@@ -156,7 +156,9 @@ def write_chunks(chunk_list: list, decoder: Decoder, out: Path) -> int:
 
     ds = map_chunks([{"chunk": pickle.dumps(c, protocol=5)} for c in chunk_list], decoder)
     with data_errors():
-        ds.write_parquet(str(out))
+        # pixels are stored dictionary-encoded (8 bits a value): snappy then saved 0.2% of
+        # the bytes and cost as much CPU as the writing itself
+        ds.write_parquet(str(out), compression="none")
     return sum(pq.ParquetFile(p).metadata.num_rows for p in sorted(out.glob("*.parquet")))
 
 

@@ -40,6 +40,7 @@ class TrainConfig:
     clip: float = 0.0          # max global gradient norm per optimizer step (0: no clipping)
     accum: int = 1             # batches whose gradients add up to one optimizer step
     max_failures: int = 1      # Ray Train restarts of the worker group after a failure
+    compile: bool = False      # torch.compile the model in each worker (its first steps compile: minutes)
 
     def __post_init__(self):
         if self.bs < 1 or self.epochs < 1 or self.accum < 1 or self.clip < 0 or self.max_failures < 0:

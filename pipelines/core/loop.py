@@ -126,6 +126,8 @@ def _run_loop(spec: RunSpec, session: Any, pipe: Any) -> None:
 
     if cuda:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.compile:  # in place (nn.Module.compile): the state dict keeps its keys, so checkpoints load either way
+        model.compile()
     model = session.prepare_model(model, pipe.ddp_kwargs)
     # DDP registers the parameters that require grad when it wraps: re-wrap when the frozen set changes
     wrapped_frozen: tuple[int, ...] = ()

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .batching import KeptShard
 from .storage import is_uri, load_newest, load_state, save_state
 
 
@@ -51,7 +52,9 @@ class TuneSession(LocalSession):
     """A one-worker Tune trial: the trial's datasets, tune.report and tune's checkpoints."""
 
     def __init__(self, datasets: dict, use_gpu: bool):
-        super().__init__(datasets, device="cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        # each epoch after the first from the trial's memory (batching.KeptShard)
+        super().__init__({k: KeptShard(ds) for k, ds in datasets.items()},
+                         device="cuda" if use_gpu and torch.cuda.is_available() else "cpu")
 
     def checkpoint(self, run_dir: str | None) -> dict | None:
         from ray import tune
@@ -81,6 +84,7 @@ class RayTrainSession:
 
         self.ctx = ray.train.get_context()
         self.rank, self.world = self.ctx.get_world_rank(), self.ctx.get_world_size()
+        self._shards: dict[str, KeptShard] = {}
 
     def device(self) -> torch.device:
         import ray.train.torch
@@ -93,9 +97,13 @@ class RayTrainSession:
         return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp_kwargs or None)
 
     def shard(self, name: str):
+        """This worker's shard of `name`: read through Ray Data in its first epoch, then from
+        the worker's memory (batching.KeptShard)."""
         import ray.train
 
-        return ray.train.get_dataset_shard(name)
+        if name not in self._shards:
+            self._shards[name] = KeptShard(ray.train.get_dataset_shard(name), seed=self.rank)
+        return self._shards[name]
 
     def checkpoint(self, run_dir: str) -> dict | None:
         """The state of the latest epoch whose checkpoint reached storage.

@@ -1,0 +1,288 @@
+"""What running inside fastray costs: each pipeline trained by a bare PyTorch loop over
+batches held in memory, and by the engine under Ray Train fed by Ray Data.
+
+Both run the same model, data, batch size, precision, device, schedule and number of
+steps: the bare loop takes the batches the pipeline's own batches() makes from the cached
+parquet (collected once, before timing), and runs to_device (the augmentation by batch),
+train_step, backward and the optimizer step of the same phases; the engine runs
+`fastray run`'s fit() with one worker holding every CPU (and the GPU). Steady state: the
+examples/s of the epochs after the first (warm-up: Ray Data's start, cuDNN's and
+torch.compile's first calls). A shared machine drifts, so the bare loop runs before and
+after the engine and its figure is the mean of the two; ratio = engine / bare.
+
+    python benchmarks/overhead.py --pipeline all                   # CPU: sample configs on sample data
+    python benchmarks/overhead.py --pipeline cifar10-darknet --set compile=true
+    python benchmarks/overhead.py --pipeline all --device cuda     # default configs' models and batch sizes
+    python benchmarks/overhead.py --pipeline all --smoke           # tiny configs, seconds each (tests)
+
+Data: each pipeline's generated sample data in its real format, preprocessed by its own
+preprocess() into the cache (with the default configs: resized and tokenized to the
+default's shapes; the text samples' vocabularies stay smaller than the real data's).
+One JSON per pipeline in benchmarks/results/ (or --out): overhead_<pipeline>_<device>.json.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+# run as a script, this folder is sys.path[0], and its tokenize.py would shadow the
+# standard library's: put the repository root there instead
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipelines.core import config as configs
+from pipelines.core import logs, registry
+from pipelines.core.batching import batch_len
+from pipelines.core.contract import RunContext, autocast, step_optimizer
+from pipelines.core.phases import Schedule, make_optimizer, same_optimizer, set_frozen, set_hyper
+from preprocessing.cache import Cache
+from preprocessing.runtime import LOG_FILE_ENV, cluster_cpus, init_ray
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NO_ENGINE = ("style-transfer",)  # trains no model through the engine: Ray tasks of LBFGS on pixels
+# a benchmark downloads nothing: ImageNet weights would change no step's cost
+OFFLINE = {"pretrained": "none", "vgg_weights": "none", "allow_random_vgg": "true"}
+
+
+def pipeline_config(pipe: Any, label: str, epochs: int, sets: dict[str, str]) -> Any:
+    """The named config with `epochs` epochs, weights that need no download, and --set."""
+    cfg, _ = configs.load(pipe.configs, label)
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    offline = {k: v for k, v in OFFLINE.items() if k in fields and getattr(cfg, k) not in ("", False)}
+    return configs.apply(cfg, {**offline, "epochs": str(epochs), **sets})
+
+
+def collect(pipe: Any, cfg: Any, datasets: dict, manifest: dict, sched: Schedule, device: torch.device) -> dict:
+    """One epoch of each training data set the schedule uses, as the pipeline's batches()
+    makes them on the device, kept in memory (the bare loop's input)."""
+    ctx = RunContext(cfg=cfg, manifest=manifest, device=device, steps_per_epoch=sched.steps_per_epoch,
+                     total_epochs=sched.total_epochs)
+    out = {}
+    for phase in sched.phases:
+        data = phase.data or "train"
+        if data not in out:
+            it = iter(pipe.batches(datasets[data], ctx, train=True))
+            out[data] = [next(it) for _ in range(sched.steps_per_epoch)]
+    return out
+
+
+def bare_loop(pipe: Any, cfg: Any, batches: dict, manifest: dict, sched: Schedule, device: torch.device,
+              threads: int) -> list[float]:
+    """Examples/s of each epoch of a plain loop: the pipeline's to_device and train_step, then
+    backward and the step of each phase's optimizer, and nothing else."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)
+    cuda = device.type == "cuda"
+    torch.backends.cudnn.benchmark = cuda
+    phases, spe = sched.phases, sched.steps_per_epoch
+    ctx = RunContext(cfg=cfg, manifest=manifest, device=device, steps_per_epoch=spe, total_epochs=sched.total_epochs)
+    model = pipe.build_model(cfg)
+    pipe.init_model(model, ctx)
+    groups = pipe.param_groups(model)
+    owned = pipe.optimizers(model, cfg) if pipe.manual_optimization else None
+    for o in (owned or {}).values():
+        for g in o.param_groups:
+            g.setdefault("base_lr", g["lr"])
+    ctx.optimizers = owned or {}
+    ctx.scaler = torch.amp.GradScaler("cuda") if cuda and cfg.fp16 else None
+    model = model.to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        model.compile()
+    reset = getattr(model, "reset", None)
+    opt, opt_phase, rates, step = None, -1, [], 0
+    for epoch in range(sched.total_epochs):
+        ctx.epoch = epoch
+        model.train()
+        if reset:
+            reset()
+        if cuda:
+            torch.cuda.synchronize()
+        t0, seen = time.perf_counter(), 0
+        for batch in batches[sched.phase_for_epoch(epoch).data or "train"]:
+            p_idx, lr, mom = sched.at(step)
+            ctx.phase, ctx.phase_index, ctx.global_step = phases[p_idx], p_idx, step
+            if owned:
+                for o in owned.values():
+                    for g in o.param_groups:
+                        g["lr"] = g["base_lr"] * lr
+            else:
+                if opt is None or not same_optimizer(phases[p_idx], phases[opt_phase]):
+                    opt = make_optimizer(phases[p_idx], groups)
+                elif p_idx != opt_phase:
+                    set_frozen(groups, phases[p_idx].frozen)
+                opt_phase = p_idx
+                set_hyper(opt, sched.lrs_for_groups(step, len(groups)), mom)
+                ctx.optimizers = {"opt": opt}
+            x = pipe.to_device(batch, ctx, train=True)
+            with autocast(device, cfg):
+                losses = pipe.train_step(model, x, ctx)
+            if not owned:
+                ctx.backward(losses["loss"])
+                step_optimizer(opt, cfg.clip, ctx.scaler)
+            seen += batch_len(batch)
+            step += 1
+        losses["loss"].item()  # waits for the last step
+        if cuda:
+            torch.cuda.synchronize()
+        rates.append(seen / (time.perf_counter() - t0))
+    return rates
+
+
+def steady(rates: list[float]) -> float:
+    """The mean of the epochs after the first (the first alone if there is one)."""
+    tail = rates[1:] or rates
+    return sum(tail) / len(tail)
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A pipeline made ready to time: its config, cached data and the bare loop's batches."""
+
+    pipe: Any
+    cfg: Any
+    label: str
+    data_dir: Path
+    cache: Cache
+    manifest: dict
+    sched: Schedule
+    batches: dict
+    cpus: int
+    sample_data: dict
+
+
+def prepare(name: str, args: argparse.Namespace, work: Path) -> Prepared:
+    """Sample data (--size items, or --scale of the sample's own size), preprocessed into the
+    cache; one epoch of each training data set collected for the bare loop. Ray stays up."""
+    from pipelines.core.engine import plan
+    from preprocessing.samples import GENERATORS
+
+    pipe = registry.get(name)
+    label = args.config or ("tiny" if args.smoke else "default" if args.device == "cuda" else "sample")
+    cfg = pipeline_config(pipe, label, args.epochs, configs.parse_sets(args.set))
+    data_dir = work / "data" / name
+    size = args.size or max(1, round(GENERATORS[pipe.dataset][2] * args.scale))
+    info = pipe.sample_data(data_dir, size)
+    cache = Cache(work / "cache")
+    init_ray()
+    manifest, _ = pipe.preprocess(cfg, data_dir, cache, "skip")
+    datasets = {k: ds.materialize() for k, ds in pipe.datasets(cfg, cache, manifest).items()}
+    sched = plan(pipe, cfg, pipe.steps_per_epoch(cfg, manifest, 1))
+    batches = collect(pipe, cfg, datasets, manifest, sched, torch.device(args.device))
+    return Prepared(pipe, cfg, label, data_dir, cache, manifest, sched, batches, cluster_cpus(), info)
+
+
+def engine(name: str, cfg: Any, data_dir: Path, cache: Cache, cuda: bool) -> tuple[list[float], dict]:
+    """(examples/s of each epoch, fit()'s result) of `fastray run`'s engine, one worker."""
+    from pipelines.core.engine import fit
+    from pipelines.core.tracking import RunLogger, resolve_uri
+
+    t0 = time.perf_counter()
+    res = fit(name, cfg, data_dir=data_dir, cache=cache, name=f"overhead-{name}-{time.time_ns()}", num_workers=1,
+              use_gpu=cuda)
+    hist = RunLogger(resolve_uri(), res["run_id"])
+    res["wall_seconds"] = time.perf_counter() - t0
+    res["epoch_seconds"] = [v for _, v in sorted(hist.history("epoch_seconds"))]
+    return [v for _, v in sorted(hist.history("images_per_s"))], res
+
+
+def measure(name: str, args: argparse.Namespace, work: Path) -> dict:
+    """Sample data, preprocess, collect; bare loop, the engine, bare loop again."""
+    import ray
+
+    cuda = args.device == "cuda"
+    device = torch.device(args.device)
+    p = prepare(name, args, work)
+    pipe, cfg, sched, cpus = p.pipe, p.cfg, p.sched, p.cpus
+    alone = not (cuda or args.smoke)
+    if alone:  # on the CPU the bare loop gets the machine to itself (a GPU's loop does not feel Ray's idle processes)
+        ray.shutdown()
+    before = bare_loop(pipe, cfg, p.batches, p.manifest, sched, device, cpus)
+    rates, res = engine(name, cfg, p.data_dir, p.cache, cuda)
+    if alone:
+        ray.shutdown()
+    after = bare_loop(pipe, cfg, p.batches, p.manifest, sched, device, cpus)
+    bare = (steady(before) + steady(after)) / 2
+    return {
+        "pipeline": name,
+        "ratio": round(steady(rates) / bare, 3),
+        "device": torch.cuda.get_device_name() if cuda else f"cpu x{cpus}",
+        "config": p.label, "overrides": args.set, "bs": cfg.bs, "bf16": cfg.bf16 and cuda, "fp16": cfg.fp16 and cuda,
+        "compile": cfg.compile, "threads": cpus, "epochs": sched.total_epochs,
+        "steps_per_epoch": sched.steps_per_epoch, "sample_data": p.sample_data,
+        "bare_examples_per_s": round(bare, 1),
+        "engine_examples_per_s": round(steady(rates), 1),
+        "per_epoch": {"bare_before": _r(before), "engine": _r(rates), "bare_after": _r(after)},
+        "bare_drift": round(steady(after) / steady(before), 3),  # > 1: the machine got faster during the run
+        # Ray's fixed start-up and the epochs' evaluations: fit() minus the training epochs' own time
+        "engine_fit_seconds": res["fit_seconds"], "engine_epoch_seconds": _r(res["epoch_seconds"], 2),
+        "engine_wall_seconds": round(res["wall_seconds"], 1),
+        "loadavg": _loadavg(),
+    }
+
+
+def _r(xs: list[float], nd: int = 1) -> list[float]:
+    return [round(x, nd) for x in xs]
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pipeline", required=True, help="a pipeline's name, or all")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--config", default=None, help="default: sample on cpu, default on cuda, tiny with --smoke")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    ap.add_argument("--epochs", type=int, default=3, help="the first is warm-up (default 3)")
+    ap.add_argument("--size", type=int, default=None, help="sample data items (default: --scale of the sample's own)")
+    ap.add_argument("--scale", type=float, default=1.0, help="sample data: this fraction of its own size (default 1)")
+    ap.add_argument("--smoke", action="store_true", help="tiny configs and data: that it runs, not a figure")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    logs.setup()  # the engine's lines (one an epoch) on stderr
+    if args.smoke:
+        args.size = args.size or 300
+        args.epochs = min(args.epochs, 2)
+    names = [n for n in registry.names() if n not in NO_ENGINE] if args.pipeline == "all" else [args.pipeline]
+    for n in names:
+        registry.entry(n)  # an unknown name fails before any work
+    work = Path(tempfile.mkdtemp(prefix="fastray-overhead-"))
+    args.out = args.out.absolute()
+    args.out.mkdir(parents=True, exist_ok=True)
+    os.chdir(work)  # runs/, cache/ and mlruns.db of this benchmark stay out of the repository
+    os.environ.setdefault(LOG_FILE_ENV, str(work / "internals.log"))  # Ray's and MLflow's own lines
+    print(f"working in {work}", file=sys.stderr)
+    failed = []
+    for n in names:
+        print(f"{n}: ...", file=sys.stderr, flush=True)
+        try:
+            out = measure(n, args, work)
+        except Exception as e:  # one pipeline's failure is reported, the others still run
+            traceback.print_exc()
+            failed.append(n)
+            out = {"pipeline": n, "ratio": None, "error": f"{type(e).__name__}: {e}", "loadavg": _loadavg()}
+        suffix = "_smoke" if args.smoke else ""
+        (args.out / f"overhead_{n}_{args.device}{suffix}.json").write_text(json.dumps(out, indent=1) + "\n")
+        print(json.dumps({k: out.get(k) for k in ("pipeline", "ratio", "bare_examples_per_s", "engine_examples_per_s",
+                                                   "bare_drift", "loadavg", "error") if k in out}), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""A worker's shard read through Ray Data once, then from memory (issue 19: a fresh Ray Data
+iteration each epoch cost a 2-core worker a large part of a short epoch)."""
+from __future__ import annotations
+
+import torch
+
+from pipelines.core.batching import KeptShard
+
+
+class _Shard:
+    """What a Ray Data shard does for the loop: batches of rows in chunks; counts its reads."""
+
+    def __init__(self, n: int = 10):
+        self.x, self.reads = torch.arange(n), 0
+
+    def iter_torch_batches(self, batch_size: int, local_shuffle_buffer_size=None, drop_last=False, **_):
+        self.reads += 1
+        for i in range(0, len(self.x) - (len(self.x) % batch_size if drop_last else 0), batch_size):
+            yield {"x": self.x[i : i + batch_size].clone()}
+
+    def count(self) -> int:
+        return len(self.x)
+
+
+def _rows(batches) -> list[int]:
+    return [int(v) for b in batches for v in b["x"]]
+
+
+def test_a_shard_is_read_once_then_replayed_and_reshuffled_where_asked():
+    shard = _Shard()
+    kept = KeptShard(shard)
+    assert _rows(kept.iter_torch_batches(batch_size=4)) == list(range(10))
+    assert _rows(kept.iter_torch_batches(batch_size=4)) == list(range(10)) and shard.reads == 1  # replayed in order
+    first = _rows(kept.iter_torch_batches(batch_size=4, local_shuffle_buffer_size=8))
+    again = [_rows(kept.iter_torch_batches(batch_size=4, local_shuffle_buffer_size=8)) for _ in range(3)]
+    assert shard.reads == 2 and all(sorted(r) == list(range(10)) for r in again)  # the same rows each epoch
+    assert len({tuple(r) for r in again}) > 1 and first == list(range(10))  # in a new order each epoch
+    for _ in range(2):  # read, then replayed
+        assert [len(b["x"]) for b in kept.iter_torch_batches(batch_size=4, local_shuffle_buffer_size=8,
+                                                             drop_last=True)] == [4, 4]
+    assert kept.count() == 10  # anything else is the shard's own
+
+
+def test_a_shard_too_large_or_left_unfinished_streams_again():
+    shard = _Shard()
+    big = KeptShard(shard, max_bytes=40)  # 10 int64 rows are 80 bytes
+    for _ in range(2):
+        assert _rows(big.iter_torch_batches(batch_size=4)) == list(range(10))
+    assert shard.reads == 2
+    shard = _Shard()
+    kept = KeptShard(shard)
+    next(iter(kept.iter_torch_batches(batch_size=4)))  # abandoned after one batch: nothing kept
+    assert _rows(kept.iter_torch_batches(batch_size=4)) == list(range(10)) and shard.reads == 2
