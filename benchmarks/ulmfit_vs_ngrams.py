@@ -63,26 +63,49 @@ def ngrams(doc: list[str], n: int) -> Counter:
     return Counter(" ".join(doc[i:i + k]) for k in range(1, n + 1) for i in range(len(doc) - k + 1))
 
 
-def features(docs: list[Counter], vocab: dict[str, int], value: str) -> torch.Tensor:
-    """(N, V) float32: binary presence or log(1 + count) of each vocabulary n-gram."""
-    x = np.zeros((len(docs), len(vocab)), np.float32)
+def features(docs: list[Counter], vocab: dict[str, int], value: str, sparse: bool = False) -> torch.Tensor:
+    """(N, V) float32: binary presence or log(1 + count) of each vocabulary n-gram; with
+    `sparse` a CSR tensor (many documents: a dense matrix would not fit)."""
+    rows, cols, vals = [], [], []
     for i, d in enumerate(docs):
         for g, c in d.items():
             j = vocab.get(g)
             if j is not None:
-                x[i, j] = 1.0 if value == "binary" else np.log1p(c)
+                rows.append(i)
+                cols.append(j)
+                vals.append(1.0 if value == "binary" else np.log1p(c))
+    if sparse:
+        idx = torch.tensor(np.asarray([rows, cols], np.int64).reshape(2, -1))
+        coo = torch.sparse_coo_tensor(idx, torch.tensor(vals, dtype=torch.float32), (len(docs), len(vocab)))
+        return coo.coalesce().to_sparse_csr()
+    x = np.zeros((len(docs), len(vocab)), np.float32)
+    x[rows, cols] = vals
     return torch.from_numpy(x)
+
+
+def _dot(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w for a dense or CSR x, w a vector."""
+    return (x @ w[:, None])[:, 0]
+
+
+def scale_columns(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Each column of x times r (dense, or CSR: its stored values scaled)."""
+    if x.layout == torch.sparse_csr:
+        return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), x.values() * r[x.col_indices()], x.shape)
+    return x * r
 
 
 def nb_ratio(x: torch.Tensor, y: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """Naive Bayes log-count ratio r = log((a + sum_pos x) / |.|_1) - log((a + sum_neg x) / |.|_1)."""
-    p = alpha + x[y == 1].sum(0)
-    q = alpha + x[y == 0].sum(0)
+    pos = (y == 1).float()
+    p = alpha + _dot(x.t(), pos)
+    q = alpha + _dot(x.t(), 1 - pos)
     return torch.log(p / p.sum()) - torch.log(q / q.sum())
 
 
 def fit(x: torch.Tensor, y: torch.Tensor, wd: float, iters: int = 300):
-    """Logistic regression, mean log loss + wd/2 |w|^2, full-batch L-BFGS; -> a scoring function."""
+    """Logistic regression, mean log loss + wd/2 |w|^2, full-batch L-BFGS (x dense or CSR);
+    -> a function giving the logits of new rows."""
     w = torch.zeros(x.shape[1], requires_grad=True)
     b = torch.zeros(1, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iters, history_size=20, line_search_fn="strong_wolfe")
@@ -90,13 +113,13 @@ def fit(x: torch.Tensor, y: torch.Tensor, wd: float, iters: int = 300):
 
     def closure():
         opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(x @ w + b, yf) + 0.5 * wd * w.pow(2).sum()
+        loss = F.binary_cross_entropy_with_logits(_dot(x, w) + b, yf) + 0.5 * wd * w.pow(2).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
     w, b = w.detach(), b.detach()
-    return lambda z: (z @ w + b) > 0
+    return lambda z: _dot(z, w) + b
 
 
 def ngram_baseline(data: Path, seed: int = 0, min_df: int = 2, grid_test: bool = False) -> dict:
@@ -131,11 +154,11 @@ def ngram_baseline(data: Path, seed: int = 0, min_df: int = 2, grid_test: bool =
                 for wd in grid_wd:
                     key = f"n={n} {value}{' nb' if nb else ''} wd={wd:g}"
                     pf = fit(xf * rf if nb else xf, ytr_t[fit_idx], wd)
-                    val[key] = (pf(xv * rf if nb else xv) == ytr_t[va].bool()).float().mean().item()
+                    val[key] = ((pf(xv * rf if nb else xv) > 0) == ytr_t[va].bool()).float().mean().item()
                     cells[key] = (n, value, nb, wd)
                     if grid_test:
                         pa = fit(xa * ra if nb else xa, ytr_t, wd)
-                        test[key] = (pa(xt * ra if nb else xt) == yte_t.bool()).float().mean().item()
+                        test[key] = ((pa(xt * ra if nb else xt) > 0) == yte_t.bool()).float().mean().item()
                 print(f"  n-grams {n} {value}{' nb' if nb else ''}: best val "
                       f"{max(v for k, v in val.items() if k.startswith(f'n={n} {value}' + (' nb' if nb else ' wd'))):.4f}",
                       file=sys.stderr, flush=True)
@@ -147,7 +170,7 @@ def ngram_baseline(data: Path, seed: int = 0, min_df: int = 2, grid_test: bool =
         voc = {gram: j for j, gram in enumerate(sorted(k for k, c in df.items() if c >= min_df))}
         xa, xt = features(tr_grams, voc, value), features(te_grams, voc, value)
         ra = nb_ratio(xa, ytr_t) if nb else torch.ones(())
-        test[best] = (fit(xa * ra, ytr_t, wd)(xt * ra) == yte_t.bool()).float().mean().item()
+        test[best] = ((fit(xa * ra, ytr_t, wd)(xt * ra) > 0) == yte_t.bool()).float().mean().item()
     res = {"ngram_test_acc": test[best], "ngram_choice": best, "ngram_val_acc": val[best],
            "ngram_grid_val": val, "ngram_n_train": len(tr_docs), "ngram_n_test": len(te_docs), "ngram_min_df": min_df}
     if grid_test:

@@ -15,8 +15,9 @@ reverting.") and, for a toxic one, sentences that carry its labels:
 
 The labels are correlated as in the real data (severe_toxic implies toxic; insult and
 obscene mostly come with toxic) and the rare ones are rare. Two things keep it from being
-a lookup of words: clean comments sometimes talk about the words ("Please do not call
-other editors idiots.", 6 % of them), and annotators disagree: a toxic comment may carry an
+a lookup of words: clean comments sometimes talk about the words or quote a rude sentence
+to report it ("Please do not call other editors idiots.", "Someone wrote 'You are a sad
+clown.' on my talk page, please revert it.": 12 % of them), and annotators disagree: a toxic comment may carry an
 insulting or obscene sentence without that label (15 %), and 0.3 % of clean comments are
 labelled obscene or insult anyway. A reader of word order can tell the first apart; nothing
 can learn the second.
@@ -32,7 +33,7 @@ __all__ = ["LABELS", "jigsaw"]
 LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
 P_TOXIC = 0.10
 P_GIVEN_TOXIC = {"insult": 0.5, "obscene": 0.5, "severe_toxic": 0.1, "threat": 0.06, "identity_hate": 0.09}
-P_META = 0.06     # a clean comment that mentions a rude word (quoting, a warning)
+P_META = 0.12     # a clean comment that mentions a rude word or quotes a rude sentence (a warning, a report)
 P_UNLABELLED = 0.15  # a toxic comment's insulting/obscene sentence that its annotator did not label
 P_NOISE = 0.003   # a clean comment labelled obscene or insult anyway
 
@@ -69,6 +70,8 @@ _HATE = ("All {g} are vermin and should be banned.", "{G} like you ruin everythi
          "Typical of {g}, they cannot think.", "Nobody wants {g} here.")
 _THREAT = ("I will find you and make you pay.", "You better watch your back.", "Someone should hurt you for this.",
            "I know where you live.", "Keep this up and you will regret it, I promise.")
+_QUOTE = ("Someone wrote '{s}' on my talk page, please revert it.", "An IP added '{s}' to the article; I removed it.",
+          "Quoting the vandal: '{s}' That is not acceptable here.")
 _META = ("Please do not call other editors {n}s.", "Calling people {n}s is a personal attack.",
          "Someone replaced the lead with the word {w}, I reverted it.", "The quote uses the word {w}, which is in the source.",
          "Saying {g} are vermin is exactly the kind of thing we remove.", "Writing that you will find someone is not acceptable.")
@@ -106,8 +109,10 @@ def comment(r: random.Random) -> tuple[str, dict[str, int]]:
         if r.random() < 0.3:
             del sents[r.randrange(len(sents))]  # a short rant: less chatter
     else:
-        if r.random() < P_META:
-            sents.insert(r.randint(0, len(sents)), _fill(r, r.choice(_META)))
+        if r.random() < P_META:  # talk about rude words, or a rude sentence quoted to report it
+            said = _fill(r, r.choice(_INSULT + _OBSCENE + _RUDE + _THREAT + _HATE))
+            meta = r.choice(_QUOTE).format(s=said) if r.random() < 0.5 else _fill(r, r.choice(_META))
+            sents.insert(r.randint(0, len(sents)), meta)
         if r.random() < P_NOISE:
             y[r.choice(("obscene", "insult"))] = 1
     if not sents:
