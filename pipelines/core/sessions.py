@@ -97,12 +97,16 @@ class RayTrainSession:
         return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp_kwargs or None)
 
     def shard(self, name: str):
-        """This worker's shard of `name`: read through Ray Data in its first epoch, then from
-        the worker's memory (batching.KeptShard)."""
+        """This worker's shard of `name`. One worker: read through Ray Data in its first
+        epoch, then from memory (batching.KeptShard). Several stream every epoch: their
+        shards come from one streaming split that waits for every worker to start each
+        epoch, so one worker replaying while another (over the byte limit) streams would hang."""
         import ray.train
 
+        if self.world > 1:
+            return ray.train.get_dataset_shard(name)
         if name not in self._shards:
-            self._shards[name] = KeptShard(ray.train.get_dataset_shard(name), seed=self.rank)
+            self._shards[name] = KeptShard(ray.train.get_dataset_shard(name))
         return self._shards[name]
 
     def checkpoint(self, run_dir: str) -> dict | None:
