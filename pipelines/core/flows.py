@@ -76,6 +76,12 @@ FLOWS: dict[str, Flow] = {
         ),
         options={"backwards": False},
     ),
+    "text-ulmfit": Flow(
+        "text-ulmfit", 10,
+        "ULMFiT on a user's table (CSV, TSV or parquet; one label or many, as Kaggle's toxic comments): "
+        "the language model fine-tuned on its text, then text-clas on its encoder.",
+        (Stage("lm", "text-lm"), Stage("clas", "text-clas", inputs={"encoder": "lm"})),
+    ),
 }
 
 

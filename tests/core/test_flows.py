@@ -70,65 +70,60 @@ def _runs(workdir: Path) -> dict[str, list]:
     return {e.name: client.search_runs([e.experiment_id]) for e in client.search_experiments()}
 
 
-def test_ulmfit_flow_reuses_finished_stages_and_resumes_a_killed_one(tmp_path, workdir, ray_session):
+def test_ulmfit_flow_resumes_a_killed_stage_then_reuses_every_finished_one(tmp_path, workdir, ray_session):
     data = tmp_path / "aclImdb"
     imdb_samples.imdb(data, size=600, seed=1)
     env = {**os.environ, "RAY_ADDRESS": ray_session, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
-    flow = ["flow", "ulmfit", "--data", str(data), "--config", "tiny"]
+    flow = ["flow", "ulmfit", "--data", str(data), "--config", "tiny", "--set", "clas.epochs=4"]
 
-    # 1. the whole flow: the LM, then the classifier on its encoder, under one parent run
-    first = _fastray(workdir, env, *flow)
-    assert first.returncode == 0, first.stderr[-3000:]
-    out = json.loads(first.stdout.strip().splitlines()[-1])
-    assert [s["status"] for s in out["stages"].values()] == ["done", "done"]
-    lm_id, clas_id = out["stages"]["lm"]["run_id"], out["stages"]["clas"]["run_id"]
-    runs = _runs(workdir)
-    parent = runs["flow-ulmfit"][0]
-    assert parent.info.status == "FINISHED" and parent.info.run_id == out["parent_run_id"]
-    assert parent.data.metrics["accuracy"] == pytest.approx(out["stages"]["clas"]["metrics"]["accuracy"])
-    assert parent.data.tags["stage.lm.run_id"] == lm_id
-    clas = runs["imdb-clas"][0]
-    assert clas.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    assert clas.data.params["config.encoder"] == lm_id  # fed by the LM stage
-    assert runs["imdb-lm"][0].data.tags["fastray.stage_id"] == out["stages"]["lm"]["identity"]
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}")
-    assert "plots/flow.png" in {f.path for f in client.list_artifacts(parent.info.run_id, "plots")}
-
-    # 2. the same command again: nothing trained, no MLflow run made
-    again = _fastray(workdir, env, *flow)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "every stage was reused" in again.stderr
-    assert json.loads(again.stdout.strip().splitlines()[-1])["reused"] is True
-    assert {k: len(v) for k, v in _runs(workdir).items()} == {k: len(v) for k, v in runs.items()}
-
-    # 3. only the classifier's LR changed: the LM is reused and the classifier runs; SIGKILL
-    # the flow's process while the classifier trains: its stage process goes with it
-    changed = flow + ["--set", "clas.lr=0.02", "--set", "clas.epochs=4"]
+    # 1. SIGKILL the flow's process while its second stage (the classifier) trains: the
+    # stage's process goes with it
     log = open(workdir / "killed.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines", *changed], env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines", *flow], env=env, stdout=subprocess.DEVNULL,
                             stderr=log, cwd=workdir)
-    deadline = time.time() + 400
-    while time.time() < deadline and "epoch 2/4" not in (workdir / "killed.log").read_text():
+    deadline = time.time() + 600
+    while time.time() < deadline and "] epoch 2/4" not in (workdir / "killed.log").read_text():
         assert proc.poll() is None, (workdir / "killed.log").read_text()[-3000:]
         time.sleep(0.3)
-    text = (workdir / "killed.log").read_text()
-    assert "lm        imdb-lm       reused" in text, text[-3000:]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     time.sleep(2)
     stage_procs = subprocess.run(["pgrep", "-f", "pipelines run imdb-clas"], capture_output=True, text=True).stdout
     assert not stage_procs.strip(), "a stage outlived its flow"
 
-    resumed = _fastray(workdir, env, *changed)
+    # 2. the same command: the LM reused, the classifier resumed from its checkpoint; one
+    # parent run (the killed flow's, reopened) holds both
+    resumed = _fastray(workdir, env, *flow)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "lm        imdb-lm       reused" in resumed.stderr, resumed.stderr[-3000:]
     assert "clas      imdb-clas     resumes" in resumed.stderr
     assert "resuming from the checkpoint of epoch" in resumed.stderr
     out = json.loads(resumed.stdout.strip().splitlines()[-1])
-    assert out["stages"]["lm"] | {"metrics": None} == {"pipeline": "imdb-lm", "status": "reuse", "run_id": lm_id,
-                                                        "identity": out["stages"]["lm"]["identity"], "metrics": None}
-    assert out["stages"]["clas"]["status"] == "done" and out["stages"]["clas"]["run_id"] != clas_id
-    after = _runs(workdir)
-    assert len(after["imdb-lm"]) == 1  # the LM trained once in all
-    assert len(after["imdb-clas"]) == 2  # the first classifier, and the changed one (killed, then resumed)
+    assert [s["status"] for s in out["stages"].values()] == ["reuse", "done"]
+    lm_id = out["stages"]["lm"]["run_id"]
+    runs = _runs(workdir)
+    assert len(runs["imdb-lm"]) == 1 and len(runs["imdb-clas"]) == 1  # the LM trained once, one classifier run
+    parent, clas = runs["flow-ulmfit"], runs["imdb-clas"][0]
+    assert [p.info.run_id for p in parent] == [out["parent_run_id"]] and parent[0].info.status == "FINISHED"
+    assert parent[0].data.metrics["accuracy"] == pytest.approx(out["stages"]["clas"]["metrics"]["accuracy"])
+    assert parent[0].data.tags["stage.lm.run_id"] == lm_id
+    assert clas.data.tags["mlflow.parentRunId"] == out["parent_run_id"]
+    assert clas.data.params["config.encoder"] == lm_id  # fed by the LM stage
+    assert clas.data.tags["fastray.stage_id"] == out["stages"]["clas"]["identity"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}")
+    assert "plots/flow.png" in {f.path for f in client.list_artifacts(out["parent_run_id"], "plots")}
+
+    # 3. again: nothing trained, no MLflow run made
+    again = _fastray(workdir, env, *flow)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "every stage was reused" in again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[-1])["reused"] is True
+    assert {k: len(v) for k, v in _runs(workdir).items()} == {k: len(v) for k, v in runs.items()}
+
+    # 4. only the classifier's LR changed: the plan reuses the LM and runs the classifier
+    plan = _fastray(workdir, env, *flow, "--set", "clas.lr=0.02", "--dry-run")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    stages = json.loads(plan.stdout.strip().splitlines()[-1])["stages"]
+    assert (stages["lm"]["status"], stages["lm"]["run_id"], stages["clas"]["status"]) == ("reuse", lm_id, "run")
