@@ -30,6 +30,8 @@ from .readers import _csv_parse, _table_columns
 
 TABLE_VERSION = "table-v1"  # bump when checking, splitting or writing changes its output
 SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+TEXT_NAMES = {"text", "comment_text", "comment", "review", "sentence", "document", "content", "body", "message",
+              "tweet", "abstract"}  # the text column among several string columns
 SPLIT_VALUES = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid", "dev": "valid"}
 
 
@@ -104,7 +106,8 @@ def _schema(path: Path) -> dict[str, str]:
 
 def resolve_columns(path: Path, text_col: str = "", label_cols: tuple[str, ...] = ()) -> Columns:
     """The text and label columns of the training table: as named, or found from the header.
-    Found: the text column is the one string column that is not an id or split column; the
+    Found: the text column is the one string column that is not an id or split column (of
+    several, the one with a usual name: text, comment_text, review ... TEXT_NAMES); the
     label columns are every other column but ids and `split` (several must all be 0/1
     integers). Anything ambiguous is a DataError naming the columns and the field to set."""
     kinds = _schema(path)
@@ -120,8 +123,9 @@ def resolve_columns(path: Path, text_col: str = "", label_cols: tuple[str, ...] 
     rest = [n for n in names if n not in ids and n != split]
     if not text_col:
         texts = [n for n in rest if kinds[n] == "string" and n not in label_cols]
-        if len(texts) > 1 and "text" in texts:
-            texts = ["text"]
+        named = [n for n in texts if n.lower() in TEXT_NAMES]
+        if len(texts) > 1 and len(named) == 1:  # a string label column beside a column called text, review ...
+            texts = named
         if len(texts) != 1:
             found = f"several string columns ({', '.join(texts)})" if texts else "no string column"
             raise DataError(f"{path}: cannot tell the text column: {found} {listing}; set --set text_col=NAME")

@@ -78,10 +78,14 @@ def test_columns_from_the_header_or_a_one_line_error_naming_them(tmp_path):
     assert (cols.text, cols.labels, cols.multi) == ("comment_text", tuple(LABELS), True)
     one = write_csv(tmp_path / "one.csv", ["review", "stars"], [["good film", 5], ["bad", 1]])
     assert tables.resolve_columns(one) == tables.Columns("review", ("stars",), False)
-    two = write_csv(tmp_path / "two.csv", ["title", "body", "label"], [["a", "b", "x"]])
-    with pytest.raises(DataError, match=r"cannot tell the text column: several string columns \(title, body, label\)"):
+    two = write_csv(tmp_path / "two.csv", ["title", "summary", "label"], [["a", "b", "x"]])
+    with pytest.raises(DataError, match=r"cannot tell the text column: several string columns \(title, summary, "
+                                        r"label\) \(columns: title, summary, label\); set --set text_col=NAME"):
         tables.resolve_columns(two)
-    assert tables.resolve_columns(two, text_col="body", label_cols=("label",)).labels == ("label",)
+    assert tables.resolve_columns(two, text_col="summary", label_cols=("label",)).labels == ("label",)
+    usual = write_csv(tmp_path / "usual.csv", ["title", "body", "label"], [["a", "b", "x"]])
+    with pytest.raises(DataError, match="cannot tell the label columns among title, label"):
+        tables.resolve_columns(usual)  # the text is `body`; the labels are not
     mixed = write_csv(tmp_path / "mixed.csv", ["text", "topic", "toxic"], [["a", "news", 0]])
     with pytest.raises(DataError, match="cannot tell the label columns among topic, toxic"):
         tables.resolve_columns(mixed)
