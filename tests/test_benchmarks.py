@@ -1,0 +1,51 @@
+"""Issue 19's claims that a test can hold without timing anything: the prepared GPU check
+runs end to end (its --smoke pass on the CPU takes every step the GPU machine will: lesson
+12's run whole, overhead.py, one JSON of both), and a cache hit imports what it uses only.
+No figure is asserted: timings belong to the machine that measured them."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_smoke_runs_every_step_and_writes_one_json(ray_session, tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "RAY_ADDRESS": ray_session}  # join the session's Ray
+    env.pop("MLFLOW_TRACKING_URI", None)
+    out = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--smoke"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu_check_smoke.json").read_text())
+    run = result["lesson12_default_run"]
+    assert run["exit_code"] == 0 and run["error"] is None, out.stderr[-3000:]
+    assert 0 <= run["metrics"]["accuracy"] <= 1 and run["wall_seconds"] > 0
+    darknet = result["overhead"]["cifar10-darknet"]
+    assert darknet["error"] is None and darknet["ratio"] > 0, darknet
+    assert (tmp_path / "overhead" / "overhead_cifar10-darknet_cpu_smoke.json").exists()
+
+
+def test_a_cache_hit_imports_neither_the_lesson_nor_torch(ray_session, tmp_path, monkeypatch, capsys):
+    """What benchmarks/cache_hit.py times: the second `fastray preprocess` of a request finds
+    its receipt and answers from the entry's manifest, without the lesson module and torch
+    (1.8 s of imports that a hit never uses)."""
+    from pipelines.__main__ import main
+    from preprocessing.samples import cifar10 as cifar10_samples
+
+    cifar10_samples.cifar10(tmp_path / "cifar10", size=120, seed=2)
+    monkeypatch.chdir(tmp_path)
+    argv = ["preprocess", "cifar10-darknet", "--data", str(tmp_path / "cifar10"), "--config", "tiny"]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    code = ("import sys, json; from pipelines.__main__ import main; main(sys.argv[1:]); "
+            "print(json.dumps(sorted(m for m in ('torch', 'ray', 'mlflow', 'pipelines.lessons.cifar10_darknet') "
+            "if m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    *_, result, imported = out.stdout.strip().splitlines()
+    assert json.loads(result)["cache"] == "hit" and json.loads(result)["key"] == first["key"]
+    assert json.loads(imported) == []
