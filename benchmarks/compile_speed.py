@@ -72,10 +72,9 @@ def main() -> None:
         print(json.dumps({k: r.get(k) for k in ("pipeline", "compiled_vs_eager", "eager_examples_per_s",
                                                  "compiled_examples_per_s", "engine_compiled_examples_per_s",
                                                  "loadavg")}), flush=True)
-    text = json.dumps(results, indent=1)
-    print(text)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(text + "\n")
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(results, indent=1) + "\n")  # after each pipeline
+    print(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
