@@ -42,10 +42,11 @@ $PY -c "import torch, ray, mlflow; print('torch', torch.__version__, 'ray', ray.
 
 # 1. lesson 12's default run, whole (the data generated before the clock starts)
 $PY -m pipelines sample-data cifar10 --out "$WORK/cifar10" --size $IMAGES > /dev/null
-( cd "$WORK" && T0=$(date +%s.%N) \
-  && $PY -m pipelines run cifar10-darknet --data "$WORK/cifar10" "${RUN_CONFIG[@]}" $USE_GPU --name lesson12 \
-        > "$WORK/lesson12.json" 2> "$WORK/lesson12.log" \
-  ; echo "$? $T0 $(date +%s.%N)" > "$WORK/lesson12.time" ) || true
+T0=$(date +%s.%N)
+RC=0
+( cd "$WORK" && exec $PY -m pipelines run cifar10-darknet --data "$WORK/cifar10" "${RUN_CONFIG[@]}" $USE_GPU \
+        --name lesson12 > "$WORK/lesson12.json" 2> "$WORK/lesson12.log" ) || RC=$?
+echo "$RC $T0 $(date +%s.%N)" > "$WORK/lesson12.time"
 tail -3 "$WORK/lesson12.log" >&2 || true
 
 # 2. every pipeline's overhead, in the time left (each pipeline's JSON is written as it ends)
