@@ -133,7 +133,8 @@ def bare_loop(pipe: Any, cfg: Any, batches: dict, manifest: dict, sched: Schedul
                 step_optimizer(opt, cfg.clip, ctx.scaler)
             seen += batch_len(batch)
             step += 1
-        losses["loss"].item()  # waits for the last step
+        for v in list(losses.values())[:1]:  # wait for the last step (a GAN's losses have other names)
+            v.item()
         if cuda:
             torch.cuda.synchronize()
         rates.append(seen / (time.perf_counter() - t0))
