@@ -49,7 +49,6 @@ from preprocessing.cache import Cache
 from preprocessing.runtime import LOG_FILE_ENV, cluster_cpus, init_ray
 
 RESULTS = Path(__file__).resolve().parent / "results"
-NO_ENGINE = ("style-transfer",)  # trains no model through the engine: Ray tasks of LBFGS on pixels
 # a benchmark downloads nothing: ImageNet weights would change no step's cost
 OFFLINE = {"pretrained": "none", "vgg_weights": "none", "allow_random_vgg": "true"}
 
@@ -260,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.size = args.size or 300
         args.epochs = min(args.epochs, 2)
-    names = [n for n in registry.names() if n not in NO_ENGINE] if args.pipeline == "all" else [args.pipeline]
+    # a pipeline with its own run() trains no model through the engine (style-transfer: LBFGS on pixels)
+    names = ([n for n in registry.names() if not hasattr(registry.pipeline_class(n), "run")]
+             if args.pipeline == "all" else [args.pipeline])
     for n in names:
         registry.entry(n)  # an unknown name fails before any work
     work = Path(tempfile.mkdtemp(prefix="fastray-overhead-"))
