@@ -11,8 +11,7 @@ into the field `encoder`).
 A FINISHED run tagged with a stage's identity is reused, not rerun; a stage that runs is
 named `FLOW-STAGE-IDENTITY[:10]`, so a killed one resumes from its checkpoint by its name.
 Each stage that runs is a `fastray run` process of its own joined to one Ray (the flow's, or
-the cluster's under `ray job submit`): independent stages run at the same time and Ray gives
-each its resources when they are free. The flow's process only plans, preprocesses (so the
+the cluster's under `ray job submit`), one at a time: a run takes every CPU of the cluster. The flow's process only plans, preprocesses (so the
 identities know the data's cache key), launches and records: one MLflow parent run in the
 experiment `flow-NAME`, the stages' runs its children (each in its pipeline's experiment),
 a drawing of the DAG, and the last stage's metric as the flow's.
@@ -300,7 +299,7 @@ def _launch(p: Planned, stages: dict[str, Planned], *, flow: str, parent_id: str
 
 def execute(flow: Flow, stages: list[Planned], *, parent_id: str, uri: str, storage: str | None,
             cache_dir: Path | None, on_bad: str) -> None:
-    """Launch each stage whose upstreams are done, as many at once as are ready; wait."""
+    """Launch each stage whose upstreams are done, one at a time (a run takes every CPU); wait."""
     import ray
 
     from preprocessing.runtime import RUNTIME_ENV, init_ray
@@ -318,7 +317,9 @@ def execute(flow: Flow, stages: list[Planned], *, parent_id: str, uri: str, stor
         while True:
             for p in stages:
                 ready = all(by_name[u].status in ("reuse", "done") for u in p.stage.inputs.values())
-                if p.status in ("run", "resume") and p.stage.name not in running and ready and not failed:
+                # one stage at a time: a `fastray run` takes every CPU of the cluster for its workers, so
+                # a second one would wait, and its Ray Data read times out after 30 min without CPUs
+                if p.status in ("run", "resume") and not running and ready and not failed:
                     running[p.stage.name] = _launch(p, by_name, flow=flow.name, parent_id=parent_id, uri=uri,
                                                     storage=storage, cache_dir=cache_dir, on_bad=on_bad,
                                                     verbose=logs.verbose(), env=env)
