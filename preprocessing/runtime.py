@@ -7,7 +7,6 @@ from pathlib import Path
 
 
 LOG_FILE_ENV = "FASTRAY_LOG_FILE"  # set: Ray's and MLflow's own lines go to this file, not the terminal
-RUNTIME_ENV = "FASTRAY_RUNTIME_ENV"  # JSON: the runtime env a flow's stage joins with (its job's: the uploaded code)
 ROUTED = ("ray", "mlflow", "alembic", "py.warnings")  # the loggers whose lines are internals
 
 
@@ -27,10 +26,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     address = os.environ.get("RAY_ADDRESS")
     kwargs: dict = dict(logging_level=logging.WARNING, configure_logging=not log_file, log_to_driver=not log_file)
     if address:
-        import json
-
-        runtime_env = json.loads(os.environ.get(RUNTIME_ENV) or "null")  # a flow's stage under `ray job submit`
-        ray.init(address=address, **kwargs, **({"runtime_env": runtime_env} if runtime_env else {}))
+        ray.init(address=address, **kwargs)
     else:
         # the dashboard stays on: Ray Train's placement-group cleaner asks its State API
         # whether a killed driver's controller is gone

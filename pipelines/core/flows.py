@@ -302,14 +302,12 @@ def execute(flow: Flow, stages: list[Planned], *, parent_id: str, uri: str, stor
     """Launch each stage whose upstreams are done, one at a time (a run takes every CPU); wait."""
     import ray
 
-    from preprocessing.runtime import RUNTIME_ENV, init_ray
+    from preprocessing.runtime import init_ray
 
     init_ray()
-
+    # under `ray job submit` a stage's process inherits the job's config from the environment
+    # (RAY_JOB_CONFIG_JSON_ENV_VAR); not verified: the two-node test of a flow job hung
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
-    job_env = dict(ray.get_runtime_context().runtime_env or {})
-    if job_env:  # under `ray job submit`: the stages' workers get the job's uploaded code and env too
-        env[RUNTIME_ENV] = json.dumps(job_env)
     by_name = {p.stage.name: p for p in stages}
     running: dict[str, subprocess.Popen] = {}
     failed: list[str] = []
