@@ -32,7 +32,6 @@ sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
@@ -41,7 +40,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.ulmfit_vs_ngrams import WORD, features, fit, nb_ratio, ngrams, run_cli, scale_columns  # noqa: E402
+from benchmarks.ulmfit_vs_ngrams import WORD, features, fit, lm_then_clas, nb_ratio, ngrams, run_cli, save, scale_columns  # noqa: E402
 from pipelines.lessons.text_clas import CLAS_CONFIGS, roc_auc  # noqa: E402
 from preprocessing.cache import Cache  # noqa: E402
 from preprocessing.text import tables  # noqa: E402
@@ -116,22 +115,13 @@ def ngram_baseline(split: dict, seed: int = 0, min_df: int = 2) -> dict:
 
 
 def text_clas(data: Path, work: Path, lm_set: list[str], clas_set: list[str]) -> dict:
-    storage = work / "storage"
-    common = ["--data", str(data), "--config", "sample", "--storage", str(storage),
-              "--tracking-uri", f"sqlite:///{storage}/mlruns.db"]
-    log = work / "fastray.log"
-    t0 = time.perf_counter()
-    lm = run_cli(["run", "text-lm", *common, "--name", "lm", *sum((["--set", s] for s in lm_set), [])], log)
-    t1 = time.perf_counter()
-    clas = run_cli(["run", "text-clas", *common, "--name", "clas", "--set", f"encoder={lm['run_id']}",
-                    *sum((["--set", s] for s in clas_set), [])], log)
-    t2 = time.perf_counter()
-    m = clas["metrics"]
+    st = lm_then_clas("text-ulmfit", data, work, lm_set, clas_set)
+    lm, m = st["lm"], st["clas"]["metrics"]
     return {"text_clas_mean_auc": m["roc_auc"], "text_clas_auc": {k[len("valid_auc_"):]: v for k, v in m.items()
                                                                   if k.startswith("valid_auc_")},
             "text_clas_f1": {k[len("valid_f1_"):]: v for k, v in m.items() if k.startswith("valid_f1_")},
-            "lm_perplexity": lm["metrics"].get("perplexity"), "lm_run_id": lm["run_id"], "clas_run_id": clas["run_id"],
-            "lm_set": lm_set, "clas_set": clas_set, "lm_seconds": round(t1 - t0, 1), "clas_seconds": round(t2 - t1, 1)}
+            "lm_perplexity": lm["metrics"].get("perplexity"), "lm_run_id": lm["run_id"],
+            "clas_run_id": st["clas"]["run_id"], "lm_set": lm_set, "clas_set": clas_set, "flow_seconds": st["seconds"]}
 
 
 def main(argv=None) -> dict:
@@ -166,12 +156,7 @@ def main(argv=None) -> dict:
             res["passed"] = res["margin"] >= 0
             print(f"text-clas: mean valid AUC {res['text_clas_mean_auc']:.4f} (LM perplexity "
                   f"{res['lm_perplexity']:.3f}); margin {res['margin']:+.4f}", file=sys.stderr, flush=True)
-    res["seconds"] = round(time.perf_counter() - t0, 1)
-    res["load_average"] = os.getloadavg()
-    res["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                   text=True).stdout.strip()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=1) + "\n")
+    save(res, args.out, t0)
     keys = ("ngram_mean_auc", "text_clas_mean_auc", "lm_perplexity", "margin", "passed", "seconds")
     print(json.dumps({k: res[k] for k in keys if k in res}))
     return res

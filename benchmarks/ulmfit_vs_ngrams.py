@@ -193,22 +193,34 @@ def run_cli(args: list[str], log: Path) -> dict:
     return json.loads(lines[-1])
 
 
-def ulmfit(data: Path, work: Path, lm_set: list[str], clas_set: list[str]) -> dict:
+def save(res: dict, out: Path, t0: float) -> None:
+    """The result JSON, with the run's seconds, the load average and the commit measured."""
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    res["load_average"] = os.getloadavg()
+    res["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                   text=True).stdout.strip()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1) + "\n")
+
+
+def lm_then_clas(flow: str, data: Path, work: Path, lm_set: list[str], clas_set: list[str]) -> dict:
+    """`fastray flow FLOW` (the LM, then the classifier on its encoder) with the sample configs
+    on `data`; {"lm": stage, "clas": stage} of its JSON (each with run_id and metrics)."""
     storage = work / "storage"
-    common = ["--data", str(data), "--config", "sample", "--storage", str(storage),
-              "--tracking-uri", f"sqlite:///{storage}/mlruns.db"]
     storage.mkdir(parents=True, exist_ok=True)
-    log = work / "fastray.log"
-    t0 = time.perf_counter()
-    lm = run_cli(["run", "imdb-lm", *common, "--name", "lm", *sum((["--set", s] for s in lm_set), [])], log)
-    t1 = time.perf_counter()
-    clas = run_cli(["run", "imdb-clas", *common, "--name", "clas", "--set", f"encoder={lm['run_id']}",
-                    *sum((["--set", s] for s in clas_set), [])], log)
-    t2 = time.perf_counter()
+    sets = [f"lm.{s}" for s in lm_set] + [f"clas.{s}" for s in clas_set]
+    out = run_cli(["flow", flow, "--data", str(data), "--config", "sample", "--storage", str(storage),
+                   "--tracking-uri", f"sqlite:///{storage}/mlruns.db", *sum((["--set", s] for s in sets), [])],
+                  work / "fastray.log")
+    return {**out["stages"], "seconds": out.get("seconds")}
+
+
+def ulmfit(data: Path, work: Path, lm_set: list[str], clas_set: list[str]) -> dict:
+    st = lm_then_clas("ulmfit", data, work, lm_set, clas_set)
+    lm, clas = st["lm"], st["clas"]
     return {"ulmfit_test_acc": clas["metrics"]["accuracy"], "lm_perplexity": lm["metrics"].get("perplexity"),
             "lm_metrics": lm["metrics"], "clas_metrics": clas["metrics"], "lm_run_id": lm["run_id"],
-            "clas_run_id": clas["run_id"], "lm_set": lm_set, "clas_set": clas_set,
-            "lm_seconds": round(t1 - t0, 1), "clas_seconds": round(t2 - t1, 1)}
+            "clas_run_id": clas["run_id"], "lm_set": lm_set, "clas_set": clas_set, "flow_seconds": st["seconds"]}
 
 
 def main(argv=None) -> dict:
@@ -246,12 +258,7 @@ def main(argv=None) -> dict:
             res["passed"] = res["margin"] >= MARGIN
             print(f"ULMFiT: test {res['ulmfit_test_acc']:.4f} (LM perplexity {res['lm_perplexity']:.3f}); "
                   f"margin {100 * res['margin']:+.1f} points", file=sys.stderr, flush=True)
-    res["seconds"] = round(time.perf_counter() - t0, 1)
-    res["load_average"] = os.getloadavg()
-    res["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                   text=True).stdout.strip()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=1) + "\n")
+    save(res, args.out, t0)
     keys = ("ngram_test_acc", "ngram_best_test_acc", "ulmfit_test_acc", "lm_perplexity", "margin", "passed", "seconds")
     print(json.dumps({k: res[k] for k in keys if k in res}))
     return res

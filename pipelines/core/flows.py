@@ -134,7 +134,7 @@ class _ProbeCache:
         return manifest, True
 
 
-def split_sets(flow: Flow, stages: list[Stage], items: list[str]) -> tuple[dict[str, bool], dict[str, dict[str, str]]]:
+def split_sets(flow: Flow, items: list[str]) -> tuple[dict[str, bool], dict[str, dict[str, str]]]:
     """--set values: flow options (`backwards=true`), one stage's field (`clas.lr=0.01`) or
     every stage's that has the field (`seed=1`)."""
     options = dict(flow.options)
@@ -170,7 +170,7 @@ def plan(flow: Flow, *, config: str | None, sets: list[str], data_for: Callable[
     preprocesses nothing (a stage whose data is not in the cache has no identity yet)."""
     from preprocessing.cache import digest
 
-    options, per_stage = split_sets(flow, flow.stages, sets)
+    options, per_stage = split_sets(flow, sets)
     planned: list[Planned] = []
     for stage in flow.active(options):  # every config first: a bad --set fails before any work
         pipe = registry.get(stage.pipeline)
@@ -273,7 +273,7 @@ def _die_with_parent() -> None:
 
 
 def _launch(p: Planned, stages: dict[str, Planned], *, flow: str, parent_id: str, uri: str, storage: str | None,
-            cache_dir: Path | None, on_bad: str, verbose: bool, env: dict) -> subprocess.Popen:
+            cache_dir: Path | None, on_bad: str, env: dict, count: str) -> subprocess.Popen:
     sets = dict(p.sets)
     for fld, up in p.stage.inputs.items():
         sets[fld] = stages[up].run_id
@@ -287,11 +287,11 @@ def _launch(p: Planned, stages: dict[str, Planned], *, flow: str, parent_id: str
         argv += ["--storage", storage]
     if cache_dir is not None:
         argv += ["--cache-dir", str(cache_dir)]
-    if verbose:
+    if logs.verbose():
         argv.append("-v")
     tags = {"fastray.stage_id": p.identity, "fastray.flow": flow, "fastray.stage": p.stage.name,
             "mlflow.parentRunId": parent_id}
-    say(f"[{flow}] stage {p.stage.name}: fastray run {p.stage.pipeline} --name {p.run_name}"
+    say(f"[{flow}] stage {count} {p.stage.name}: fastray run {p.stage.pipeline} --name {p.run_name}"
         + "".join(f" --set {k}={v}" for k, v in sets.items()))
     return subprocess.Popen(argv, env={**env, tracking.RUN_TAGS_ENV: json.dumps(tags)}, stdout=subprocess.PIPE,
                             text=True, preexec_fn=_die_with_parent)
@@ -309,42 +309,27 @@ def execute(flow: Flow, stages: list[Planned], *, parent_id: str, uri: str, stor
     # (RAY_JOB_CONFIG_JSON_ENV_VAR); not verified: the two-node test of a flow job hung
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
     by_name = {p.stage.name: p for p in stages}
-    running: dict[str, subprocess.Popen] = {}
-    failed: list[str] = []
-    try:
-        while True:
-            for p in stages:
-                ready = all(by_name[u].status in ("reuse", "done") for u in p.stage.inputs.values())
-                # one stage at a time: a `fastray run` takes every CPU of the cluster for its workers, so
-                # a second one would wait, and its Ray Data read times out after 30 min without CPUs
-                if p.status in ("run", "resume") and not running and ready and not failed:
-                    running[p.stage.name] = _launch(p, by_name, flow=flow.name, parent_id=parent_id, uri=uri,
-                                                    storage=storage, cache_dir=cache_dir, on_bad=on_bad,
-                                                    verbose=logs.verbose(), env=env)
-            if not running:
-                break
-            time.sleep(0.5)
-            for name, proc in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                del running[name]
-                p = by_name[name]
-                out = (proc.stdout.read() or "").strip().splitlines()
-                result = _last_json(out)
-                if proc.returncode == 0 and "run_id" in result:
-                    p.status, p.run_id, p.metrics = "done", result["run_id"], result.get("metrics", {})
-                else:
-                    p.status = "failed"
-                    failed.append(f"stage {name} failed (exit {proc.returncode}): {result.get('error', 'see its lines above')}")
-    except KeyboardInterrupt:  # the terminal's Ctrl-C reached the stages too: each stops KILLED
-        for proc in running.values():
+    todo = [p for p in stages if p.status in ("run", "resume")]
+    # one stage at a time, in the declared order (upstreams first): a `fastray run` takes every CPU
+    # of the cluster, so a second one beside it would wait, and its Ray Data read times out
+    for k, p in enumerate(todo, 1):
+        proc = _launch(p, by_name, flow=flow.name, parent_id=parent_id, uri=uri, storage=storage,
+                       cache_dir=cache_dir, on_bad=on_bad, env=env, count=f"{k}/{len(todo)}")
+        try:
+            out, _ = proc.communicate()
+        except KeyboardInterrupt:  # the terminal's Ctrl-C reached the stage too: it stops KILLED
             proc.wait()
-        raise
-    for p in stages:
-        if p.status in ("run", "resume"):
-            p.status = "not run"
-    if failed:
-        raise ValueError("; ".join(failed))
+            for rest in todo[k - 1:]:
+                rest.status = "not run"
+            raise
+        result = _last_json((out or "").strip().splitlines())
+        if proc.returncode != 0 or "run_id" not in result:
+            p.status = "failed"
+            for rest in todo[k:]:
+                rest.status = "not run"
+            raise ValueError(f"stage {p.stage.name} failed (exit {proc.returncode}): "
+                             f"{result.get('error', 'see its lines above')}")
+        p.status, p.run_id, p.metrics = "done", result["run_id"], result.get("metrics", {})
 
 
 def _last_json(lines: list[str]) -> dict:
@@ -487,6 +472,7 @@ def run(name: str, *, config: str | None, sets: list[str], data_for: Callable[[A
             + "".join(f"; {k} {v:.4g}" for k, v in final.items()))
         for line in describe(flow, stages):
             say(line)
+        say(f"[{flow.name}] the flow's run, its stages and plots/flow.png: {tracking.run_url(uri, parent_id)}")
     return {**result, "stages": summary(stages), "parent_run_id": parent_id, "reused": False, "metrics": final,
             "url": tracking.run_url(uri, parent_id), "seconds": round(time.perf_counter() - t0, 2)}
 

@@ -21,18 +21,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_sets_reach_one_stage_every_stage_or_the_flow():
     flow = flows.get("ulmfit")
-    options, per = flows.split_sets(flow, list(flow.stages), ["clas.lr=0.01", "seed=3", "backwards=true"])
+    options, per = flows.split_sets(flow, ["clas.lr=0.01", "seed=3", "backwards=true"])
     assert options == {"backwards": True}
     assert per["clas"] == {"lr": "0.01", "seed": "3"} and per["lm"] == {"seed": "3"}
     assert per["lm_bwd"] == {"seed": "3"} and per["clas_bwd"] == {"seed": "3"}
-    _, per = flows.split_sets(flow, list(flow.stages), ["seed=3"])
+    _, per = flows.split_sets(flow, ["seed=3"])
     assert "seed" not in per["lm_bwd"]  # an inactive stage takes nothing
     with pytest.raises(configs.ConfigError, match="no stage 'clsa'"):
-        flows.split_sets(flow, list(flow.stages), ["clsa.lr=0.01"])
+        flows.split_sets(flow, ["clsa.lr=0.01"])
     with pytest.raises(configs.ConfigError, match="no stage of ulmfit has a field 'nope'"):
-        flows.split_sets(flow, list(flow.stages), ["nope=1"])
+        flows.split_sets(flow, ["nope=1"])
     with pytest.raises(configs.ConfigError, match="true or false"):
-        flows.split_sets(flow, list(flow.stages), ["backwards=maybe"])
+        flows.split_sets(flow, ["backwards=maybe"])
     with pytest.raises(KeyError, match="unknown flow"):
         flows.get("ulmfitt")
 
