@@ -113,7 +113,9 @@ def test_search_against_an_mlflow_server(capsys, cifar_small, workdir, ray_sessi
     ptags = {t["key"]: t["value"] for t in parent["data"]["tags"]}
     assert not {"config.p", "config.lr", "config.div", "config.pct"} & set(pparams)  # no base value of a searched key
     assert "config.nf" in pparams and pparams["search.space.lr"].startswith("loguniform(")
-    assert ptags["fastray.best_run_id"] == found[0]["info"]["run_id"] == obj["best_run_id"]
+    # the best run is one of those at the top of MLflow's order (trials may tie on the metric)
+    top = {r["info"]["run_id"] for r, acc in zip(found, accs) if acc == accs[0]}
+    assert ptags["fastray.best_run_id"] == obj["best_run_id"] and obj["best_run_id"] in top
     assert ptags["fastray.best_run_name"] == names[0] and names[0] in ptags["mlflow.note.content"]
     assert {m["key"] for m in parent["data"]["metrics"]} >= {"best_accuracy", "best_valid_loss"}
     assert "accuracy" not in {m["key"] for m in parent["data"]["metrics"]}
