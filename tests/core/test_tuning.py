@@ -116,7 +116,8 @@ def test_search_against_an_mlflow_server(capsys, cifar_small, workdir, ray_sessi
     # the best run is one of those at the top of MLflow's order (trials may tie on the metric)
     top = {r["info"]["run_id"] for r, acc in zip(found, accs) if acc == accs[0]}
     assert ptags["fastray.best_run_id"] == obj["best_run_id"] and obj["best_run_id"] in top
-    assert ptags["fastray.best_run_name"] == names[0] and names[0] in ptags["mlflow.note.content"]
+    best_name = next(n for r, n in zip(found, names) if r["info"]["run_id"] == obj["best_run_id"])
+    assert ptags["fastray.best_run_name"] == best_name and best_name in ptags["mlflow.note.content"]
     assert {m["key"] for m in parent["data"]["metrics"]} >= {"best_accuracy", "best_valid_loss"}
     assert "accuracy" not in {m["key"] for m in parent["data"]["metrics"]}
     assert obj["compare_url"].startswith(f"{mlflow_server}/#/compare-runs?runs=")
