@@ -131,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--dry-run", action="store_true", help="print the plan (which stages are reused) and stop")
     f.add_argument("--from", dest="start", default=None, metavar="STAGE", help="run from this stage (those before reused)")
     f.add_argument("--until", default=None, metavar="STAGE", help="run up to this stage")
+    f.add_argument("--num-workers", type=int, default=1, help="each stage's data-parallel training workers")
+    f.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    f.add_argument("--placement", choices=PLACEMENTS, default=None, help="each stage's worker placement (see run)")
 
     t = sub.add_parser("tune", help="search dropout and schedule hyperparameters with Ray Tune + ASHA")
     common(t)
@@ -324,7 +327,16 @@ def cmd_flow(args) -> dict:
         check_cluster(storage, cache, args.tracking_uri, data=args.data)
         return flows.run(flow.name, config=args.config, sets=args.set, data_for=data_for, cache=cache,
                          uri=args.tracking_uri, storage=args.storage, cache_dir=args.cache_dir,
-                         on_bad=args.on_bad_input, dry_run=args.dry_run, start=args.start, until=args.until)
+                         on_bad=args.on_bad_input, dry_run=args.dry_run, start=args.start, until=args.until,
+                         run_args=_stage_args(args), workers=args.num_workers, use_gpu=args.use_gpu)
+
+
+def _stage_args(args) -> list[str]:
+    """`fastray flow`'s options of how a stage trains, as each stage's `fastray run` takes them."""
+    if args.num_workers < 1:
+        raise ValueError(f"--num-workers must be >= 1, got {args.num_workers}")
+    return ((["--num-workers", str(args.num_workers)] if args.num_workers != 1 else [])
+            + (["--use-gpu"] if args.use_gpu else []) + (["--placement", args.placement] if args.placement else []))
 
 
 def cmd_download(args) -> dict:

@@ -30,7 +30,8 @@ def init_ray(num_cpus: int | None = None) -> None:
     else:
         # the dashboard stays on: Ray Train's placement-group cleaner asks its State API
         # whether a killed driver's controller is gone
-        ray.init(num_cpus=num_cpus, **kwargs)
+        # num_cpus (the tests'): a Ray of its own, even where another one runs on this machine
+        ray.init(address="local" if num_cpus else None, num_cpus=num_cpus, **kwargs)
     route_logs(log_file)
     # progress bars on the terminal unless quiet; Ray Data's per-operator log lines do not help a user
     from ray.data import DataContext
@@ -81,6 +82,19 @@ def cluster_cpus() -> int:
     import ray
 
     return int(ray.cluster_resources().get("CPU", 1))
+
+
+def worker_cpus(workers: int) -> int:
+    """CPUs for each of `workers` workers: the most with which all of them fit on the nodes
+    as they are, a worker on one node. A share of the cluster's total would ask one worker
+    of a 2 + 1 CPU cluster for 3 CPUs, which no node has: Ray waits for it forever."""
+    import ray
+
+    nodes = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    for cpus in range(max(1, sum(nodes) // max(1, workers)), 0, -1):
+        if sum(c // cpus for c in nodes) >= workers:
+            return cpus
+    return 1  # not even one CPU each now: the workers wait for nodes (an autoscaler's)
 
 
 def cluster_gpus() -> int:

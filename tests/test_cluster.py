@@ -434,3 +434,23 @@ def test_job_on_two_nodes_records_in_mlflow_server(local_cluster, tmp_path):
     assert "\r[two-nodes]" not in out and "cifar10-darknet, config tiny" in own[0], out[-5000:]
     assert [l.split()[2] for l in own if l.split()[1] == "epoch"] == ["1/2", "2/2"], own
     assert any(l.startswith("[two-nodes] done in ") for l in own), own
+
+    # a flow as one job: ulmfit's two stages, each a `fastray run` of one worker joined to the
+    # cluster with the job's code (a worker of 2 CPUs: the head's; a share of the cluster's 3
+    # fitted no node, and the job waited forever), children of one parent run on the server
+    from preprocessing.samples import imdb as imdb_samples
+
+    imdb = tmp_path / "aclImdb"
+    imdb_samples.imdb(imdb, size=600, seed=1)
+    code, out = c.ray("job", "submit", "--address", c.api, "--submission-id", "fastray-flow",
+                      "--working-dir", str(ROOT), "--runtime-env", str(tmp_path / "runtime_env.yaml"), "--",
+                      "fastray", "flow", "ulmfit", "--config", "tiny", "--data", str(imdb), "--storage", str(storage),
+                      log=tmp_path / "flow.log", timeout=1200)
+    assert code == 0 and "succeeded" in out, out[-5000:]
+    assert "1 worker(s) x 2 CPU" in out, out[-5000:]
+    flow = json.loads([l for l in out.splitlines() if l.startswith("{") and '"parent_run_id"' in l][-1])
+    assert [s["status"] for s in flow["stages"].values()] == ["done", "done"], flow
+    assert client.get_run(flow["parent_run_id"]).info.status == "FINISHED"
+    clas = client.get_run(flow["stages"]["clas"]["run_id"])
+    assert clas.data.tags["mlflow.parentRunId"] == flow["parent_run_id"]
+    assert clas.data.params["config.encoder"] == flow["stages"]["lm"]["run_id"]

@@ -73,7 +73,7 @@ def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_work
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from preprocessing.runtime import cluster_cpus, cluster_gpus, init_ray
+    from preprocessing.runtime import cluster_cpus, cluster_gpus, init_ray, worker_cpus
 
     pipeline = pipe.name
     if not os.environ.get("RAY_ADDRESS"):  # a local Ray gets no more CPUs: refuse before any work
@@ -91,8 +91,8 @@ def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_work
             raise ValueError(f"--use-gpu with {num_workers} worker(s), but this machine has {cluster_gpus()} GPU(s)")
         logger.info(f"[{name}] the cluster has {cluster_gpus()} GPU(s) now for {num_workers} GPU worker(s): "
             "waiting for the autoscaler to add GPU nodes")
-    # each worker holds an equal share of the CPUs and runs torch on that many threads
-    cpus_per_worker = max(1, cluster_cpus() // num_workers)
+    # each worker holds an equal share of the CPUs that fits on one node, and runs torch on that many threads
+    cpus_per_worker = worker_cpus(num_workers)
     datasets = {k: ds.materialize() for k, ds in pipe.datasets(cfg, cache, manifest).items()}
     rows = pipe.train_rows(manifest)
     steps_per_epoch = pipe.steps_per_epoch(cfg, manifest, num_workers)

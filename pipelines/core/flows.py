@@ -11,8 +11,9 @@ into the field `encoder`).
 A FINISHED run tagged with a stage's identity is reused, not rerun; a stage that runs is
 named `FLOW-STAGE-IDENTITY[:10]`, so a killed one resumes from its checkpoint by its name.
 Each stage that runs is a `fastray run` process of its own joined to one Ray (the flow's, or
-the cluster's under `ray job submit`), one at a time: a run takes every CPU of the cluster. The flow's process only plans, preprocesses (so the
-identities know the data's cache key), launches and records: one MLflow parent run in the
+the cluster's under `ray job submit`); stages whose upstreams are done run side by side
+while the nodes hold all their workers (`fits`), else one after another. The flow's process
+only plans, preprocesses (so the identities know the data's cache key), launches and records: one MLflow parent run in the
 experiment `flow-NAME`, the stages' runs its children (each in its pipeline's experiment),
 a drawing of the DAG, and the last stage's metric as the flow's.
 """
@@ -273,7 +274,7 @@ def _die_with_parent() -> None:
 
 
 def _launch(p: Planned, stages: dict[str, Planned], *, flow: str, parent_id: str, uri: str, storage: str | None,
-            cache_dir: Path | None, on_bad: str, env: dict, count: str) -> subprocess.Popen:
+            cache_dir: Path | None, on_bad: str, run_args: list[str], env: dict, count: str) -> subprocess.Popen:
     sets = dict(p.sets)
     for fld, up in p.stage.inputs.items():
         sets[fld] = stages[up].run_id
@@ -289,47 +290,94 @@ def _launch(p: Planned, stages: dict[str, Planned], *, flow: str, parent_id: str
         argv += ["--cache-dir", str(cache_dir)]
     if logs.verbose():
         argv.append("-v")
+    argv += run_args  # how each stage trains (--num-workers, --use-gpu, --placement): not part of its identity
     tags = {"fastray.stage_id": p.identity, "fastray.flow": flow, "fastray.stage": p.stage.name,
             "mlflow.parentRunId": parent_id}
     say(f"[{flow}] stage {count} {p.stage.name}: fastray run {p.stage.pipeline} --name {p.run_name}"
         + "".join(f" --set {k}={v}" for k, v in sets.items()))
-    return subprocess.Popen(argv, env={**env, tracking.RUN_TAGS_ENV: json.dumps(tags)}, stdout=subprocess.PIPE,
-                            text=True, preexec_fn=_die_with_parent)
+    # its stdout (the result's JSON line; worker prints under -v) to a file: a pipe left unread
+    # while other stages run would fill and stop the stage
+    out = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(argv, env={**env, tracking.RUN_TAGS_ENV: json.dumps(tags)}, stdout=out, text=True,
+                            preexec_fn=_die_with_parent)
+    proc.out = out  # type: ignore[attr-defined]
+    return proc
+
+
+def fits(demands: list[list[tuple[float, float]]], nodes: list[tuple[float, float]]) -> bool:
+    """Whether every stage's workers ((CPUs, GPUs) each) fit on the nodes' (CPUs, GPUs) at once,
+    a worker on one node: first fit, the largest workers first."""
+    free = [list(n) for n in nodes]
+    for cpu, gpu in sorted((w for d in demands for w in d), reverse=True):
+        node = next((f for f in free if f[0] >= cpu and f[1] >= gpu), None)
+        if node is None:
+            return False
+        node[0] -= cpu
+        node[1] -= gpu
+    return True
 
 
 def execute(flow: Flow, stages: list[Planned], *, parent_id: str, uri: str, storage: str | None,
-            cache_dir: Path | None, on_bad: str) -> None:
-    """Launch each stage whose upstreams are done, one at a time (a run takes every CPU); wait."""
+            cache_dir: Path | None, on_bad: str, run_args: list[str] = (), workers: int = 1,
+            use_gpu: bool = False) -> None:
+    """Launch each stage whose upstreams are done, beside the running ones while the
+    cluster's nodes hold all their workers (the forward and backward LMs at once on a
+    cluster of two nodes; one at a time on one machine); wait for them."""
     import ray
 
-    from preprocessing.runtime import init_ray
+    from preprocessing.runtime import init_ray, worker_cpus
 
     init_ray()
     # under `ray job submit` a stage's process inherits the job's config from the environment
-    # (RAY_JOB_CONFIG_JSON_ENV_VAR); not verified: the two-node test of a flow job hung
+    # (RAY_JOB_CONFIG_JSON_ENV_VAR) and joins the job's cluster
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
+    nodes = [(n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
+    # what each stage's `fastray run` asks for: `workers` workers of worker_cpus() CPUs (+1 GPU)
+    demand = [(float(worker_cpus(workers)), 1.0 if use_gpu else 0.0)] * workers
     by_name = {p.stage.name: p for p in stages}
-    todo = [p for p in stages if p.status in ("run", "resume")]
-    # one stage at a time, in the declared order (upstreams first): a `fastray run` takes every CPU
-    # of the cluster, so a second one beside it would wait, and its Ray Data read times out
-    for k, p in enumerate(todo, 1):
-        proc = _launch(p, by_name, flow=flow.name, parent_id=parent_id, uri=uri, storage=storage,
-                       cache_dir=cache_dir, on_bad=on_bad, env=env, count=f"{k}/{len(todo)}")
-        try:
-            out, _ = proc.communicate()
-        except KeyboardInterrupt:  # the terminal's Ctrl-C reached the stage too: it stops KILLED
+    pending = [p for p in stages if p.status in ("run", "resume")]
+    total, launched = len(pending), 0
+    running: dict[str, subprocess.Popen] = {}
+    failed: list[str] = []
+    try:
+        while pending or running:
+            for p in list(pending):  # in the declared order: upstreams first
+                ready = all(by_name[u].status in ("reuse", "done") for u in p.stage.inputs.values())
+                room = not running or fits([demand] * (len(running) + 1), nodes)
+                if ready and room and not failed:
+                    launched += 1
+                    running[p.stage.name] = _launch(
+                        p, by_name, flow=flow.name, parent_id=parent_id, uri=uri, storage=storage, cache_dir=cache_dir,
+                        on_bad=on_bad, run_args=list(run_args), env=env, count=f"{launched}/{total}")
+                    pending.remove(p)
+            if not running:
+                break  # what is pending waits on a stage that failed
+            time.sleep(0.2)
+            for name, proc in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[name]
+                p = by_name[name]
+                proc.out.seek(0)
+                result = _last_json(proc.out.read().strip().splitlines())
+                proc.out.close()
+                if proc.returncode != 0 or "run_id" not in result:
+                    p.status = "failed"
+                    failed.append(f"stage {name} failed (exit {proc.returncode}): "
+                                  f"{result.get('error', 'see its lines above')}")
+                else:
+                    p.status, p.run_id, p.metrics = "done", result["run_id"], result.get("metrics", {})
+    except KeyboardInterrupt:  # the terminal's Ctrl-C reached the stages too: each stops KILLED
+        for proc in running.values():
             proc.wait()
-            for rest in todo[k - 1:]:
-                rest.status = "not run"
-            raise
-        result = _last_json((out or "").strip().splitlines())
-        if proc.returncode != 0 or "run_id" not in result:
-            p.status = "failed"
-            for rest in todo[k:]:
-                rest.status = "not run"
-            raise ValueError(f"stage {p.stage.name} failed (exit {proc.returncode}): "
-                             f"{result.get('error', 'see its lines above')}")
-        p.status, p.run_id, p.metrics = "done", result["run_id"], result.get("metrics", {})
+        for name in running:
+            by_name[name].status = "not run"
+        raise
+    finally:
+        for p in pending:
+            p.status = "not run"
+    if failed:
+        raise ValueError("; ".join(failed))
 
 
 def _last_json(lines: list[str]) -> dict:
@@ -423,7 +471,8 @@ def summary(stages: list[Planned]) -> dict:
 
 def run(name: str, *, config: str | None, sets: list[str], data_for: Callable[[Any], tuple[Path | None, bool]],
         cache: Any, uri: str | None, storage: str | None, cache_dir: Path | None, on_bad: str = "skip",
-        dry_run: bool = False, start: str | None = None, until: str | None = None) -> dict:
+        dry_run: bool = False, start: str | None = None, until: str | None = None, run_args: list[str] = (),
+        workers: int = 1, use_gpu: bool = False) -> dict:
     """`fastray flow NAME`: plan, reuse what is finished, run the rest, record one parent run."""
     from preprocessing.cache import digest
 
@@ -458,7 +507,8 @@ def run(name: str, *, config: str | None, sets: list[str], data_for: Callable[[A
     say(f"[{flow.name}] MLflow parent run {parent_id}: {tracking.run_url(uri, parent_id)}")
     status = "FINISHED"
     try:
-        execute(flow, stages, parent_id=parent_id, uri=uri, storage=storage, cache_dir=cache_dir, on_bad=on_bad)
+        execute(flow, stages, parent_id=parent_id, uri=uri, storage=storage, cache_dir=cache_dir, on_bad=on_bad,
+                run_args=run_args, workers=workers, use_gpu=use_gpu)
     except KeyboardInterrupt:
         status = "KILLED"
         raise

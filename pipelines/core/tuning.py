@@ -201,7 +201,7 @@ def tune(
     from ray import tune as rt
     from ray.tune.schedulers import ASHAScheduler
 
-    from preprocessing.runtime import cluster_cpus, cluster_gpus, init_ray
+    from preprocessing.runtime import cluster_cpus, cluster_gpus, init_ray, worker_cpus
 
     t0 = time.perf_counter()
     pipe = registry.get(pipeline)
@@ -229,7 +229,7 @@ def tune(
         raise ValueError(f"--max-concurrent must be >= 1, got {max_concurrent}")
     concurrent = min(max_concurrent or limit, limit)
     if workers_per_trial == 1:  # the trial is the worker
-        cpus_per_worker: float = max(1, cpus // concurrent)
+        cpus_per_worker: float = worker_cpus(concurrent)  # each trial's worker on one node
         resources = {"CPU": cpus_per_worker, "GPU": gpus_per_worker}
     else:  # the trial only drives a TorchTrainer: a sliver of a CPU; its workers share the rest
         driver_cpu = 0.01

@@ -120,10 +120,6 @@ def load_folder(folder: Path) -> TokenArrays:
 
 def read_tokens(cache: Cache, manifest: dict, split: str):
     """A cached split as a Ray Dataset of ids, len, label (starts or joins Ray)."""
-    import ray
+    from ..chunked import read_parquet_folder
 
-    from ..runtime import init_ray
-
-    folder = _split_folder(cache, manifest, split)
-    init_ray()
-    return ray.data.read_parquet(str(folder))
+    return read_parquet_folder(_split_folder(cache, manifest, split))

@@ -14,6 +14,22 @@ def _save(folder: Path, state: dict, epoch: int) -> None:
     (folder / EPOCH_FILE).write_text(str(epoch))
 
 
+@pytest.mark.parametrize("nodes,workers,each", [
+    ([2, 1], 1, 2),        # the two-node test's cluster: 3 CPUs, but no node has 3 for one worker
+    ([2, 1], 2, 1), ([2, 1], 3, 1), ([2], 1, 2), ([4], 2, 2),
+    ([0, 8, 8, 8, 8], 3, 8),  # a head without CPUs and four workers of 8
+    ([16, 4], 2, 8), ([16, 4], 1, 16), ([0], 1, 1),  # two of 8 on the big node
+])
+def test_each_worker_gets_cpus_that_fit_on_one_node(monkeypatch, nodes, workers, each):
+    import ray
+
+    from preprocessing.runtime import worker_cpus
+
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": float(c)}} for c in nodes]
+                        + [{"Alive": False, "Resources": {"CPU": 64.0}}])
+    assert worker_cpus(workers) == each
+
+
 def test_checkpoint_of_another_pipeline_or_shape_is_refused(tmp_path):
     model = nn.Linear(4, 2)
     run = tmp_path / "runs" / "r"
@@ -82,7 +98,7 @@ def test_a_run_name_is_held_by_one_process_and_released_on_exit(tmp_path):
 
 def test_a_second_start_of_a_running_name_is_refused(cifar_small, workdir, ray_session, capsys):
     env = {**os.environ, "RAY_ADDRESS": ray_session, "PYTHONPATH": str(ROOT)}
-    argv = ["run", "cifar10-darknet", "--data", str(cifar_small), "--config", "tiny", "--name", "twice"]
+    argv = ["run", "cifar10-darknet", "--data", str(cifar_small), "--config", "tiny", "--epochs", "1", "--name", "twice"]
     first = subprocess.Popen([sys.executable, "-m", "pipelines", *argv], cwd=workdir, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lock = workdir / "runs" / "twice" / LOCK_FILE

@@ -127,3 +127,25 @@ def test_ulmfit_flow_resumes_a_killed_stage_then_reuses_every_finished_one(tmp_p
     assert plan.returncode == 0, plan.stderr[-3000:]
     stages = json.loads(plan.stdout.strip().splitlines()[-1])["stages"]
     assert (stages["lm"]["status"], stages["lm"]["run_id"], stages["clas"]["status"]) == ("reuse", lm_id, "run")
+
+
+def test_how_the_stages_train_goes_to_each_stage_run():
+    """--num-workers, --use-gpu and --placement reach every stage's `fastray run`."""
+    from pipelines.__main__ import _parser, _stage_args
+
+    args = _parser().parse_args(["flow", "ulmfit", "--num-workers", "2", "--placement", "spread", "--use-gpu"])
+    assert _stage_args(args) == ["--num-workers", "2", "--use-gpu", "--placement", "spread"]
+    assert _stage_args(_parser().parse_args(["flow", "ulmfit"])) == []
+    with pytest.raises(ValueError, match="--num-workers must be >= 1"):
+        _stage_args(_parser().parse_args(["flow", "ulmfit", "--num-workers", "0"]))
+
+
+def test_stages_run_side_by_side_only_where_the_nodes_hold_their_workers():
+    one = [(2.0, 0.0)]                       # a stage of one worker of 2 CPUs
+    assert flows.fits([one], [(2.0, 0.0)])
+    assert not flows.fits([one, one], [(2.0, 0.0)])            # one machine of 2 CPUs: one at a time
+    assert flows.fits([one, one], [(2.0, 0.0), (2.0, 0.0)])    # two nodes: the forward and backward LMs at once
+    assert not flows.fits([one, one], [(2.0, 0.0), (1.0, 0.0)])  # the two-node test's 2 + 1 CPUs
+    gpu = [(4.0, 1.0)] * 2                   # two workers of 4 CPUs and a GPU
+    assert flows.fits([gpu, gpu], [(8.0, 2.0), (8.0, 2.0)])
+    assert not flows.fits([gpu, gpu], [(16.0, 2.0), (16.0, 0.0)])
