@@ -19,6 +19,9 @@ def init_ray(num_cpus: int | None = None) -> None:
         return
     # Ray Train V2 copies worker prints into its own log as well: each line came twice
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    # Ray Train's controller polls its workers every 2 s, so a run's end was seen up to 2 s
+    # late (a tiny run's tenth); each poll is one status call per worker
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     log_file = os.environ.get(LOG_FILE_ENV)
     if log_file:
         import ray.data  # noqa: F401  (configures its loggers on import: route them too)
