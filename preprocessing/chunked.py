@@ -239,7 +239,8 @@ def read_parquet_folder(folder: Path, columns: list[str] | None = None):
     Read here with pyarrow and put in the object store: the same blocks that
     `ray.data.read_parquet(...).materialize()` makes, without a Ray Data execution
     (about 1.5 s each on 2 cores, three or four of them before a run's first step).
-    The cache is on this node's disk, so its reads ran here anyway."""
+    A node-local cache could only be read here anyway; on shared storage the reads are no
+    longer spread over nodes, which already-decoded parquet does not need."""
     import pyarrow.parquet as pq
     import ray
 
@@ -249,4 +250,5 @@ def read_parquet_folder(folder: Path, columns: list[str] | None = None):
     if not files:
         raise DataError(f"{folder}: no parquet files in this cache entry; preprocess again")
     init_ray()  # joins the run's Ray (ray.put alone would start a local one)
-    return ray.data.from_arrow([pq.read_table(f, columns=columns) for f in files])
+    # each file's table put as it is read: the driver holds one file's rows at a time
+    return ray.data.from_arrow_refs([ray.put(pq.read_table(f, columns=columns)) for f in files])
