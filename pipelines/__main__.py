@@ -328,15 +328,7 @@ def cmd_flow(args) -> dict:
         return flows.run(flow.name, config=args.config, sets=args.set, data_for=data_for, cache=cache,
                          uri=args.tracking_uri, storage=args.storage, cache_dir=args.cache_dir,
                          on_bad=args.on_bad_input, dry_run=args.dry_run, start=args.start, until=args.until,
-                         run_args=_stage_args(args), workers=args.num_workers, use_gpu=args.use_gpu)
-
-
-def _stage_args(args) -> list[str]:
-    """`fastray flow`'s options of how a stage trains, as each stage's `fastray run` takes them."""
-    if args.num_workers < 1:
-        raise ValueError(f"--num-workers must be >= 1, got {args.num_workers}")
-    return ((["--num-workers", str(args.num_workers)] if args.num_workers != 1 else [])
-            + (["--use-gpu"] if args.use_gpu else []) + (["--placement", args.placement] if args.placement else []))
+                         workers=args.num_workers, use_gpu=args.use_gpu, placement=args.placement)
 
 
 def cmd_download(args) -> dict:

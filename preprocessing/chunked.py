@@ -228,13 +228,8 @@ def seconds_since(t0: float) -> float:
     return round(time.perf_counter() - t0, 3)
 
 
-def read_split(cache, manifest: dict, split: str, columns: list[str]):
-    """A cached split as a Ray Dataset of the given columns."""
-    return read_parquet_folder(cache.path(manifest["name"], manifest["key"]) / split, columns)
-
-
-def read_parquet_folder(folder: Path, columns: list[str] | None = None):
-    """A cache folder's parquet files as a materialized Ray Dataset, a block per file.
+def read_split(cache, manifest: dict, split: str, columns: list[str] | None = None):
+    """A cached split (of the given columns) as a materialized Ray Dataset, a block per file.
 
     Read here with pyarrow and put in the object store: the same blocks that
     `ray.data.read_parquet(...).materialize()` makes, without a Ray Data execution
@@ -246,7 +241,10 @@ def read_parquet_folder(folder: Path, columns: list[str] | None = None):
 
     from .runtime import init_ray
 
-    files = sorted(Path(folder).glob("*.parquet"))
+    if split not in manifest["rows"]:
+        raise KeyError(f"no split {split!r} in {manifest['name']} (splits: {', '.join(manifest['rows'])})")
+    folder = cache.path(manifest["name"], manifest["key"]) / split
+    files = sorted(folder.glob("*.parquet"))
     if not files:
         raise DataError(f"{folder}: no parquet files in this cache entry; preprocess again")
     init_ray()  # joins the run's Ray (ray.put alone would start a local one)

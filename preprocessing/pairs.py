@@ -48,7 +48,7 @@ import numpy as np
 
 from . import DataError, file_problem, open_regular, problem_message, regular_file
 from .cache import Cache, digest
-from .chunked import BadInput, read_parquet_folder
+from .chunked import BadInput, read_split
 from .text.corpus import load_tokens
 from .text.encoding import tokenize
 from .text.readers import find_table
@@ -420,9 +420,7 @@ def _positions(labels: np.ndarray, n: int, side: int | None = None) -> np.ndarra
 
 def read_pairs(cache: Cache, manifest: dict, split: str):
     """A cached split as a Ray Dataset (src, tgt, src_text, tgt_text, idx)."""
-    if split not in manifest["rows"]:
-        raise KeyError(f"no split {split!r} in {manifest['name']} (splits: {', '.join(manifest['rows'])})")
-    return read_parquet_folder(cache.path(manifest["name"], manifest["key"]) / split)
+    return read_split(cache, manifest, split)
 
 
 def load_pairs(cache: Cache, manifest: dict, split: str):

@@ -185,7 +185,7 @@ def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_work
     logger.info(f"[{name}] done in {logs.duration(total)}: {pipe.metric} {final:.4g}"
                 + (f" (best {best[1]:.4g} at epoch {best[0]})" if best else "")
                 + f"; checkpoint {checkpoint}; model in the run's artifacts (model/model.pt)\n"
-                + f"[{name}] see it in the MLflow UI: {tracking.run_url(uri, run_id)}"
+                + f"[{name}] see it in the MLflow UI: {tracking.shown(uri, tracking.run_url(uri, run_id))}"
                 if final is not None else f"[{name}] done in {logs.duration(total)}")
     return {
         "run_id": run_id,

@@ -274,7 +274,7 @@ def _die_with_parent() -> None:
 
 
 def _launch(p: Planned, stages: dict[str, Planned], *, flow: str, parent_id: str, uri: str, storage: str | None,
-            cache_dir: Path | None, on_bad: str, run_args: list[str], env: dict, count: str) -> subprocess.Popen:
+            cache_dir: Path | None, on_bad: str, how: list[str], env: dict, count: str) -> subprocess.Popen:
     sets = dict(p.sets)
     for fld, up in p.stage.inputs.items():
         sets[fld] = stages[up].run_id
@@ -290,7 +290,7 @@ def _launch(p: Planned, stages: dict[str, Planned], *, flow: str, parent_id: str
         argv += ["--cache-dir", str(cache_dir)]
     if logs.verbose():
         argv.append("-v")
-    argv += run_args  # how each stage trains (--num-workers, --use-gpu, --placement): not part of its identity
+    argv += how  # how each stage trains (--num-workers, --use-gpu, --placement): not part of its identity
     tags = {"fastray.stage_id": p.identity, "fastray.flow": flow, "fastray.stage": p.stage.name,
             "mlflow.parentRunId": parent_id}
     say(f"[{flow}] stage {count} {p.stage.name}: fastray run {p.stage.pipeline} --name {p.run_name}"
@@ -302,6 +302,14 @@ def _launch(p: Planned, stages: dict[str, Planned], *, flow: str, parent_id: str
                             preexec_fn=_die_with_parent)
     proc.out = out  # type: ignore[attr-defined]
     return proc
+
+
+def train_args(workers: int, use_gpu: bool, placement: str | None) -> list[str]:
+    """`fastray flow`'s options of how a stage trains, as each stage's `fastray run` takes them."""
+    if workers < 1:
+        raise ValueError(f"--num-workers must be >= 1, got {workers}")
+    return ((["--num-workers", str(workers)] if workers != 1 else []) + (["--use-gpu"] if use_gpu else [])
+            + (["--placement", placement] if placement else []))
 
 
 def fits(demands: list[list[tuple[float, float]]], nodes: list[tuple[float, float]]) -> bool:
@@ -318,8 +326,8 @@ def fits(demands: list[list[tuple[float, float]]], nodes: list[tuple[float, floa
 
 
 def execute(flow: Flow, stages: list[Planned], *, parent_id: str, uri: str, storage: str | None,
-            cache_dir: Path | None, on_bad: str, run_args: list[str] = (), workers: int = 1,
-            use_gpu: bool = False) -> None:
+            cache_dir: Path | None, on_bad: str, workers: int = 1, use_gpu: bool = False,
+            placement: str | None = None) -> None:
     """Launch each stage whose upstreams are done, beside the running ones while the
     cluster's nodes hold all their workers (the forward and backward LMs at once on a
     cluster of two nodes; one at a time on one machine); wait for them."""
@@ -334,6 +342,7 @@ def execute(flow: Flow, stages: list[Planned], *, parent_id: str, uri: str, stor
     nodes = [(n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
     # what each stage's `fastray run` asks for: `workers` workers of worker_cpus() CPUs (+1 GPU)
     demand = [(float(worker_cpus(workers)), 1.0 if use_gpu else 0.0)] * workers
+    how = train_args(workers, use_gpu, placement)
     by_name = {p.stage.name: p for p in stages}
     pending = [p for p in stages if p.status in ("run", "resume")]
     total, launched = len(pending), 0
@@ -348,7 +357,7 @@ def execute(flow: Flow, stages: list[Planned], *, parent_id: str, uri: str, stor
                     launched += 1
                     running[p.stage.name] = _launch(
                         p, by_name, flow=flow.name, parent_id=parent_id, uri=uri, storage=storage, cache_dir=cache_dir,
-                        on_bad=on_bad, run_args=list(run_args), env=env, count=f"{launched}/{total}")
+                        on_bad=on_bad, how=how, env=env, count=f"{launched}/{total}")
                     pending.remove(p)
             if not running:
                 break  # what is pending waits on a stage that failed
@@ -471,13 +480,14 @@ def summary(stages: list[Planned]) -> dict:
 
 def run(name: str, *, config: str | None, sets: list[str], data_for: Callable[[Any], tuple[Path | None, bool]],
         cache: Any, uri: str | None, storage: str | None, cache_dir: Path | None, on_bad: str = "skip",
-        dry_run: bool = False, start: str | None = None, until: str | None = None, run_args: list[str] = (),
-        workers: int = 1, use_gpu: bool = False) -> dict:
+        dry_run: bool = False, start: str | None = None, until: str | None = None, workers: int = 1,
+        use_gpu: bool = False, placement: str | None = None) -> dict:
     """`fastray flow NAME`: plan, reuse what is finished, run the rest, record one parent run."""
     from preprocessing.cache import digest
 
     t0 = time.perf_counter()
     flow = get(name)
+    train_args(workers, use_gpu, placement)  # a bad --num-workers fails before any work
     uri = tracking.resolve_uri(uri)
     tracking.require_reachable(uri)
     stages = plan(flow, config=config, sets=sets, data_for=data_for, cache=cache, on_bad=on_bad, dry_run=dry_run)
@@ -496,7 +506,7 @@ def run(name: str, *, config: str | None, sets: list[str], data_for: Callable[[A
     earlier = tracking.find_run(uri, exp_id, parent_name)
     if not todo:
         say(f"[{flow.name}] every stage was reused: nothing to train"
-            + (f"; the flow's run: {tracking.run_url(uri, earlier)}" if earlier else ""))
+            + (f"; the flow's run: {tracking.shown(uri, tracking.run_url(uri, earlier))}" if earlier else ""))
         if earlier is not None and tracking._client(uri).get_run(earlier).info.status == "FINISHED":
             return {**result, "parent_run_id": earlier, "reused": True, "metrics": _final(stages),
                     "seconds": round(time.perf_counter() - t0, 2)}
@@ -504,11 +514,12 @@ def run(name: str, *, config: str | None, sets: list[str], data_for: Callable[[A
                                       tags={"fastray.flow": flow.name, "fastray.flow_id": flow_id,
                                             **tracking.source_tags(f"fastray flow {flow.name}")})
     run_log = tracking.RunLogger(uri, parent_id)
-    say(f"[{flow.name}] MLflow parent run {parent_id}: {tracking.run_url(uri, parent_id)}")
+    url = tracking.run_url(uri, parent_id)
+    say(f"[{flow.name}] MLflow parent run {parent_id}: {tracking.shown(uri, url)}")
     status = "FINISHED"
     try:
         execute(flow, stages, parent_id=parent_id, uri=uri, storage=storage, cache_dir=cache_dir, on_bad=on_bad,
-                run_args=run_args, workers=workers, use_gpu=use_gpu)
+                workers=workers, use_gpu=use_gpu, placement=placement)
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -522,9 +533,9 @@ def run(name: str, *, config: str | None, sets: list[str], data_for: Callable[[A
             + "".join(f"; {k} {v:.4g}" for k, v in final.items()))
         for line in describe(flow, stages):
             say(line)
-        say(f"[{flow.name}] the flow's run, its stages and plots/flow.png: {tracking.run_url(uri, parent_id)}")
+        say(f"[{flow.name}] the flow's run, its stages and plots/flow.png: {tracking.shown(uri, url)}")
     return {**result, "stages": summary(stages), "parent_run_id": parent_id, "reused": False, "metrics": final,
-            "url": tracking.run_url(uri, parent_id), "seconds": round(time.perf_counter() - t0, 2)}
+            "url": url, "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def _final(stages: list[Planned]) -> dict:

@@ -71,7 +71,12 @@ def _ui(uri: str, page: str) -> str:
     """A page of the tracking server's UI; for a local store, of the one `fastray ui` serves."""
     if is_server(uri):
         return uri.rstrip("/") + page
-    return f"http://127.0.0.1:5000{page} (start it with `fastray ui`)"
+    return f"http://127.0.0.1:5000{page}"
+
+
+def shown(uri: str, url: str) -> str:
+    """A UI URL as a line for a person: for a local store, with how to start its UI."""
+    return url if is_server(uri) else f"{url} (start it with `fastray ui`)"
 
 
 def compare_url(uri: str, run_ids: list[str]) -> str:

@@ -328,7 +328,7 @@ def tune(
     parent.finish()
     logger.info(_table(results, pipe.metric, pipe.mode, max_epochs, callback.names()))
     logger.info(f"[{name}] best trial: {best_name} ({pipe.metric}={best.metrics[pipe.metric]:.4g})")
-    logger.info(f"[{name}] compare the {len(children)} trials: {compare}")
+    logger.info(f"[{name}] compare the {len(children)} trials: {tracking.shown(uri, compare)}")
     n_stopped = sum(int(r.metrics.get("epoch", 0)) < max_epochs for r in results if r.metrics)
     return {
         "parent_run_id": parent_id,
@@ -402,16 +402,11 @@ def _description(pipeline: str, n: int, metric: str, value: float, best_name: st
                  search: dict, uri: str) -> str:
     """The parent run's description (MLflow shows it as Markdown on the run's page)."""
     space = ", ".join(f"`{k}` {d}" for k, d in search["space"].items())
-    best = f"[{best_name}]({_page(tracking.run_url(uri, best_run))})" if best_run else "(not recorded)"
+    best = f"[{best_name}]({tracking.run_url(uri, best_run)})" if best_run else "(not recorded)"
     return (f"A search of {pipeline}: {n} trials ({search['search']} search over {space}; "
             f"{search['scheduler']}).\n\nBest trial: {best}, {metric} {value:.4g}.\n\n"
-            f"[Compare the trials]({_page(compare)}): its metrics table links each metric's histories; "
+            f"[Compare the trials]({compare}): its metrics table links each metric's histories; "
             "its Scatter Plot tab puts a searched value (params `hp.*`) against the metric.")
-
-
-def _page(url: str) -> str:
-    """A URL without the "(start it with `fastray ui`)" hint a local store's URLs carry."""
-    return url.split(" ", 1)[0]
 
 
 def _plot_trials(results, metric: str, mode: str, max_epochs: int, names: dict[str, str], folder: Path,

@@ -120,6 +120,6 @@ def load_folder(folder: Path) -> TokenArrays:
 
 def read_tokens(cache: Cache, manifest: dict, split: str):
     """A cached split as a Ray Dataset of ids, len, label (starts or joins Ray)."""
-    from ..chunked import read_parquet_folder
+    from ..chunked import read_split
 
-    return read_parquet_folder(_split_folder(cache, manifest, split))
+    return read_split(cache, manifest, split)

@@ -100,6 +100,7 @@ def test_ulmfit_flow_resumes_a_killed_stage_then_reuses_every_finished_one(tmp_p
     assert "resuming from the checkpoint of epoch" in resumed.stderr
     out = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert [s["status"] for s in out["stages"].values()] == ["reuse", "done"]
+    assert out["url"].startswith("http://127.0.0.1:5000/#/experiments/") and " " not in out["url"]  # a URL only
     lm_id = out["stages"]["lm"]["run_id"]
     runs = _runs(workdir)
     assert len(runs["imdb-lm"]) == 1 and len(runs["imdb-clas"]) == 1  # the LM trained once, one classifier run
@@ -129,15 +130,15 @@ def test_ulmfit_flow_resumes_a_killed_stage_then_reuses_every_finished_one(tmp_p
     assert (stages["lm"]["status"], stages["lm"]["run_id"], stages["clas"]["status"]) == ("reuse", lm_id, "run")
 
 
-def test_how_the_stages_train_goes_to_each_stage_run():
-    """--num-workers, --use-gpu and --placement reach every stage's `fastray run`."""
-    from pipelines.__main__ import _parser, _stage_args
-
-    args = _parser().parse_args(["flow", "ulmfit", "--num-workers", "2", "--placement", "spread", "--use-gpu"])
-    assert _stage_args(args) == ["--num-workers", "2", "--use-gpu", "--placement", "spread"]
-    assert _stage_args(_parser().parse_args(["flow", "ulmfit"])) == []
+def test_how_the_stages_train_goes_to_each_stage_run(tmp_path):
+    """--num-workers, --use-gpu and --placement reach every stage's `fastray run`; a bad
+    --num-workers fails before any work."""
+    assert flows.train_args(2, True, "spread") == ["--num-workers", "2", "--use-gpu", "--placement", "spread"]
+    assert flows.train_args(1, False, None) == []
     with pytest.raises(ValueError, match="--num-workers must be >= 1"):
-        _stage_args(_parser().parse_args(["flow", "ulmfit", "--num-workers", "0"]))
+        flows.run("ulmfit", config="tiny", sets=[], data_for=lambda pipe: (tmp_path, False), cache=None,
+                  uri=f"sqlite:///{tmp_path / 'mlruns.db'}", storage=None, cache_dir=None, workers=0)
+    assert not (tmp_path / "mlruns.db").exists()
 
 
 def test_stages_run_side_by_side_only_where_the_nodes_hold_their_workers():
