@@ -31,6 +31,9 @@ def init_ray(num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
+        # a Ray of this machine alone has no node to lose: no preemption watcher (an actor, so
+        # a process that imports Ray Train, on every run)
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         # the dashboard stays on: Ray Train's placement-group cleaner asks its State API
         # whether a killed driver's controller is gone
         # num_cpus (the tests'): a Ray of its own, even where another one runs on this machine

@@ -145,6 +145,9 @@ def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_work
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
         ),
         datasets=datasets,
+        # one worker reads each data set in its own process; a streaming split (several workers)
+        # costs a coordinator actor per data set, a process that imports Ray Data on every run
+        dataset_config=ray.train.DataConfig(datasets_to_split="all" if num_workers > 1 else []),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
     )
     t_fit = time.perf_counter()
