@@ -58,9 +58,9 @@ class KeptShard:
     """A worker's Ray Data shard, read through Ray Data once and then served from the
     worker's memory (on its device where the batches were made there).
 
-    Each epoch's iteration of a shard costs Ray Data a fresh start (its executor, the split
-    coordinator, a background thread that holds the GIL): on 2 CPU cores that was a large
-    part of an epoch of a few seconds. A data set that fits in KEEP_BYTES is what airbench
+    Each epoch's iteration of a shard costs Ray Data a fresh start (its executor and a
+    background thread that holds the GIL): on 2 CPU cores that was a large part of an epoch
+    of a few seconds. A data set that fits in KEEP_BYTES is what airbench
     keeps on the device anyway. The first complete iteration of each kind (method and
     arguments) is recorded while it streams; the next ones replay it, reshuffled in memory
     (a full permutation, drawn from the epoch) where the call asked for a shuffle. A shard

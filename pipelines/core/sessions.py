@@ -97,8 +97,9 @@ class RayTrainSession:
         return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp_kwargs or None)
 
     def shard(self, name: str):
-        """This worker's shard of `name`. One worker: read through Ray Data in its first
-        epoch, then from memory (batching.KeptShard). Several stream every epoch: their
+        """This worker's shard of `name`. One worker: the whole data set (no split: the
+        engine asks for none), read through Ray Data in this process in its first epoch, then
+        from memory (batching.KeptShard). Several stream every epoch: their
         shards come from one streaming split that waits for every worker to start each
         epoch, so one worker replaying while another (over the byte limit) streams would hang."""
         import ray.train
