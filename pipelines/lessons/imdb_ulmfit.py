@@ -121,8 +121,9 @@ LM_CONFIGS = {
 CLAS_CONFIGS = {
     "tiny": ClasConfig(**{**_SMALL, "vocab_size": 300, "sample_docs": 300, "emb_sz": 16, "n_hid": 32},
                        bs=16, epochs=3, unfreeze_epochs=(1, 1), lr=1e-2, max_len=120, lin_ftrs=(16,)),
-    "sample": ClasConfig(**_SMALL, bs=32, epochs=10, unfreeze_epochs=(1, 1), lr=1e-2, drop_mult=0.3, max_len=400,
-                         lin_ftrs=(32,)),  # stages of 1, 1 and 8 epochs
+    # stages of 1, 1 and 18 epochs; drop_mult 0.8 (0.3 before: 85-86 % -> 88-89 %, README)
+    "sample": ClasConfig(**_SMALL, bs=32, epochs=20, unfreeze_epochs=(1, 1), lr=1e-2, drop_mult=0.8, max_len=400,
+                         lin_ftrs=(32,)),
     "default": ClasConfig(bs=48, lr=3e-3, drop_mult=0.5, epochs=16, unfreeze_epochs=(1, 1)),  # lesson 10 (GPU): 1, 1, 14
 }
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.core import config as configs
-from pipelines.core import flows
+from pipelines.core import flows, registry
 from preprocessing.samples import imdb as imdb_samples
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,6 +115,26 @@ def test_ulmfit_flow_resumes_a_killed_stage_then_reuses_every_finished_one(tmp_p
 
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}")
     assert "plots/flow.png" in {f.path for f in client.list_artifacts(out["parent_run_id"], "plots")}
+
+    # what each stage trained: the LM from random init, its encoder an artifact; the
+    # classifier from that encoder with gradual unfreezing and discriminative LRs
+    killed = (workdir / "killed.log").read_text()
+    assert "random init" in killed and f"encoder loaded from the imdb-lm run {lm_id}" in killed
+    lm = runs["imdb-lm"][0].data.metrics
+    assert 1 < lm["perplexity"] < 300 and 0 < lm["valid_accuracy"] <= 1  # vocab 300: random is ~300
+    assert lm["train_loss"] > lm["train_ce"] > 0  # optimised: CE + AR + TAR
+    assert "encoder/encoder.pt" in {a.path for a in client.list_artifacts(lm_id, "encoder")}
+    assert clas.data.tags["fastray.init"] == f"encoder:run:{lm_id}"
+
+    def by_step(key: str) -> dict:  # a resumed epoch may log its step again: the last value counts
+        hist = sorted(client.get_metric_history(clas.info.run_id, key), key=lambda m: m.timestamp)
+        return {m.step: m.value for m in hist}
+
+    n = registry.get("imdb-clas").configs["tiny"].n_layers + 2  # embedding, LSTMs, head
+    frozen = by_step("frozen_groups")
+    assert [frozen[k] for k in sorted(frozen)] == [n - 1, n - 2, 0, 0]  # all but the head, the last two, none
+    lrs = [by_step(f"sched_lr_group{i}") for i in range(n)]
+    assert len(lrs[0]) == 4 and all(lrs[i + 1][k] / lrs[i][k] == pytest.approx(2.6) for i in range(n - 1) for k in lrs[0])
 
     # 3. again: nothing trained, no MLflow run made
     again = _fastray(workdir, env, *flow)

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 
 from models.awd_lstm import encoder_state
 from pipelines.__main__ import main
@@ -55,7 +54,7 @@ def test_registered_with_phases_of_gradual_unfreezing():
             for epochs in (1, 2, c.epochs):
                 plan(pipe, dataclasses.replace(c, epochs=epochs), 10)
     assert [p.frozen for p in clas.phases(dataclasses.replace(cfg, epochs=1))] == [tuple(range(n - 1))] * 3
-    assert clas.configs["sample"].epochs == 10 and clas.configs["sample"].unfreeze_epochs == (1, 1)  # 1, 1, 8
+    assert clas.configs["sample"].epochs == 20 and clas.configs["sample"].unfreeze_epochs == (1, 1)  # 1, 1, 18
 
 
 def test_slanted_triangles_and_stage_lrs():
@@ -97,47 +96,23 @@ def test_bad_encoder_is_one_line_and_exit_1(capsys, imdb_small, workdir):
     assert code == 1 and "pretrained /no/wt103.pt: no such file" in err and "Traceback" not in err
 
 
-def test_lm_then_classifier_on_its_encoder(capsys, imdb_small, workdir, ray_session):
-    # the LM: perplexity, its encoder logged as an artifact
+def test_classifier_shares_the_lm_tokens_and_checks_an_encoder_file_first(capsys, imdb_small, workdir, tmp_path):
+    """The LM and the classifier tokenize once between them; an encoder file of another
+    vocabulary fails before any work. (What the two train, from the command line: the
+    ulmfit flow test in tests/core/test_flows.py.)"""
     code, p1, _ = run_cli(capsys, "preprocess", "imdb-lm", "--data", str(imdb_small), "--config", "tiny")
     assert code == 0 and p1["cache"] == "miss" and set(p1["rows"]) == {"train", "valid", "unsup"}
-    code, lm, err = run_cli(capsys, "run", "imdb-lm", "--data", str(imdb_small), "--config", "tiny", "--name", "lm")
-    assert code == 0, err
-    assert "random init" in err
-    assert lm["cache"] == "hit" and 1 < lm["metrics"]["perplexity"] < 300  # vocab 300: random is ~300
-    assert 0 < lm["metrics"]["valid_accuracy"] <= 1
-    assert lm["metrics"]["train_loss"] > lm["metrics"]["train_ce"] > 0  # optimised: CE + AR + TAR
-    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}")
-    assert "encoder.pt" in [Path(a.path).name for a in client.list_artifacts(lm["run_id"], "encoder")]
-
-    # the same tokenization: the classifier's preprocess hits the LM's cache
     code, p2, _ = run_cli(capsys, "preprocess", "imdb-clas", "--data", str(imdb_small), "--config", "tiny")
     assert code == 0 and p2["cache"] == "hit" and p2["key"] == p1["key"]
 
-    code, clas, err = run_cli(capsys, "run", "imdb-clas", "--data", str(imdb_small), "--config", "tiny",
-                              "--name", "clas", "--set", f"encoder={lm['run_id']}")
-    assert code == 0, err
-    assert f"encoder loaded from the imdb-lm run {lm['run_id']}" in err
-    assert 0 <= clas["metrics"]["accuracy"] <= 1 and clas["metrics"]["epoch"] == 3
-    run = client.get_run(clas["run_id"])
-    assert run.data.tags["fastray.init"] == f"encoder:run:{lm['run_id']}"
-    # discriminative LRs, one metric per layer group, each 2.6x the one before
-    n = registry.get("imdb-clas").configs["tiny"].n_layers + 2
-    lrs = [[m.value for m in client.get_metric_history(clas["run_id"], f"sched_lr_group{i}")] for i in range(n)]
-    assert all(len(h) == 3 for h in lrs)
-    for epoch in range(3):
-        for i in range(n - 1):
-            assert lrs[i + 1][epoch] / lrs[i][epoch] == pytest.approx(2.6)
-    # gradual unfreezing: all but the head, all but the last two groups, nothing frozen
-    frozen = [m.value for m in client.get_metric_history(clas["run_id"], "frozen_groups")]
-    assert frozen == [n - 1, n - 2, 0]
-
-    # a file path works too, and a vocabulary that differs is a clear error
-    enc = Path(client.download_artifacts(lm["run_id"], "encoder/encoder.pt", str(workdir)))
+    lm = registry.get("imdb-lm")
+    enc = tmp_path / "encoder.pt"
+    torch.save(encoder_state(lm.build_model(lm.configs["tiny"])), enc)  # vocab_size 300
     code, _, err = run_cli(capsys, "run", "imdb-clas", "--data", str(imdb_small), "--config", "tiny",
                            "--set", f"encoder={enc}", "--set", "vocab_size=200", "--set", "sample_docs=200")
     lines = [l for l in err.splitlines() if l.startswith("fastray: error:")]
     assert code == 1 and len(lines) == 1 and "vocabulary has 300 tokens" in lines[0], err
+    assert "Traceback" not in err and not any(workdir.glob("runs/*"))
 
 
 def _train_here(name: str, cfg, cache: Cache, manifest: dict) -> LocalSession:
@@ -173,7 +148,8 @@ def test_fine_tuned_encoder_beats_random_init(tmp_path, ray_session):
     enc = tmp_path / "encoder.pt"
     torch.save(encoder_state(model), enc)
 
-    clas_cfg = dataclasses.replace(registry.get("imdb-clas").configs["sample"], epochs=4, unfreeze_epochs=(1, 1), bs=16)
+    clas_cfg = dataclasses.replace(registry.get("imdb-clas").configs["sample"], epochs=4, unfreeze_epochs=(1, 1), bs=16,
+                                   drop_mult=0.3)  # 4 epochs: the lighter dropout fits them
     acc = {}
     for init, src in (("fine-tuned", str(enc)), ("random", "")):
         run = _train_here("imdb-clas", dataclasses.replace(clas_cfg, encoder=src), cache, manifest)
