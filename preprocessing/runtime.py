@@ -29,7 +29,12 @@ def init_ray(num_cpus: int | None = None) -> None:
     address = os.environ.get("RAY_ADDRESS")
     kwargs: dict = dict(logging_level=logging.WARNING, configure_logging=not log_file, log_to_driver=not log_file)
     if address:
-        ray.init(address=address, **kwargs)
+        _check_reachable(address)
+        try:
+            ray.init(address=address, **kwargs)
+        except ConnectionError as e:  # something listens there, but not a Ray that lets us in
+            raise ValueError(f"RAY_ADDRESS={address}: {str(e).splitlines()[0]}; start one (ray start --head) "
+                             "or unset RAY_ADDRESS for a local Ray") from None
     else:
         # a Ray of this machine alone has no node to lose: no preemption watcher (an actor, so
         # a process that imports Ray Train, on every run)
@@ -44,6 +49,23 @@ def init_ray(num_cpus: int | None = None) -> None:
 
     DataContext.get_current().enable_progress_bars = not log_file
     DataContext.get_current().print_on_execution_start = False
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A RAY_ADDRESS of host:port (or ray://host:port) that nothing listens on is a one-line
+    error within seconds: ray.init retries each of its 20 attempts for as long as the network
+    lets it (10 minutes and counting on 127.0.0.1:1), then ends in a traceback."""
+    import re
+    import socket
+
+    m = re.fullmatch(r"(?:ray://)?\[?([^\[\]/]+?)\]?:(\d+)", address.strip())
+    if not m:  # "auto" and the like: Ray resolves them
+        return
+    try:
+        socket.create_connection((m.group(1), int(m.group(2))), timeout=timeout).close()
+    except OSError as e:
+        raise ValueError(f"RAY_ADDRESS={address}: no Ray cluster answers there ({e.strerror or e}); start one "
+                         "(ray start --head) or unset RAY_ADDRESS for a local Ray") from None
 
 
 _handlers: dict[str, logging.Handler] = {}

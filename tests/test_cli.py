@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -49,6 +50,19 @@ def test_bad_input_is_one_line_and_exit_1(argv, msg, capsys, tmp_path, cifar_sma
     lines = [l for l in err.splitlines() if l.startswith("fastray: error:")]
     assert code == 1 and len(lines) == 1 and msg in lines[0], err
     assert "Traceback" not in err
+
+
+def test_a_ray_address_where_nothing_listens_is_one_line_within_seconds(cifar_small, workdir):
+    """ray.init on such an address retried for over ten minutes, then printed a traceback."""
+    with socket.socket() as s:  # a port just freed: nothing listens on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    out = subprocess.run([sys.executable, "-m", "pipelines", "run", "cifar10-darknet", "--data", str(cifar_small),
+                          "--config", "tiny"], env=env, capture_output=True, text=True, cwd=workdir, timeout=120)
+    lines = [l for l in out.stderr.splitlines() if l.startswith("fastray: error:")]
+    assert out.returncode == 1 and len(lines) == 1, out.stderr[-3000:]
+    assert f"RAY_ADDRESS=127.0.0.1:{port}: no Ray cluster answers there" in lines[0] and "Traceback" not in out.stderr
 
 
 def test_preprocess_twice_hits_the_cache(capsys, cifar_small, workdir, ray_session):
