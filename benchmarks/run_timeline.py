@@ -1,0 +1,126 @@
+"""Where a short run's fixed cost goes (issue 19): the phases of `fastray run` from the
+process's start to its exit, read off the time each of its log lines arrives.
+
+Starts a local Ray (as the test suite shares one), generates a small CIFAR-10 sample, warms
+the preprocessing cache, then runs `fastray run cifar10-darknet --config tiny -v` --repeat
+times, each a new process joining that Ray, and times, per run:
+
+    start -> header       imports, config, cache check, the MLflow run made
+    header -> controller  Ray Train's controller actor up (its first line)
+    controller -> workers its worker group started (a new process: torch, the pipeline, gloo)
+    workers -> epoch 1    the worker's set-up and the first epoch
+    epoch 1 -> last epoch the other epochs
+    last epoch -> done    the model logged to MLflow, the controller seeing the end
+    done -> exit          the driver's shutdown
+
+Writes benchmarks/results/run_timeline.json (every run's phases, and the median of each)
+and prints one JSON line of the medians.
+
+    python benchmarks/run_timeline.py [--repeat N] [--images N]
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+# run as a script, this folder is sys.path[0], and its tokenize.py would shadow the
+# standard library's: put the repository root there instead
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "run_timeline.json"
+# (phase name, the first line that ends it)
+MARKS = [("start -> header", re.compile(r"^\[\w+\] cifar10-darknet, config")),
+         ("header -> controller", re.compile(r"TrainController pid=")),
+         ("controller -> workers", re.compile(r"Started training worker group")),
+         ("workers -> epoch 1", re.compile(r"^\[\w+\] epoch 1/")),
+         ("epoch 1 -> last epoch", re.compile(r"^\[\w+\] epoch (\d+)/\1 ")),
+         ("last epoch -> done", re.compile(r"^\[\w+\] done in ")),
+         ("done -> exit", None)]
+
+
+def timed_lines(argv: list[str], env: dict, cwd: Path) -> tuple[list[tuple[float, str]], float, int]:
+    """Run argv; (seconds since its start at which each stderr line arrived, line), the
+    seconds to its exit, and its exit code."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         bufsize=1)
+    lines: list[tuple[float, str]] = []
+    reader = threading.Thread(target=lambda: lines.extend((time.perf_counter() - t0, l.rstrip()) for l in p.stderr))
+    reader.start()
+    code = p.wait()
+    end = time.perf_counter() - t0
+    reader.join()
+    return lines, end, code
+
+
+def phases(lines: list[tuple[float, str]], end: float) -> dict[str, float]:
+    """Each phase's seconds: the time between the lines that open and close it."""
+    out, last = {}, 0.0
+    for name, mark in MARKS:
+        t = end if mark is None else next((t for t, l in lines if mark.search(l)), None)
+        if t is None:
+            raise SystemExit(f"no line for the end of '{name}' in the run's output:\n"
+                             + "\n".join(l for _, l in lines[-20:]))
+        out[name] = round(t - last, 2)
+        last = t
+    out["whole"] = round(end, 2)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeat", type=int, default=3, help="runs timed (each a new process)")
+    ap.add_argument("--images", type=int, default=300, help="CIFAR-10 sample images")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    import ray
+
+    from preprocessing.runtime import init_ray
+    from preprocessing.samples import cifar10
+
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fastray-timeline-") as d:
+        work = Path(d)
+        cifar10.cifar10(work / "cifar10", size=args.images, seed=0)
+        os.environ.pop("RAY_ADDRESS", None)
+        init_ray(num_cpus=2)
+        env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+               "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "pipelines"]
+        data = ["--data", str(work / "cifar10"), "--config", "tiny"]
+        subprocess.run([*cmd, "preprocess", "cifar10-darknet", *data], env=env, cwd=work, check=True,
+                       capture_output=True)  # a warm cache: no run below preprocesses
+        runs = []
+        for i in range(args.repeat):
+            lines, end, code = timed_lines([*cmd, "run", "cifar10-darknet", *data, "--name", f"t{i}", "-v"], env, work)
+            if code != 0:
+                raise SystemExit(f"run {i} exited {code}:\n" + "\n".join(l for _, l in lines[-20:]))
+            runs.append(phases(lines, end))
+            print(f"  run {i + 1}/{args.repeat}: " + ", ".join(f"{k} {v}" for k, v in runs[-1].items()),
+                  file=sys.stderr, flush=True)
+        ray.shutdown()
+    median = {k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]}
+    res = {"command": "fastray run cifar10-darknet --config tiny -v (joining a running local Ray, warm cache)",
+           "images": args.images, "median_seconds": median, "runs": runs,
+           "seconds": round(time.perf_counter() - t_all, 1), "load_average": os.getloadavg(),
+           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                    text=True).stdout.strip()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=1) + "\n")
+    print(json.dumps({"median_seconds": median, "seconds": res["seconds"]}))
+    return res
+
+
+if __name__ == "__main__":
+    main()
