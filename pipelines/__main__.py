@@ -398,12 +398,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _exit(code: int) -> None:
-    """Exit with `code` once the atexit handlers ran (Ray's shutdown, which stops a Ray this
-    command started, MLflow's and logging's flushes): the interpreter's own teardown after
-    them (torch's, Ray's core worker's) took 1.6 s of a tiny run's 24 s and kept nothing."""
+def cli() -> None:
+    """The `fastray` command (and `python -m pipelines`): main(), then the exit once the
+    atexit handlers ran (Ray's shutdown, which stops a Ray this command started, MLflow's and
+    logging's flushes). The interpreter's own teardown after them (torch's, Ray's core
+    worker's) kept nothing and took 1.7 s of a short run (benchmarks/run_timeline.py)."""
     import atexit
 
+    try:
+        code = main()
+    except SystemExit as e:  # argparse's usage errors (2) and --help (0)
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
     sys.stdout.flush()
     sys.stderr.flush()
     atexit._run_exitfuncs()
@@ -411,8 +416,4 @@ def _exit(code: int) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        code = main()
-    except SystemExit as e:  # argparse's usage errors (2) and --help (0)
-        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
-    _exit(code)
+    cli()

@@ -33,8 +33,7 @@ def init_ray(num_cpus: int | None = None) -> None:
         try:
             ray.init(address=address, **kwargs)
         except ConnectionError as e:  # something listens there, but not a Ray that lets us in
-            raise ValueError(f"RAY_ADDRESS={address}: {str(e).splitlines()[0]}; start one (ray start --head) "
-                             "or unset RAY_ADDRESS for a local Ray") from None
+            raise ValueError(f"RAY_ADDRESS={address}: {str(e).splitlines()[0]}; {_NO_RAY_HINT}") from None
     else:
         # a Ray of this machine alone has no node to lose: no preemption watcher (an actor, so
         # a process that imports Ray Train, on every run)
@@ -51,6 +50,9 @@ def init_ray(num_cpus: int | None = None) -> None:
     DataContext.get_current().print_on_execution_start = False
 
 
+_NO_RAY_HINT = "start one (ray start --head) or unset RAY_ADDRESS for a local Ray"
+
+
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
     """A RAY_ADDRESS of host:port (or ray://host:port) that nothing listens on is a one-line
     error within seconds: ray.init retries each of its 20 attempts for as long as the network
@@ -64,8 +66,8 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((m.group(1), int(m.group(2))), timeout=timeout).close()
     except OSError as e:
-        raise ValueError(f"RAY_ADDRESS={address}: no Ray cluster answers there ({e.strerror or e}); start one "
-                         "(ray start --head) or unset RAY_ADDRESS for a local Ray") from None
+        raise ValueError(f"RAY_ADDRESS={address}: no Ray cluster answers there ({e.strerror or e}); "
+                         f"{_NO_RAY_HINT}") from None
 
 
 _handlers: dict[str, logging.Handler] = {}
