@@ -9,14 +9,16 @@ stratified valid fraction of train.csv, the sample config's valid_frac and seed)
    ratios, an L2 penalty, full-batch L-BFGS), its n-grams (1 or 1-2), NB scaling and
    penalty chosen per label by ROC AUC on a held-out fifth of train, refitted on all of
    train and scored on valid;
-2. `fastray run text-lm --config sample`, then `fastray run text-clas --config sample --set
-   encoder=<its run id>` (subprocesses, the CLI as a user types it), whose validation ROC
-   AUCs are the classifier's figures.
+2. `fastray flow text-ulmfit --config sample --set backwards=true` (a subprocess, the CLI as
+   a user types it): text-lm, then text-clas on its encoder; the same backwards (lesson
+   10's backward LM and classifier); then text-ensemble, the mean of the two classifiers'
+   probabilities. Their validation ROC AUCs are the classifiers' figures.
 
-The figure both are judged by is Kaggle's: the mean over the six labels of each label's ROC
+The figure all are judged by is Kaggle's: the mean over the six labels of each label's ROC
 AUC. Writes benchmarks/results/text_clas_vs_ngrams.json and prints one JSON line:
-``{"ngram_mean_auc", "text_clas_mean_auc", "margin", "passed", ...}`` (passed: text-clas's
-mean AUC >= the n-grams').
+``{"ngram_mean_auc", "text_clas_mean_auc", "backward_mean_auc", "ensemble_mean_auc",
+"margin", "ensemble_margin", "passed", "ensemble_passed", ...}`` (passed: the forward
+text-clas's mean AUC >= the n-grams'; ensemble_passed: the ensemble's).
 
     python benchmarks/text_clas_vs_ngrams.py [--data DIR] [--work DIR] [--skip-text-clas]
         [--lm-set KEY=VALUE ...] [--clas-set KEY=VALUE ...]
@@ -114,14 +116,24 @@ def ngram_baseline(split: dict, seed: int = 0, min_df: int = 2) -> dict:
     return res
 
 
+def per_label(m: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in m.items() if k.startswith(prefix)}
+
+
 def text_clas(data: Path, work: Path, lm_set: list[str], clas_set: list[str]) -> dict:
-    st = lm_then_clas("text-ulmfit", data, work, lm_set, clas_set)
-    lm, m = st["lm"], st["clas"]["metrics"]
-    return {"text_clas_mean_auc": m["roc_auc"], "text_clas_auc": {k[len("valid_auc_"):]: v for k, v in m.items()
-                                                                  if k.startswith("valid_auc_")},
-            "text_clas_f1": {k[len("valid_f1_"):]: v for k, v in m.items() if k.startswith("valid_f1_")},
-            "lm_perplexity": lm["metrics"].get("perplexity"), "lm_run_id": lm["run_id"],
-            "clas_run_id": st["clas"]["run_id"], "lm_set": lm_set, "clas_set": clas_set, "flow_seconds": st["seconds"]}
+    """`fastray flow text-ulmfit --set backwards=true`: the forward LM and classifier, the
+    backward ones, and text-ensemble's mean of the two classifiers' probabilities."""
+    st = lm_then_clas("text-ulmfit", data, work, lm_set, clas_set, ("backwards=true",))
+    lm, m, e = st["lm"], st["clas"]["metrics"], st["ensemble"]["metrics"]
+    return {"text_clas_mean_auc": m["roc_auc"], "text_clas_auc": per_label(m, "valid_auc_"),
+            "text_clas_f1": per_label(m, "valid_f1_"),
+            "backward_mean_auc": st["clas_bwd"]["metrics"]["roc_auc"],
+            "backward_auc": per_label(st["clas_bwd"]["metrics"], "valid_auc_"),
+            "ensemble_mean_auc": e["roc_auc"], "ensemble_auc": per_label(e, "auc_"),
+            "lm_perplexity": lm["metrics"].get("perplexity"),
+            "lm_bwd_perplexity": st["lm_bwd"]["metrics"].get("perplexity"),
+            "run_ids": {k: v["run_id"] for k, v in st.items() if isinstance(v, dict)},
+            "lm_set": lm_set, "clas_set": clas_set, "flow_seconds": st["seconds"]}
 
 
 def main(argv=None) -> dict:
@@ -153,11 +165,16 @@ def main(argv=None) -> dict:
             print("text-lm then text-clas, sample configs ...", file=sys.stderr, flush=True)
             res.update(text_clas(data, work, args.lm_set, args.clas_set))
             res["margin"] = res["text_clas_mean_auc"] - res["ngram_mean_auc"]
+            res["ensemble_margin"] = res["ensemble_mean_auc"] - res["ngram_mean_auc"]
             res["passed"] = res["margin"] >= 0
-            print(f"text-clas: mean valid AUC {res['text_clas_mean_auc']:.4f} (LM perplexity "
-                  f"{res['lm_perplexity']:.3f}); margin {res['margin']:+.4f}", file=sys.stderr, flush=True)
+            res["ensemble_passed"] = res["ensemble_margin"] >= 0
+            print(f"text-clas: mean valid AUC forward {res['text_clas_mean_auc']:.4f} (LM perplexity "
+                  f"{res['lm_perplexity']:.3f}), backward {res['backward_mean_auc']:.4f}, ensemble "
+                  f"{res['ensemble_mean_auc']:.4f}; margins {res['margin']:+.4f}, {res['ensemble_margin']:+.4f}",
+                  file=sys.stderr, flush=True)
     save(res, args.out, t0)
-    keys = ("ngram_mean_auc", "text_clas_mean_auc", "lm_perplexity", "margin", "passed", "seconds")
+    keys = ("ngram_mean_auc", "text_clas_mean_auc", "backward_mean_auc", "ensemble_mean_auc", "lm_perplexity",
+            "margin", "ensemble_margin", "passed", "ensemble_passed", "seconds")
     print(json.dumps({k: res[k] for k in keys if k in res}))
     return res
 

@@ -203,12 +203,14 @@ def save(res: dict, out: Path, t0: float) -> None:
     out.write_text(json.dumps(res, indent=1) + "\n")
 
 
-def lm_then_clas(flow: str, data: Path, work: Path, lm_set: list[str], clas_set: list[str]) -> dict:
+def lm_then_clas(flow: str, data: Path, work: Path, lm_set: list[str], clas_set: list[str],
+                 flow_set: tuple[str, ...] = ()) -> dict:
     """`fastray flow FLOW` (the LM, then the classifier on its encoder) with the sample configs
-    on `data`; {"lm": stage, "clas": stage} of its JSON (each with run_id and metrics)."""
+    on `data`; {"lm": stage, "clas": stage, ...} of its JSON (each with run_id and metrics).
+    flow_set: the flow's own options (backwards=true)."""
     storage = work / "storage"
     storage.mkdir(parents=True, exist_ok=True)
-    sets = [f"lm.{s}" for s in lm_set] + [f"clas.{s}" for s in clas_set]
+    sets = [f"lm.{s}" for s in lm_set] + [f"clas.{s}" for s in clas_set] + list(flow_set)
     out = run_cli(["flow", flow, "--data", str(data), "--config", "sample", "--storage", str(storage),
                    "--tracking-uri", f"sqlite:///{storage}/mlruns.db", *sum((["--set", s] for s in sets), [])],
                   work / "fastray.log")

@@ -79,8 +79,17 @@ FLOWS: dict[str, Flow] = {
     "text-ulmfit": Flow(
         "text-ulmfit", 10,
         "ULMFiT on a user's table (CSV, TSV or parquet; one label or many, as Kaggle's toxic comments): "
-        "the language model fine-tuned on its text, then text-clas on its encoder.",
-        (Stage("lm", "text-lm"), Stage("clas", "text-clas", inputs={"encoder": "lm"})),
+        "the language model fine-tuned on its text, then text-clas on its encoder; --set backwards=true adds "
+        "the backward LM and classifier and their ensemble (its own submission.csv).",
+        (
+            Stage("lm", "text-lm"),
+            Stage("clas", "text-clas", inputs={"encoder": "lm"}),
+            Stage("lm_bwd", "text-lm", sets={"backwards": "true"}, when="backwards"),
+            Stage("clas_bwd", "text-clas", inputs={"encoder": "lm_bwd"}, sets={"backwards": "true"},
+                  when="backwards"),
+            Stage("ensemble", "text-ensemble", inputs={"forward": "clas", "backward": "clas_bwd"}, when="backwards"),
+        ),
+        options={"backwards": False},
     ),
 }
 

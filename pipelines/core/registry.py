@@ -29,6 +29,7 @@ PIPELINES: dict[str, Entry] = {
     "imdb-ensemble": Entry("pipelines.lessons.ulmfit_ensemble:ImdbEnsemble", 10, "imdb", "accuracy"),
     "text-lm": Entry("pipelines.lessons.text_clas:TextLM", 10, "jigsaw-toxic", "perplexity", "min"),
     "text-clas": Entry("pipelines.lessons.text_clas:TextClas", 10, "jigsaw-toxic", "roc_auc"),
+    "text-ensemble": Entry("pipelines.lessons.ulmfit_ensemble:TextEnsemble", 10, "jigsaw-toxic", "roc_auc"),
     "translate": Entry("pipelines.lessons.translate:Translate", 11, "giga-fren", "bleu"),
     "cifar10-darknet": Entry("pipelines.lessons.cifar10_darknet:Cifar10Darknet", 12, "cifar10", "accuracy"),
     "wgan": Entry("pipelines.lessons.gans:WGANPipeline", 12, "lsun", "fd", "min"),

@@ -477,13 +477,45 @@ class Classifier(_UlmfitBase):
             space["cut_div"] = tune.uniform(3.0, 12.0)
         return space
 
+    def loss(self, out: torch.Tensor, y: torch.Tensor, manifest: dict, reduction: str = "mean") -> torch.Tensor:
+        """The loss of the head's outputs (N, C) against targets() (cross entropy here; the
+        sum of a row's losses is one row's worth, so that evaluate's sum over n rows is n of them)."""
+        return F.cross_entropy(out, y, reduction=reduction)
+
+    def activate(self, out: torch.Tensor, manifest: dict) -> torch.Tensor:
+        """The head's outputs as probabilities (a softmax over the classes here)."""
+        return out.softmax(1)
+
+    def score(self, probs: np.ndarray, y: np.ndarray, result: dict) -> dict[str, float]:
+        """The metrics of every validation row's probabilities (N, C) and targets at once
+        (result: one worker's evaluate() output, for what it says of the data)."""
+        return {"accuracy": float((probs.argmax(1) == y).mean()) if len(y) else 0.0}
+
     def train_step(self, model, batch, ctx: RunContext) -> dict[str, torch.Tensor]:
         x, y = batch
-        return {"loss": F.cross_entropy(model(x).float(), y)}
+        return {"loss": self.loss(model(x).float(), y, ctx.manifest)}
 
-    def evaluate(self, model, batches: Iterable, ctx: RunContext) -> dict[str, float]:
+    def evaluate(self, model, batches: Iterable, ctx: RunContext) -> dict[str, Any]:
+        """This worker's probabilities and targets, row by row in batch order, and its summed
+        loss: combine() scores every row at once (an AUC or a threshold needs them all), and
+        an ensemble (ulmfit_ensemble.py) averages two runs' probabilities before it does."""
         m = unwrap(model)
-        return classification_metrics((m(x), y) for x, y in batches)
+        probs, ys, loss = [], [], 0.0
+        for x, y in batches:
+            out = m(x).float()
+            loss += float(self.loss(out, y, ctx.manifest, "sum"))
+            probs.append(self.activate(out, ctx.manifest).cpu().numpy())
+            ys.append(y.cpu().numpy())
+        empty = self.targets(np.zeros(0, np.int64), ctx, train=False).numpy()  # (0,) or (0, labels)
+        return {"n": sum(len(y) for y in ys), "loss": loss,
+                "probs": np.concatenate(probs) if probs else np.zeros((0, self.n_classes), np.float32),
+                "targets": np.concatenate(ys) if ys else empty}
+
+    def combine(self, results: list[dict[str, Any]]) -> dict[str, float]:
+        n = sum(r["n"] for r in results)
+        probs = np.concatenate([r["probs"] for r in results])
+        y = np.concatenate([r["targets"] for r in results])
+        return {"loss": sum(r["loss"] for r in results) / max(n, 1), **self.score(probs, y, results[0]), "n": n}
 
 
 class ImdbClas(Classifier):

@@ -222,38 +222,25 @@ class TextClas(Classifier):
         y = self._labels(ctx, "train" if train else "valid")[labels]
         return torch.from_numpy(y.astype(np.float32) if ctx.manifest["table"]["multi"] else y.astype(np.int64))
 
-    def train_step(self, model, batch, ctx: RunContext) -> dict[str, torch.Tensor]:
-        x, y = batch
-        out = model(x).float()
-        if ctx.manifest["table"]["multi"]:
-            return {"loss": F.binary_cross_entropy_with_logits(out, y)}
-        return {"loss": F.cross_entropy(out, y)}
+    def loss(self, out, y, manifest: dict, reduction: str = "mean") -> torch.Tensor:
+        """Multi-label: BCE of each label's sigmoid (a row's sum is its mean over the labels)."""
+        if not manifest["table"]["multi"]:
+            return super().loss(out, y, manifest, reduction)
+        if reduction == "sum":
+            return F.binary_cross_entropy_with_logits(out, y, reduction="sum") / out.shape[1]
+        return F.binary_cross_entropy_with_logits(out, y, reduction=reduction)
+
+    def activate(self, out, manifest: dict) -> torch.Tensor:
+        return out.sigmoid() if manifest["table"]["multi"] else out.softmax(1)
 
     def evaluate(self, model, batches: Iterable, ctx: RunContext) -> dict[str, Any]:
-        """This worker's probabilities and targets: AUC and thresholds need every row at once
-        (combine)."""
-        m, table = unwrap(model), ctx.manifest["table"]
-        probs, ys, loss = [], [], 0.0
-        for x, y in batches:
-            out = m(x).float()
-            if table["multi"]:
-                loss += float(F.binary_cross_entropy_with_logits(out, y, reduction="sum")) / out.shape[1]
-                probs.append(out.sigmoid().cpu().numpy())
-            else:
-                loss += float(F.cross_entropy(out, y, reduction="sum"))
-                probs.append(out.softmax(1).cpu().numpy())
-            ys.append(y.cpu().numpy())
-        k = len(table["classes"])
-        return {"n": sum(len(y) for y in ys), "loss": loss, "classes": table["classes"], "multi": table["multi"],
-                "probs": np.concatenate(probs) if probs else np.zeros((0, k), np.float32),
-                "targets": np.concatenate(ys) if ys else np.zeros((0, k) if table["multi"] else 0)}
+        table = ctx.manifest["table"]
+        return {**super().evaluate(model, batches, ctx), "classes": table["classes"], "multi": table["multi"]}
 
-    def combine(self, results: list[dict[str, Any]]) -> dict[str, float]:
-        n = sum(r["n"] for r in results)
-        probs = np.concatenate([r["probs"] for r in results])
-        y = np.concatenate([r["targets"] for r in results])
-        metrics, self._thresholds = table_metrics(probs, y, results[0]["classes"], results[0]["multi"])
-        return {"loss": sum(r["loss"] for r in results) / max(n, 1), **metrics, "n": n}
+    def score(self, probs: np.ndarray, y: np.ndarray, result: dict) -> dict[str, float]:
+        """table_metrics (the thresholds chosen here are the ones on_epoch_end writes)."""
+        metrics, self._thresholds = table_metrics(probs, y, result["classes"], result["multi"])
+        return metrics
 
     def on_epoch_end(self, model, ctx: RunContext) -> dict[str, list[Path]]:
         """After the last epoch: the thresholds chosen on validation (multi-label) and the
@@ -292,7 +279,7 @@ class TextClas(Classifier):
         with torch.no_grad():
             for b in batching.sorted_batches([len(d) for d in docs], max(ctx.bs, 1) * 2):
                 out = m(batching.pad_batch([docs[i] for i in b], text.PAD_ID).to(ctx.device)).float()
-                probs[b] = (out.sigmoid() if table["multi"] else out.softmax(1)).cpu().numpy()
+                probs[b] = self.activate(out, ctx.manifest).cpu().numpy()
         m.train(was_training)
         with open(path, "w", newline="") as f:
             w = csv.writer(f)

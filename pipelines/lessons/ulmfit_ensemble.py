@@ -1,14 +1,17 @@
-"""Lesson 10's forward + backward ensemble (imdb-ensemble): the mean of the class
-probabilities of a forward and a backward imdb-clas run on the validation reviews (the
-notebook: 94.8 % forward, 95.4 % both on IMDb).
+"""Lesson 10's forward + backward ensemble: the mean of the probabilities of a forward and a
+backward classifier run on the validation rows (the notebook: 94.8 % forward, 95.4 % both
+on IMDb). imdb-ensemble averages two imdb-clas runs, text-ensemble two text-clas runs (a
+user's table, one label or many: it scores the mean as text-clas does, per-label AUC, F1
+and thresholds, and averages the two runs' test predictions into its own submission.csv).
 
 It trains nothing: `fastray run imdb-ensemble --set forward=RUN_ID --set backward=RUN_ID`
-loads both runs' configs and weights from MLflow, reads the validation reviews from the
-cache their runs made (each in its direction), and logs one MLflow run with the accuracy
-of each and of the ensemble. The `ulmfit` flow with `--set backwards=true` feeds it.
+loads both runs' configs and weights from MLflow, reads the validation rows from the cache
+their runs made (each in its direction), and logs one MLflow run with the metrics of each
+and of the ensemble. The `ulmfit` and `text-ulmfit` flows with `--set backwards=true` feed it.
 """
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import tempfile
@@ -22,44 +25,24 @@ import torch
 
 from ..core import config as configs
 from ..core import registry
-from ..core.contract import Pipeline, TrainConfig
+from ..core.contract import Pipeline, RunContext, TrainConfig
 
 logger = logging.getLogger("fastray")
-CLASSIFIER = "imdb-clas"
 
 
 @dataclass(frozen=True)
 class EnsembleConfig(TrainConfig):
-    forward: str = ""   # the MLflow run id of an imdb-clas run with backwards=false
+    forward: str = ""   # the MLflow run id of a classifier run with backwards=false
     backward: str = ""  # ... and of one with backwards=true
-    bs: int = 64        # reviews a forward pass
 
 
-CONFIGS = {"tiny": EnsembleConfig(bs=32), "sample": EnsembleConfig(), "default": EnsembleConfig()}
+CONFIGS = {"tiny": EnsembleConfig(), "sample": EnsembleConfig(), "default": EnsembleConfig()}
 
 
-def probabilities(clas: Any, cfg: Any, model: torch.nn.Module, shard: Any, bs: int) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities (N, C), labels (N,)) of the shard's reviews in their order, read as the
-    classifier's validation reads them (its direction, its last max_len + bptt tokens)."""
-    from preprocessing import text
-    from preprocessing.text import batching
-
-    from .imdb_ulmfit import _read_shard
-
-    ids, offsets, labels = _read_shard(shard, cfg.backwards)
-    out = np.zeros((len(labels), clas.n_classes), np.float32)
-    keep = cfg.max_len + cfg.bptt
-    model.eval()
-    with torch.no_grad():
-        for idx in batching.sorted_batches(np.diff(offsets), bs):
-            x = batching.pad_batch(clas.docs(ids, offsets, idx, keep), text.PAD_ID)
-            out[idx] = torch.softmax(model(x).float(), 1).numpy()
-    return out, labels
-
-
-class ImdbEnsemble(Pipeline):
+class Ensemble(Pipeline):
     Config = EnsembleConfig
     configs = CONFIGS
+    classifier = ""  # the registry name of the classifier whose runs it averages
 
     def preprocess(self, cfg: EnsembleConfig, data_dir: Path, cache, on_bad: str = "skip"):
         """Nothing of its own: it reads what its two classifier runs read (a flow's identity of
@@ -67,7 +50,29 @@ class ImdbEnsemble(Pipeline):
         return {"key": "classifier-runs", "rows": {}}, True
 
     def datasets(self, cfg, cache, manifest):
-        raise ValueError("imdb-ensemble trains nothing: engine.fit hands it the whole run (ImdbEnsemble.run)")
+        raise ValueError(f"{self.name} trains nothing: engine.fit hands it the whole run (Ensemble.run)")
+
+    def _load(self, client, uri: str, way: str, run_id: str, tmp: str) -> tuple[Any, dict, Path | None]:
+        """(the run's classifier config, its weights, its submission.csv or None)."""
+        clas = registry.get(self.classifier)
+        try:
+            run = client.get_run(run_id)
+        except Exception:
+            raise ValueError(f"{self.name}: {way}={run_id}: no such MLflow run in {uri}") from None
+        if run.data.tags.get("fastray.pipeline") != self.classifier:
+            raise ValueError(f"{self.name}: {way}={run_id} is a {run.data.tags.get('fastray.pipeline')} run, "
+                             f"not {self.classifier}")
+        d = Path(tmp) / way
+        d.mkdir()
+        saved = json.loads(Path(client.download_artifacts(run_id, "config.json", str(d))).read_text())
+        weights = torch.load(client.download_artifacts(run_id, "model/model.pt", str(d)), map_location="cpu")
+        submission = None
+        if any(f.path == "submission/submission.csv" for f in client.list_artifacts(run_id, "submission")):
+            submission = Path(client.download_artifacts(run_id, "submission/submission.csv", str(d)))
+        ccfg = configs.apply(clas.configs["default"], saved, source=f"run {run_id}'s config.json")
+        if ccfg.backwards != (way == "backward"):
+            raise ValueError(f"{self.name}: {way}={run_id} read its rows {'backwards' if ccfg.backwards else 'forwards'}")
+        return ccfg, weights, submission
 
     def run(self, cfg: EnsembleConfig, *, data_dir: Path, cache, name: str, tracking_uri: str | None = None,
             on_bad: str = "skip", config_label: str = "", **fit_options: Any) -> dict:
@@ -80,49 +85,73 @@ class ImdbEnsemble(Pipeline):
 
         t0 = time.perf_counter()
         if not cfg.forward or not cfg.backward:
-            raise ValueError("imdb-ensemble: give both classifier runs: --set forward=RUN_ID --set backward=RUN_ID")
+            raise ValueError(f"{self.name}: give both classifier runs: --set forward=RUN_ID --set backward=RUN_ID")
         uri = tracking.resolve_uri(tracking_uri)
         client = MlflowClient(tracking_uri=uri)
-        clas = registry.get(CLASSIFIER)
+        clas, headline = registry.get(self.classifier), registry.entry(self.classifier).metric
         init_ray()
-        probs, labels = {}, None
-        for way, run_id in (("forward", cfg.forward), ("backward", cfg.backward)):
-            try:
-                run = client.get_run(run_id)
-            except Exception:
-                raise ValueError(f"imdb-ensemble: {way}={run_id}: no such MLflow run in {uri}") from None
-            if run.data.tags.get("fastray.pipeline") != CLASSIFIER:
-                raise ValueError(f"imdb-ensemble: {way}={run_id} is a {run.data.tags.get('fastray.pipeline')} run, "
-                                 f"not {CLASSIFIER}")
-            with tempfile.TemporaryDirectory() as d:
-                saved = json.loads(Path(client.download_artifacts(run_id, "config.json", d)).read_text())
-                weights = torch.load(client.download_artifacts(run_id, "model/model.pt", d), map_location="cpu")
-            ccfg = configs.apply(clas.configs["default"], saved, source=f"run {run_id}'s config.json")
-            if ccfg.backwards != (way == "backward"):
-                raise ValueError(f"imdb-ensemble: {way}={run_id} read its reviews "
-                                 f"{'backwards' if ccfg.backwards else 'forwards'}")
-            manifest, _ = clas.preprocess(ccfg, Path(data_dir), cache, on_bad)
-            model = clas.build_model(ccfg)
-            model.load_state_dict(weights)
-            probs[way], y = probabilities(clas, ccfg, model, clas.datasets(ccfg, cache, manifest)["valid"], cfg.bs)
-            if labels is not None and not np.array_equal(labels, y):
-                raise ValueError("imdb-ensemble: the two runs were validated on different reviews")
-            labels = y
-        acc = lambda p: float((p.argmax(1) == labels).mean())  # noqa: E731
-        metrics = {"accuracy": acc((probs["forward"] + probs["backward"]) / 2),
-                   "forward_accuracy": acc(probs["forward"]), "backward_accuracy": acc(probs["backward"])}
-        run_id, resumed = tracking.start_run(
-            uri, self.name, name, params={"config": to_dict(cfg)},
-            tags={"fastray.pipeline": self.name, "fastray.config": config_label, "fastray.git_commit": tracking.git_commit(),
-                  "fastray.metric": "accuracy", "fastray.higher_is_better": True,
-                  **tracking.source_tags(f"fastray run {self.name}")})
-        run_log = tracking.RunLogger(uri, run_id)
-        run_log.metrics({**metrics, "reviews": len(labels)}, step=1)
-        run_log.tags({"mlflow.note.content": f"**{self.name}**: the mean probabilities of imdb-clas runs "
-                      f"{cfg.forward} (forward) and {cfg.backward} (backward) on {len(labels)} validation reviews: "
-                      + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())})
+        results, submissions = {}, {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for way, run_id in (("forward", cfg.forward), ("backward", cfg.backward)):
+                ccfg, weights, submissions[way] = self._load(client, uri, way, run_id, tmp)
+                manifest, _ = clas.preprocess(ccfg, Path(data_dir), cache, on_bad)
+                model = clas.build_model(ccfg)
+                model.load_state_dict(weights)
+                model.eval()
+                ctx = RunContext(cfg=ccfg, manifest=manifest)  # its batches: the run's own validation's
+                shard = clas.datasets(ccfg, cache, manifest)["valid"]
+                with torch.no_grad():
+                    results[way] = clas.evaluate(model, clas.batches(shard, ctx, train=False), ctx)
+            fwd, bwd = results["forward"], results["backward"]
+            if not np.array_equal(fwd["targets"], bwd["targets"]):
+                raise ValueError(f"{self.name}: the two runs were validated on different rows")
+            metrics = {f"{way}_{headline}": clas.combine([r])[headline] for way, r in results.items()}
+            metrics = {**clas.score((fwd["probs"] + bwd["probs"]) / 2, fwd["targets"], fwd), **metrics}
+            files = self.files(clas, submissions, Path(tmp))
+            run_id, resumed = tracking.start_run(
+                uri, self.name, name, params={"config": to_dict(cfg)},
+                tags={"fastray.pipeline": self.name, "fastray.config": config_label,
+                      "fastray.git_commit": tracking.git_commit(), "fastray.metric": headline,
+                      "fastray.higher_is_better": registry.entry(self.classifier).mode == "max",
+                      **tracking.source_tags(f"fastray run {self.name}")})
+            run_log = tracking.RunLogger(uri, run_id)
+            run_log.metrics({**metrics, "rows": fwd["n"]}, step=1)
+            for folder, path in files.items():
+                run_log.artifact(path, folder)
+        both = f"{headline} forward {metrics[f'forward_{headline}']:.4f}, backward " \
+               f"{metrics[f'backward_{headline}']:.4f}, ensemble {metrics[headline]:.4f}"
+        run_log.tags({"mlflow.note.content": f"**{self.name}**: the mean probabilities of {self.classifier} runs "
+                      f"{cfg.forward} (forward) and {cfg.backward} (backward) on {fwd['n']} validation rows: {both}"})
         run_log.finish()
-        logger.info(f"[{name}] {len(labels)} validation reviews: forward {metrics['forward_accuracy']:.4f}, backward "
-                    f"{metrics['backward_accuracy']:.4f}, ensemble {metrics['accuracy']:.4f}")
+        logger.info(f"[{name}] {fwd['n']} validation rows: {both}")
         return {"run_id": run_id, "experiment": self.name, "name": name, "metrics": {**metrics, "epoch": 1},
                 "resumed": resumed, "seconds": round(time.perf_counter() - t0, 2)}
+
+    def files(self, clas: Any, submissions: dict[str, Path | None], tmp: Path) -> dict[str, Path]:
+        """The ensemble's own artifacts by folder: the thresholds its score() chose, and the mean
+        of the two runs' submission.csv (same ids, same columns) when both wrote one."""
+        out = {}
+        if getattr(clas, "_thresholds", None):
+            out["thresholds"] = tmp / "thresholds.json"
+            out["thresholds"].write_text(json.dumps({"chosen_on": "valid", "rule": "probability >= threshold (best F1)",
+                                                     "thresholds": clas._thresholds}, indent=1))
+        if all(submissions.values()):
+            rows = {way: list(csv.reader(open(p, newline=""))) for way, p in submissions.items()}
+            f, b = rows["forward"], rows["backward"]
+            if f[0] != b[0] or [r[0] for r in f] != [r[0] for r in b]:
+                raise ValueError(f"{self.name}: the two runs' submissions differ in their ids or columns")
+            out["submission"] = tmp / "submission.csv"
+            with open(out["submission"], "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(f[0])
+                for rf, rb in zip(f[1:], b[1:]):
+                    w.writerow([rf[0], *(f"{(float(x) + float(y)) / 2:.6g}" for x, y in zip(rf[1:], rb[1:]))])
+        return out
+
+
+class ImdbEnsemble(Ensemble):
+    classifier = "imdb-clas"
+
+
+class TextEnsemble(Ensemble):
+    classifier = "text-clas"

@@ -104,10 +104,10 @@ def comment(r: random.Random) -> tuple[str, dict[str, int]]:
         if y["severe_toxic"]:  # more of it, louder
             bad += [_fill(r, r.choice(_INSULT + _OBSCENE)) for _ in range(r.randint(1, 2))]
             bad = [s.upper().rstrip(".") + "!!!" if r.random() < 0.6 else s for s in bad]
+        if r.random() < 0.3:  # a short rant: less chatter (never the rant: a toxic comment keeps what made it so)
+            del sents[r.randrange(len(sents))]
         for s in bad:
             sents.insert(r.randint(0, len(sents)), s)
-        if r.random() < 0.3:
-            del sents[r.randrange(len(sents))]  # a short rant: less chatter
     else:
         if r.random() < P_META:  # talk about rude words, or a rude sentence quoted to report it
             said = _fill(r, r.choice(_INSULT + _OBSCENE + _RUDE + _THREAT + _HATE))
@@ -115,8 +115,6 @@ def comment(r: random.Random) -> tuple[str, dict[str, int]]:
             sents.insert(r.randint(0, len(sents)), meta)
         if r.random() < P_NOISE:
             y[r.choice(("obscene", "insult"))] = 1
-    if not sents:
-        sents = [_fill(r, r.choice(_RUDE))]
     sep = "\n\n" if r.random() < 0.15 else " "
     return sep.join(sents), y
 
