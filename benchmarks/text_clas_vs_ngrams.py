@@ -20,7 +20,7 @@ AUC. Writes benchmarks/results/text_clas_vs_ngrams.json and prints one JSON line
 "margin", "ensemble_margin", "passed", "ensemble_passed", ...}`` (passed: the forward
 text-clas's mean AUC >= the n-grams'; ensemble_passed: the ensemble's).
 
-    python benchmarks/text_clas_vs_ngrams.py [--data DIR] [--work DIR] [--skip-text-clas]
+    python benchmarks/text_clas_vs_ngrams.py [--data DIR | --sample-seed N] [--work DIR] [--skip-text-clas]
         [--lm-set KEY=VALUE ...] [--clas-set KEY=VALUE ...]
 """
 from __future__ import annotations
@@ -45,6 +45,7 @@ import torch  # noqa: E402
 from benchmarks.ulmfit_vs_ngrams import WORD, features, fit, lm_then_clas, nb_ratio, ngrams, run_cli, save, scale_columns  # noqa: E402
 from pipelines.lessons.text_clas import CLAS_CONFIGS, roc_auc  # noqa: E402
 from preprocessing.cache import Cache  # noqa: E402
+from preprocessing.samples.jigsaw import jigsaw as jigsaw_sample  # noqa: E402
 from preprocessing.text import tables  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,6 +143,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--work", type=Path, help="runs, cache and MLflow store (default: a temporary folder)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "text_clas_vs_ngrams.json")
     ap.add_argument("--seed", type=int, default=0, help="the held-out fifth of the n-gram baseline")
+    ap.add_argument("--sample-seed", type=int, default=0,
+                    help="without --data: the generated sample's seed (0: `fastray sample-data jigsaw-toxic`'s)")
     ap.add_argument("--skip-text-clas", action="store_true", help="the n-gram baseline only")
     ap.add_argument("--lm-set", action="append", default=[], help="--set for text-lm (repeatable)")
     ap.add_argument("--clas-set", action="append", default=[], help="--set for text-clas (repeatable)")
@@ -155,9 +158,14 @@ def main(argv=None) -> dict:
         data = args.data
         if data is None:
             data = work / "jigsaw"
-            run_cli(["sample-data", "jigsaw-toxic", "--out", str(data)], work / "fastray.log")
+            if args.sample_seed:
+                jigsaw_sample(data, seed=args.sample_seed)
+            else:
+                run_cli(["sample-data", "jigsaw-toxic", "--out", str(data)], work / "fastray.log")
         data = data.resolve()
-        res = {"data": str(data) if args.data else "fastray sample-data jigsaw-toxic (the default sample)"}
+        res = {"data": str(data) if args.data else (f"preprocessing.samples.jigsaw.jigsaw(seed={args.sample_seed})"
+                                                    if args.sample_seed else
+                                                    "fastray sample-data jigsaw-toxic (the default sample)")}
         print("per-label n-gram logistic regression ...", file=sys.stderr, flush=True)
         res.update(ngram_baseline(the_split(data, work / "storage" / "cache"), args.seed))
         print(f"n-grams: mean valid AUC {res['ngram_mean_auc']:.4f}", file=sys.stderr, flush=True)

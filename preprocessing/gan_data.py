@@ -34,7 +34,7 @@ import numpy as np
 
 from . import DataError, data_folder, with_subfolders
 from .cache import Cache, digest, fingerprint_files
-from .chunked import BadInput, Decoder, decode_splits, listing_skips, seconds_since, unusable_key
+from .chunked import BadInput, Decoder, column_array, decode_splits, listing_skips, seconds_since, unusable_key
 from .images import center_square, decode_image, images_under, resize_all
 
 TRANSFORM_VERSION = "gan-data-v1"  # bump when the decode/resize code changes its output
@@ -189,9 +189,7 @@ def read_arrays(cache: Cache, manifest: dict, split: str, columns: list[str]) ->
     tables = [pq.read_table(p, columns=columns) for p in sorted(folder.glob("*.parquet"))]
     out, size = {}, manifest["size"]
     for c in columns:
-        chunks = [t.column(c).to_numpy(zero_copy_only=False) for t in tables]
+        chunks = [column_array(t, c) for t in tables]
         flat = np.concatenate(chunks) if chunks else np.zeros(0)
-        if flat.dtype == object:  # Ray's tensor columns come back as one flat array per row
-            flat = np.stack(list(flat)).reshape(-1, size, size, 3)
-        out[c] = flat
+        out[c] = flat.reshape(-1, size, size, 3) if flat.ndim > 1 else flat  # an older cache's rows: flat
     return out

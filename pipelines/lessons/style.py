@@ -336,10 +336,11 @@ class StyleTransfer(Pipeline):
         """The first n_images of the cached validation split, (N, size, size, 3) uint8."""
         import pyarrow.parquet as pq
 
-        folder = cache.path(manifest["name"], manifest["key"]) / "valid"
-        table = pq.read_table(folder, columns=[f"img{cfg.size}"])
-        rows = table.column(0).to_pylist()[: cfg.n_images]
-        return np.stack([np.asarray(r, np.uint8) for r in rows])
+        from preprocessing.chunked import column_array
+
+        col = f"img{cfg.size}"
+        table = pq.read_table(cache.path(manifest["name"], manifest["key"]) / "valid", columns=[col])
+        return column_array(table, col)[: cfg.n_images].reshape(-1, cfg.size, cfg.size, 3).astype(np.uint8)
 
     def run(self, cfg: TransferConfig, *, data_dir: Path, cache, name: str, tracking_uri: str | None = None,
             on_bad: str = "skip", config_label: str = "", **fit_options: Any) -> dict:

@@ -121,12 +121,13 @@ def tiny_data(photos_dir, tmp_path_factory, ray_session):
 def test_pairs_come_from_the_same_image_and_are_cached(photos_dir, tiny_data):
     import pyarrow.parquet as pq
 
+    from preprocessing.chunked import column_array
+
     cache, m1, hit1 = tiny_data  # sizes 8, 16 and 32 px
     m2, hit2 = imagery.preprocess(imagery.find_image_folder(photos_dir), (8, 16, 32), cache, "images")
     assert (hit1, hit2) == (False, True) and m1["key"] == m2["key"] and m1["rows"] == {"train": 40, "valid": 10}
     t = pq.read_table(cache.path("images", m1["key"]) / "valid")
-    hr = np.asarray(t.column("img32")[0].as_py(), np.uint8)
-    lr = np.asarray(t.column("img8")[0].as_py(), np.uint8)
+    hr, lr = column_array(t, "img32")[0], column_array(t, "img8")[0]
     assert hr.shape == (32, 32, 3) and lr.shape == (8, 8, 3)
     # the low-resolution input is the same picture: the 32 px target shrunk to 8 px is close to it
     shrunk = imagery.resize(hr, 8).astype(float)

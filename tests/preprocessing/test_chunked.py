@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from preprocessing import DataError
-from preprocessing.chunked import Decoder, chunks, data_errors, image_sizes
+from preprocessing.chunked import Decoder, chunks, column_array, data_errors, image_sizes
 
 
 class _Squares(Decoder):
@@ -22,7 +22,8 @@ class _Squares(Decoder):
 
 
 def _task(decoder, *chunk_list):
-    return decoder({"chunk": [pickle.dumps(c) for c in chunk_list]})
+    table = decoder({"chunk": [pickle.dumps(c) for c in chunk_list]})
+    return {k: column_array(table, k) for k in table.column_names}
 
 
 def test_a_decoder_makes_typed_columns_and_skips_bad_items(capsys):

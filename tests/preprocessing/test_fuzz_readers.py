@@ -19,6 +19,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from preprocessing import DataError
+from preprocessing.chunked import column_array
 from preprocessing.images import _CifarDecoder, _load_batch, decode_image, find_cifar10
 from preprocessing.text.documents import is_title, iter_docs
 from preprocessing.text.encoding import _chunks
@@ -87,10 +88,11 @@ def test_the_decode_task_skips_and_counts_or_fails_with_a_data_error(scratch, fi
     paths = [(str(write_file(folder, f"{i}.png", b)), i) for i, b in enumerate(files)]
     fn = _CifarDecoder("folders", (8, 16), on_bad)
     try:
-        out = fn({"chunk": [pickle.dumps(paths)]})
+        table = fn({"chunk": [pickle.dumps(paths)]})
     except DataError:
         assert on_bad == "fail"
         return
+    out = {k: column_array(table, k) for k in table.column_names}
     n = len(out["label"])
     assert n <= len(files) and out["img8"].shape == (n, 8, 8, 3) and out["img16"].shape == (n, 16, 16, 3)
     assert out["img16"].dtype == np.uint8

@@ -9,6 +9,7 @@ import pytest
 
 from preprocessing import DataError
 from preprocessing.cache import Cache
+from preprocessing.chunked import column_array, read_table, to_table
 from preprocessing.images import find_cifar10, preprocess_images
 
 
@@ -46,10 +47,11 @@ def test_pickle_layout(tmp_path, ray_session):
         raw = pickle.load(f, encoding="bytes")
     want = {(lab, np.asarray(row, np.uint8).reshape(3, 32, 32).transpose(1, 2, 0).tobytes())
             for row, lab in zip(raw[b"data"], raw[b"labels"])}
-    img32 = table.column("img32").to_pylist()
-    got = {(lab, np.asarray(img, np.uint8).tobytes()) for img, lab in zip(img32, table.column("label").to_pylist())}
+    img32 = column_array(table, "img32")
+    assert img32.shape == (100, 32, 32, 3) and img32.dtype == np.uint8
+    got = {(lab, img.tobytes()) for img, lab in zip(img32, table.column("label").to_pylist())}
     assert got == want
-    assert np.asarray(table.column("img16").to_pylist()[0]).shape == (16, 16, 3)
+    assert column_array(table, "img16").shape == (100, 16, 16, 3)
 
 
 def test_preprocess_hit_miss(cifar_small, tmp_path, ray_session):
@@ -113,3 +115,21 @@ def test_a_damaged_pickle_batch_names_the_file(tmp_path, ray_session):
     (d / "data_batch_2").write_bytes(b"garbage")
     with pytest.raises(DataError, match="data_batch_2: not a CIFAR-10 pickle batch"):
         preprocess_images(find_cifar10(tmp_path), (32,), Cache(tmp_path / "c"), "cifar10")
+
+
+@pytest.mark.parametrize("n", [0, 5])
+def test_shaped_columns_are_stored_as_bytes_and_read_back_as_arrays(tmp_path, n):
+    """An image, a mask or padded boxes per row: one fixed-size binary value in parquet (no
+    number-by-number encoding), the same (N, *shape) arrays when read back."""
+    rng = np.random.default_rng(0)
+    cols = {"label": np.arange(n, dtype=np.int64), "img4": rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8),
+            "boxes": rng.random((n, 2, 4), dtype=np.float32), "mask": rng.integers(0, 2, (n, 4, 4), dtype=np.uint8)}
+    pq.write_table(to_table(cols), tmp_path / "x.parquet", compression="none")
+    raw = pq.read_table(tmp_path / "x.parquet")
+    assert raw.schema.field("img4").type.byte_width == 48 and raw.schema.field("boxes").type.byte_width == 32
+    for k, v in cols.items():
+        got = column_array(raw, k)
+        assert got.dtype == v.dtype and got.shape == v.shape and np.array_equal(got, v), k
+    batch = read_table(tmp_path / "x.parquet").to_pandas() if n else None  # Ray's tensor columns
+    if n:
+        assert np.array_equal(np.stack(batch["img4"].to_numpy()), cols["img4"])
