@@ -60,37 +60,32 @@ class Flow:
         return [s for s in self.stages if not s.when or options[s.when]]
 
 
+def _ulmfit(name: str, about: str, lm: str, clas: str, ensemble: str) -> Flow:
+    """Lesson 10's chain: lm -> clas (on its encoder); the `backwards` option adds the backward
+    LM and classifier and the ensemble of both classifiers."""
+    bwd = {"backwards": "true"}
+    return Flow(name, 10, about, (
+        Stage("lm", lm),
+        Stage("clas", clas, inputs={"encoder": "lm"}),
+        Stage("lm_bwd", lm, sets=bwd, when="backwards"),
+        Stage("clas_bwd", clas, inputs={"encoder": "lm_bwd"}, sets=bwd, when="backwards"),
+        Stage("ensemble", ensemble, inputs={"forward": "clas", "backward": "clas_bwd"}, when="backwards"),
+    ), options={"backwards": False})
+
+
 FLOWS: dict[str, Flow] = {
-    "ulmfit": Flow(
-        "ulmfit", 10,
+    "ulmfit": _ulmfit(
+        "ulmfit",
         "lesson 10's ULMFiT: fine-tune the language model on the task's reviews, then the classifier "
         "on its encoder; --set backwards=true adds the backward LM and classifier and their ensemble. "
         "A WikiText-103 LM enters as --set lm.pretrained=FILE_OR_RUN_ID.",
-        (
-            Stage("lm", "imdb-lm"),
-            Stage("clas", "imdb-clas", inputs={"encoder": "lm"}),
-            Stage("lm_bwd", "imdb-lm", sets={"backwards": "true"}, when="backwards"),
-            Stage("clas_bwd", "imdb-clas", inputs={"encoder": "lm_bwd"}, sets={"backwards": "true"},
-                  when="backwards"),
-            Stage("ensemble", "imdb-ensemble", inputs={"forward": "clas", "backward": "clas_bwd"}, when="backwards"),
-        ),
-        options={"backwards": False},
-    ),
-    "text-ulmfit": Flow(
-        "text-ulmfit", 10,
+        "imdb-lm", "imdb-clas", "imdb-ensemble"),
+    "text-ulmfit": _ulmfit(
+        "text-ulmfit",
         "ULMFiT on a user's table (CSV, TSV or parquet; one label or many, as Kaggle's toxic comments): "
         "the language model fine-tuned on its text, then text-clas on its encoder; --set backwards=true adds "
         "the backward LM and classifier and their ensemble (its own submission.csv).",
-        (
-            Stage("lm", "text-lm"),
-            Stage("clas", "text-clas", inputs={"encoder": "lm"}),
-            Stage("lm_bwd", "text-lm", sets={"backwards": "true"}, when="backwards"),
-            Stage("clas_bwd", "text-clas", inputs={"encoder": "lm_bwd"}, sets={"backwards": "true"},
-                  when="backwards"),
-            Stage("ensemble", "text-ensemble", inputs={"forward": "clas", "backward": "clas_bwd"}, when="backwards"),
-        ),
-        options={"backwards": False},
-    ),
+        "text-lm", "text-clas", "text-ensemble"),
 }
 
 
