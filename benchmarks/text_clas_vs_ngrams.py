@@ -42,10 +42,10 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.ulmfit_vs_ngrams import WORD, features, fit, lm_then_clas, nb_ratio, ngrams, run_cli, save, scale_columns  # noqa: E402
+from benchmarks.ulmfit_vs_ngrams import WORD, features, fit, lm_then_clas, nb_ratio, ngrams, save, scale_columns  # noqa: E402
 from pipelines.lessons.text_clas import CLAS_CONFIGS, roc_auc  # noqa: E402
 from preprocessing.cache import Cache  # noqa: E402
-from preprocessing.samples.jigsaw import jigsaw as jigsaw_sample  # noqa: E402
+from preprocessing import samples  # noqa: E402
 from preprocessing.text import tables  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,14 +158,10 @@ def main(argv=None) -> dict:
         data = args.data
         if data is None:
             data = work / "jigsaw"
-            if args.sample_seed:
-                jigsaw_sample(data, seed=args.sample_seed)
-            else:
-                run_cli(["sample-data", "jigsaw-toxic", "--out", str(data)], work / "fastray.log")
+            samples.generate("jigsaw-toxic", data, seed=args.sample_seed)  # seed 0: `fastray sample-data`'s
         data = data.resolve()
-        res = {"data": str(data) if args.data else (f"preprocessing.samples.jigsaw.jigsaw(seed={args.sample_seed})"
-                                                    if args.sample_seed else
-                                                    "fastray sample-data jigsaw-toxic (the default sample)")}
+        res = {"data": str(data) if args.data else f"the generated Jigsaw sample, seed {args.sample_seed}"
+                                                   f"{' (fastray sample-data jigsaw-toxic)' if not args.sample_seed else ''}"}
         print("per-label n-gram logistic regression ...", file=sys.stderr, flush=True)
         res.update(ngram_baseline(the_split(data, work / "storage" / "cache"), args.seed))
         print(f"n-grams: mean valid AUC {res['ngram_mean_auc']:.4f}", file=sys.stderr, flush=True)

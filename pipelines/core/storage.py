@@ -163,11 +163,13 @@ LOCK_FILE = ".fastray.lock"
 def run_lock(run_dir: str, name: str):
     """One process trains a run name at a time: an exclusive flock on run_dir/.fastray.lock,
     held for the run and released on any exit (a killed process holds none, so a rerun after
-    a crash takes it over). A second start says who holds it. Object storage has no lock."""
+    a crash takes it over). A second start says who holds it. A run folder this call made
+    and nothing but the lock filled is removed again. Object storage has no lock."""
     if is_uri(run_dir):
         yield
         return
     path = Path(run_dir) / LOCK_FILE
+    created = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
         try:
@@ -181,7 +183,12 @@ def run_lock(run_dir: str, name: str):
         f.truncate()
         f.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
         f.flush()
-        yield
+        try:
+            yield
+        finally:  # a run that stopped before it made anything (bad input) leaves no folder behind
+            if created and [p.name for p in path.parent.iterdir()] == [LOCK_FILE]:
+                path.unlink()
+                path.parent.rmdir()
 
 
 def save_state(state: dict, folder: Path) -> None:

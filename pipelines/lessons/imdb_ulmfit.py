@@ -506,10 +506,9 @@ class Classifier(_UlmfitBase):
             loss += float(self.loss(out, y, ctx.manifest, "sum"))
             probs.append(self.activate(out, ctx.manifest).cpu().numpy())
             ys.append(y.cpu().numpy())
-        empty = self.targets(np.zeros(0, np.int64), ctx, train=False).numpy()  # (0,) or (0, labels)
         return {"n": sum(len(y) for y in ys), "loss": loss,
                 "probs": np.concatenate(probs) if probs else np.zeros((0, self.n_classes), np.float32),
-                "targets": np.concatenate(ys) if ys else empty}
+                "targets": np.concatenate(ys) if ys else self.targets(np.zeros(0, np.int64), ctx, False).numpy()}
 
     def combine(self, results: list[dict[str, Any]]) -> dict[str, float]:
         n = sum(r["n"] for r in results)

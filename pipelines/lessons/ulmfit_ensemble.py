@@ -52,9 +52,8 @@ class Ensemble(Pipeline):
     def datasets(self, cfg, cache, manifest):
         raise ValueError(f"{self.name} trains nothing: engine.fit hands it the whole run (Ensemble.run)")
 
-    def _load(self, client, uri: str, way: str, run_id: str, tmp: str) -> tuple[Any, dict, Path | None]:
+    def _load(self, clas: Any, client, uri: str, way: str, run_id: str, tmp: str) -> tuple[Any, dict, Path | None]:
         """(the run's classifier config, its weights, its submission.csv or None)."""
-        clas = registry.get(self.classifier)
         try:
             run = client.get_run(run_id)
         except Exception:
@@ -88,31 +87,36 @@ class Ensemble(Pipeline):
             raise ValueError(f"{self.name}: give both classifier runs: --set forward=RUN_ID --set backward=RUN_ID")
         uri = tracking.resolve_uri(tracking_uri)
         client = MlflowClient(tracking_uri=uri)
-        clas, headline = registry.get(self.classifier), registry.entry(self.classifier).metric
+        clas = registry.get(self.classifier)
+        headline = clas.metric
         init_ray()
-        results, submissions = {}, {}
+        results, submissions, shards = {}, {}, {}
         with tempfile.TemporaryDirectory() as tmp:
             for way, run_id in (("forward", cfg.forward), ("backward", cfg.backward)):
-                ccfg, weights, submissions[way] = self._load(client, uri, way, run_id, tmp)
+                ccfg, weights, submissions[way] = self._load(clas, client, uri, way, run_id, tmp)
                 manifest, _ = clas.preprocess(ccfg, Path(data_dir), cache, on_bad)
+                if manifest["key"] not in shards:  # both directions read one token cache: read its valid rows once
+                    shards[manifest["key"]] = clas._read(cache, manifest, "valid")
                 model = clas.build_model(ccfg)
                 model.load_state_dict(weights)
                 model.eval()
                 ctx = RunContext(cfg=ccfg, manifest=manifest)  # its batches: the run's own validation's
-                shard = clas.datasets(ccfg, cache, manifest)["valid"]
+                logger.info(f"[{name}] {way}: {self.classifier} run {run_id} on {manifest['rows']['valid']} "
+                            "validation rows ...")
                 with torch.no_grad():
-                    results[way] = clas.evaluate(model, clas.batches(shard, ctx, train=False), ctx)
+                    results[way] = clas.evaluate(model, clas.batches(shards[manifest["key"]], ctx, train=False), ctx)
             fwd, bwd = results["forward"], results["backward"]
             if not np.array_equal(fwd["targets"], bwd["targets"]):
                 raise ValueError(f"{self.name}: the two runs were validated on different rows")
             metrics = {f"{way}_{headline}": clas.combine([r])[headline] for way, r in results.items()}
+            # the mean scored last: the thresholds files() writes are the ensemble's
             metrics = {**clas.score((fwd["probs"] + bwd["probs"]) / 2, fwd["targets"], fwd), **metrics}
             files = self.files(clas, submissions, Path(tmp))
             run_id, resumed = tracking.start_run(
                 uri, self.name, name, params={"config": to_dict(cfg)},
                 tags={"fastray.pipeline": self.name, "fastray.config": config_label,
                       "fastray.git_commit": tracking.git_commit(), "fastray.metric": headline,
-                      "fastray.higher_is_better": registry.entry(self.classifier).mode == "max",
+                      "fastray.higher_is_better": clas.mode == "max",
                       **tracking.source_tags(f"fastray run {self.name}")})
             run_log = tracking.RunLogger(uri, run_id)
             run_log.metrics({**metrics, "rows": fwd["n"]}, step=1)
@@ -123,7 +127,9 @@ class Ensemble(Pipeline):
         run_log.tags({"mlflow.note.content": f"**{self.name}**: the mean probabilities of {self.classifier} runs "
                       f"{cfg.forward} (forward) and {cfg.backward} (backward) on {fwd['n']} validation rows: {both}"})
         run_log.finish()
-        logger.info(f"[{name}] {fwd['n']} validation rows: {both}")
+        kept = " and ".join(f"{f}/{path.name}" for f, path in files.items())
+        logger.info(f"[{name}] {fwd['n']} validation rows: {both}" + (f"; {kept} in its artifacts" if kept else "")
+                    + f"\n[{name}] see it in the MLflow UI: {tracking.shown(uri, tracking.run_url(uri, run_id))}")
         return {"run_id": run_id, "experiment": self.name, "name": name, "metrics": {**metrics, "epoch": 1},
                 "resumed": resumed, "seconds": round(time.perf_counter() - t0, 2)}
 
@@ -136,7 +142,7 @@ class Ensemble(Pipeline):
             out["thresholds"].write_text(json.dumps({"chosen_on": "valid", "rule": "probability >= threshold (best F1)",
                                                      "thresholds": clas._thresholds}, indent=1))
         if all(submissions.values()):
-            rows = {way: list(csv.reader(open(p, newline=""))) for way, p in submissions.items()}
+            rows = {way: list(csv.reader(p.read_text().splitlines())) for way, p in submissions.items()}
             f, b = rows["forward"], rows["backward"]
             if f[0] != b[0] or [r[0] for r in f] != [r[0] for r in b]:
                 raise ValueError(f"{self.name}: the two runs' submissions differ in their ids or columns")

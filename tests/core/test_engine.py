@@ -86,8 +86,10 @@ def test_a_run_name_is_held_by_one_process_and_released_on_exit(tmp_path):
         with pytest.raises(ValueError, match=r"run 'r' is being trained by process \d+ on .* since"):
             with run_lock(run_dir, "r"):
                 pass
+    assert not Path(run_dir).exists()  # it made nothing but the lock: no folder is left behind
     with run_lock(run_dir, "r"):  # released: taken again
-        pass
+        (Path(run_dir) / "checkpoint_000000").mkdir()
+    assert (Path(run_dir) / "checkpoint_000000").is_dir()  # a run that made something keeps its folder
     # a process killed while holding it leaves a file but no lock
     code = f"from pipelines.core.storage import run_lock\nimport os\nwith run_lock({run_dir!r}, 'r'): os.kill(os.getpid(), 9)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == -9
