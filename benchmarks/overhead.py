@@ -8,12 +8,16 @@ train_step, backward and the optimizer step of the same phases; the engine runs
 `fastray run`'s fit() with one worker holding every CPU (and the GPU). Steady state: the
 examples/s of the epochs after the first (warm-up: Ray Data's start, cuDNN's and
 torch.compile's first calls). A shared machine drifts, so the bare loop runs before and
-after the engine and its figure is the mean of the two; ratio = engine / bare.
+after the engine and its figure is the mean of the two; ratio = engine / bare. With
+--ray-idle (CPU) the bare loop runs a third time beside a started but idle local Ray:
+ray_idle_ratio is what Ray's own processes (raylet, GCS, dashboard, log monitor, idle
+workers) cost a loop that never calls them, a floor under the engine's ratio on 2 cores.
 
     python benchmarks/overhead.py --pipeline all                   # CPU: sample configs on sample data
     python benchmarks/overhead.py --pipeline cifar10-darknet --set compile=true
     python benchmarks/overhead.py --pipeline all --device cuda     # default configs' models and batch sizes
     python benchmarks/overhead.py --pipeline all --smoke           # tiny configs, seconds each (tests)
+    python benchmarks/overhead.py --pipeline imdb-lm --ray-idle    # also the bare loop beside an idle Ray
 
 Data: each pipeline's generated sample data in its real format, preprocessed by its own
 preprocess() into the cache (with the default configs: resized and tokenized to the
@@ -214,6 +218,15 @@ def measure(name: str, args: argparse.Namespace, work: Path) -> dict:
         ray.shutdown()
     after = bare_loop(pipe, cfg, p.batches, p.manifest, sched, device, cpus)
     bare = (steady(before) + steady(after)) / 2
+    idle = {}
+    if args.ray_idle and alone:  # the same bare loop beside a started, idle local Ray
+        init_ray()
+        time.sleep(2)  # its processes started
+        with_ray = bare_loop(pipe, cfg, p.batches, p.manifest, sched, device, cpus)
+        ray.shutdown()
+        idle = {"bare_ray_idle_examples_per_s": round(steady(with_ray), 1),
+                "ray_idle_ratio": round(steady(with_ray) / bare, 3),
+                "per_epoch_bare_ray_idle": _r(with_ray)}
     return {
         "pipeline": name,
         "ratio": round(steady(rates) / bare, 3),
@@ -229,6 +242,7 @@ def measure(name: str, args: argparse.Namespace, work: Path) -> dict:
         "engine_fit_seconds": res["fit_seconds"], "engine_epoch_seconds": _r(res["epoch_seconds"], 2),
         "engine_wall_seconds": round(res["wall_seconds"], 1),
         "loadavg": _loadavg(),
+        **idle,
     }
 
 
@@ -254,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="sample data: this fraction of its own size (default 1)")
     ap.add_argument("--smoke", action="store_true", help="tiny configs and data: that it runs, not a figure")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--ray-idle", action="store_true",
+                    help="CPU: also time the bare loop beside an idle local Ray (ray_idle_ratio: what Ray's "
+                         "own processes cost a loop that does not use them)")
     args = ap.parse_args(argv)
     logs.setup()  # the engine's lines (one an epoch) on stderr
     if args.smoke:
@@ -282,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         suffix = "_smoke" if args.smoke else ""
         (args.out / f"overhead_{n}_{args.device}{suffix}.json").write_text(json.dumps(out, indent=1) + "\n")
         print(json.dumps({k: out.get(k) for k in ("pipeline", "ratio", "bare_examples_per_s", "engine_examples_per_s",
-                                                   "bare_drift", "loadavg", "error") if k in out}), flush=True)
+                                                   "bare_drift", "ray_idle_ratio", "loadavg", "error")
+                          if k in out}), flush=True)
     return 1 if failed else 0
 
 

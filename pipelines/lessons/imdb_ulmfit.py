@@ -46,6 +46,7 @@ logger = logging.getLogger("fastray")
 class _Common(TrainConfig):
     vocab_size: int = 30000     # SentencePiece pieces (same in LM and classifier: the cache key)
     sample_docs: int = 10000    # documents SentencePiece learns from
+    case: str = "markers"       # "markers": lower case behind xxmaj / xxup pieces (lesson 10's rules); "keep": as written
     emb_sz: int = 400           # embedding size = last LSTM's size
     n_hid: int = 1152           # inner LSTMs' hidden size
     n_layers: int = 3           # stacked LSTMs
@@ -70,6 +71,8 @@ class _Common(TrainConfig):
                              f"bptt={self.bptt}, vocab_size={self.vocab_size})")
         if len(self.moms) != 2:
             raise ValueError(f"moms needs two values (max, min), got {self.moms}")
+        if self.case not in ("keep", "markers"):
+            raise ValueError(f"case must be 'keep' or 'markers', got {self.case!r}")
 
     def awd(self, **kw) -> AWDLSTMConfig:
         return AWDLSTMConfig(vocab_size=self.vocab_size, emb_sz=self.emb_sz, n_hid=self.n_hid, n_layers=self.n_layers,
@@ -219,6 +222,7 @@ class _UlmfitBase(Pipeline):
         """The corpus tokenized and cached: (manifest, hit). IMDb's aclImdb/ here."""
         source = readers.find_imdb(data_dir)
         return encoding.tokenize(source, cache, vocab_size=cfg.vocab_size, sample_docs=cfg.sample_docs, seed=cfg.seed,
+                                 case=cfg.case,
                                  on_bad=on_bad)
 
     def preprocess(self, cfg, data_dir: Path, cache, on_bad: str = "skip"):

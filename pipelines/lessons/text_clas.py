@@ -92,7 +92,7 @@ def table_tokens(cfg, data_dir: Path, cache, on_bad: str) -> tuple[dict, bool]:
     table, hit = tables.prepare(train, test, cols, cache, valid_frac=cfg.valid_frac, seed=cfg.seed, on_bad=on_bad)
     source = readers.find_table(tables.split_files(table), text_col="text", label_col="row")
     tokens, tok_hit = encoding.tokenize(source, cache, vocab_size=cfg.vocab_size, sample_docs=cfg.sample_docs,
-                                        seed=cfg.seed, on_bad=on_bad)
+                                        seed=cfg.seed, case=cfg.case, on_bad=on_bad)
     skipped = {s: int(tokens["skipped"].get(s, 0)) + int(table["skipped"].get(s, 0)) for s in tokens["rows"]}
     keep = ("dir", "key", "text_col", "label_cols", "multi", "split_col", "classes", "n_out", "rows", "positives",
             "bad_input", "source")

@@ -38,9 +38,11 @@ the language model only); WikiText "train", "valid", "test" (label -1); a table 
 own (one file per split). Labels: IMDb neg = 0, pos = 1.
 
 Text is cleaned as lesson 10 did (``fixup``: ``<br />`` to a newline, HTML entities,
-WikiText's `` @-@ `` joins), then SentencePiece's nmt_nfkc normalisation applies, which
-also folds newlines and runs of spaces into one space: ``normalize(text, model)`` is what
-``decode(ids, model)`` gives back.
+WikiText's `` @-@ `` joins); a model trained with case "markers" lower-cases capitalised and
+all-capital words behind ``xxmaj`` / ``xxup`` pieces (``documents.mark_case``, lesson 10's
+rule; decode gives the case back); SentencePiece's "identity" normalisation keeps every
+character but folds newlines and runs of spaces into one space: ``normalize(text, model)``
+is what ``decode(ids, model)`` gives back.
 """
 
 TEXT_VERSION = "text-v1"  # bump when reading, cleaning or encoding changes its output

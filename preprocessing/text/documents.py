@@ -3,6 +3,7 @@ table rows; an unusable one (not UTF-8, empty) as a DataError, so the caller dec
 from __future__ import annotations
 
 import html
+import re
 from typing import Iterator
 
 from .. import DataError, open_regular
@@ -20,6 +21,42 @@ def fixup(text: str) -> str:
     if " @" in text:
         text = text.replace(" @-@ ", "-").replace(" @,@ ", ",").replace(" @.@ ", ".")
     return text
+
+
+CASE_MARKERS = ("xxup", "xxmaj")  # fastai's TK_UP and TK_MAJ
+_WORD = re.compile(r"[^\W\d_]+")  # a run of letters
+_MARKED = re.compile(r"(xxup|xxmaj) ([^\W\d_]+)")
+
+
+def _unmark_word(m: re.Match) -> str:
+    word = m.group(2)
+    return word.upper() if m.group(1) == "xxup" else word[:1].upper() + word[1:]
+
+
+def _mark_word(m: re.Match) -> str:
+    w = m.group(0)
+    if len(w) < 2:
+        return w
+    marker = "xxup" if w.isupper() else "xxmaj" if w[0].isupper() and w[1:].islower() else None
+    if marker is None:
+        return w
+    marked = f"{marker} {w.lower()}"
+    return marked if _MARKED.sub(_unmark_word, marked) == w else w  # only what unmark_case gives back exactly
+
+
+def mark_case(text: str) -> str:
+    """Lesson 10's case rules (fastai's replace_all_caps and deal_caps): a word of capitals
+    becomes "xxup" + the word in lower case, a capitalised one "xxmaj" + it in lower case,
+    so that "Movie", "MOVIE" and "movie" share one piece and the case is a token of its own.
+    A word (a run of letters) of one letter, of mixed case ("McCoy"), or one whose lower
+    case would not come back exactly, stays as written. unmark_case is the inverse."""
+    return _WORD.sub(_mark_word, text)
+
+
+def unmark_case(text: str) -> str:
+    """mark_case's inverse: "xxup word" -> "WORD", "xxmaj word" -> "Word". Exact for any
+    text without these marker words of its own (a literal "xxup word" comes back as "WORD")."""
+    return _MARKED.sub(_unmark_word, text) if "xx" in text else text
 
 
 def _decode_utf8(data: bytes, where: str) -> str:

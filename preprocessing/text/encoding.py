@@ -19,7 +19,7 @@ from . import SPECIAL_IDS, TEXT_VERSION
 from .corpus import Ragged
 from .documents import iter_docs
 from .readers import TextSource, table_labels
-from .subwords import SpmSettings, processor, train_spm_manifest
+from .subwords import SpmSettings, encode_texts, train_spm_manifest
 
 _ENCODE_BYTES = 4 << 20  # text encoded and written per parquet row group: bounds a task's memory
 
@@ -56,7 +56,6 @@ class _EncodeChunks:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        sp = processor(self.model_path)
         path = os.path.join(self.out_dir, split, f"part-{cid:05d}.parquet")
         rows = tokens = nbytes = skipped = 0
         errors: list[str] = []
@@ -68,7 +67,8 @@ class _EncodeChunks:
                 nonlocal rows, tokens
                 if not texts:
                     return
-                docs = Ragged.from_rows(sp.encode_as_numpy(texts, add_bos=True, add_eos=self.add_eos, num_threads=1))
+                docs = Ragged.from_rows(encode_texts(texts, self.model_path, add_bos=True, add_eos=self.add_eos,
+                                                     num_threads=1))
                 lens = docs.lengths.astype(np.int32)
                 writer.write_table(pa.table([docs.to_arrow(), pa.array(lens), pa.array(np.asarray(labels, np.int64))],
                                             schema=_schema()))

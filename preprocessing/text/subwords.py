@@ -15,7 +15,7 @@ from typing import Any, Iterator, Literal
 from .. import DataError
 from ..cache import Cache, digest, fingerprint_paths
 from . import BOS_ID, EOS_ID, PAD_ID, SPECIAL_IDS, TEXT_VERSION, UNK_ID
-from .documents import fixup, iter_docs
+from .documents import CASE_MARKERS, fixup, iter_docs, mark_case, unmark_case
 from .readers import TextSource, table_labels
 
 _SPAN_BYTES = 1 << 20  # WikiText sampling unit for SentencePiece's training sample
@@ -39,9 +39,10 @@ def _sample_units(source: TextSource, sample_docs: int, seed: int) -> list:
     return [it for s in source.train_splits() for it in source.splits[s]]
 
 
-def _sample_texts(source: TextSource, units: list, sample_docs: int, seed: int) -> list[str]:
+def _sample_texts(source: TextSource, units: list, sample_docs: int, seed: int, case: str = "keep") -> list[str]:
     """The sample's documents, at most sample_docs of them and _SAMPLE_MAX_BYTES in all
-    (unreadable or empty ones are left out here: tokenize counts them)."""
+    (unreadable or empty ones are left out here: tokenize counts them); case "markers":
+    as mark_case writes them."""
     if source.kind == "imdb":
         docs = iter_docs("imdb", units)
     elif source.kind == "wikitext":
@@ -55,7 +56,7 @@ def _sample_texts(source: TextSource, units: list, sample_docs: int, seed: int) 
     size = 0
     for text, _ in docs:
         if isinstance(text, str):
-            texts.append(text)
+            texts.append(mark_case(text) if case == "markers" else text)
             size += len(text)
             if len(texts) >= sample_docs or size >= _SAMPLE_MAX_BYTES:
                 break
@@ -79,6 +80,7 @@ def _sentences(texts: list[str], max_bytes: int = 8192) -> Iterator[str]:
 
 BYTE_FALLBACK_MIN_VOCAB = 1024  # byte pieces only where their 256 take at most a quarter of the vocabulary
 NORMALIZATIONS = ("identity", "nmt_nfkc")
+CASES = ("keep", "markers")
 # "identity": every character as written but these, Python's str.isspace() but " " (tab, newline,
 # no-break and typographic spaces ...), which become a space, as nmt_nfkc makes them: SentencePiece
 # then folds runs of spaces into one. Fixed here so that the model does not depend on the
@@ -101,7 +103,12 @@ class SpmSettings:
     character_coverage, or one never seen in training, is spelled as its UTF-8 bytes
     (256 byte pieces <0x00>..<0xFF>, ids 4..259); with a smaller vocabulary, which the byte
     pieces would crowd out, every character of the training text becomes a piece
-    (character_coverage 1.0), so only characters never seen in training are <unk>."""
+    (character_coverage 1.0), so only characters never seen in training are <unk>.
+
+    case "markers" (ULMFiT's rule, documents.mark_case) lower-cases capitalised and
+    all-capital words behind a marker word, "xxmaj" or "xxup", each a piece of its own
+    (user-defined pieces, ids 4-7: the byte pieces follow them); encode and train_spm mark
+    the text, decode and normalize give the case back."""
 
     vocab_size: int = 30000
     model_type: Literal["unigram", "bpe"] = "unigram"
@@ -110,6 +117,7 @@ class SpmSettings:
     seed: int = 0
     byte_fallback: bool = True          # unseen and rare characters as UTF-8 byte pieces (vocab_size >= 1024)
     normalization: str = "identity"     # "identity": characters as written, whitespace to " "; "nmt_nfkc": NFKC
+    case: str = "keep"                  # "keep": as written; "markers": lower case behind xxmaj / xxup pieces
 
     def __post_init__(self):
         if self.model_type not in ("unigram", "bpe"):
@@ -121,6 +129,8 @@ class SpmSettings:
             )
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        if self.case not in CASES:
+            raise ValueError(f"case must be one of {CASES}, got {self.case!r}")
 
     def trainer_options(self) -> dict[str, Any]:
         """What SentencePiece's trainer is given for characters: byte pieces, their coverage,
@@ -144,7 +154,8 @@ def train_spm(source: TextSource, cache: Cache, **settings: Any) -> Path:
 def train_spm_manifest(source: TextSource, cache: Cache, settings: SpmSettings) -> tuple[Path, dict, bool]:
     """train_spm's work: (the model's path, its cache manifest, hit)."""
     params = {"vocab_size": settings.vocab_size, "model_type": settings.model_type, **settings.trainer_options(),
-              "seed": settings.seed, "special": SPECIAL_IDS, "version": TEXT_VERSION}
+              "seed": settings.seed, "special": SPECIAL_IDS, "version": TEXT_VERSION,
+              **({"case": settings.case} if settings.case != "keep" else {})}  # "keep": the keys made before case
     units = _sample_units(source, settings.sample_docs, settings.seed)
     index_key = digest({"files": fingerprint_paths(sorted({u[0] for u in units}), source.root),
                         "units": digest([u[1:] for u in units]),
@@ -154,7 +165,7 @@ def train_spm_manifest(source: TextSource, cache: Cache, settings: SpmSettings) 
         found = cache.lookup("spm", ref["spm_key"])
         if found is not None:
             return cache.path("spm", ref["spm_key"]) / "spm.model", found, True
-    texts = _sample_texts(source, units, settings.sample_docs, settings.seed)
+    texts = _sample_texts(source, units, settings.sample_docs, settings.seed, settings.case)
     if not texts:
         raise DataError(f"{source.root}: no readable training documents to learn SentencePiece from")
     h = hashlib.sha256()
@@ -183,6 +194,7 @@ def train_spm_manifest(source: TextSource, cache: Cache, settings: SpmSettings) 
                 model_type=settings.model_type, **chars,
                 unk_id=UNK_ID, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID,
                 hard_vocab_limit=False, max_sentence_length=8192, num_threads=os.cpu_count() or 1,
+                user_defined_symbols=_marker_pieces() if settings.case == "markers" else [],
                 minloglevel=2,
             )
         except RuntimeError as e:
@@ -212,6 +224,11 @@ def train_spm_manifest(source: TextSource, cache: Cache, settings: SpmSettings) 
     return cache.path("spm", key) / "spm.model", manifest, hit
 
 
+def _marker_pieces() -> list[str]:
+    """Each case marker after a space and after anything else ("(xxup"): one piece either way."""
+    return [p for m in CASE_MARKERS for p in ("\u2581" + m, m)]
+
+
 @lru_cache(maxsize=4)
 def processor(model_path: str):
     import sentencepiece as spm
@@ -219,9 +236,28 @@ def processor(model_path: str):
     return spm.SentencePieceProcessor(model_file=model_path)
 
 
+@lru_cache(maxsize=4)
+def marks_case(model_path: str) -> bool:
+    """Whether the model was trained with case "markers" (its marker pieces are user-defined)."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto.FromString(processor(model_path).serialized_model_proto())
+    user = {p.piece for p in proto.pieces if p.type == p.USER_DEFINED}
+    return all(p in user for p in _marker_pieces())
+
+
+def encode_texts(texts: list[str], model_path: str | Path, **kw):
+    """SentencePiece's encode_as_numpy of the texts, marked as the model was trained
+    (case "markers"); kw: add_bos, add_eos, num_threads."""
+    if marks_case(str(model_path)):
+        texts = [mark_case(t) for t in texts]
+    return processor(str(model_path)).encode_as_numpy(texts, **kw)
+
+
 def decode(ids, model_path: str | Path) -> str:
     """Token ids (a list, array or tensor; special ids are dropped) -> text."""
-    return processor(str(model_path)).decode([int(i) for i in ids if int(i) > EOS_ID or int(i) == UNK_ID])
+    text = processor(str(model_path)).decode([int(i) for i in ids if int(i) > EOS_ID or int(i) == UNK_ID])
+    return unmark_case(text) if marks_case(str(model_path)) else text
 
 
 def normalize(text: str, model_path: str | Path) -> str:
@@ -229,7 +265,9 @@ def normalize(text: str, model_path: str | Path) -> str:
     rule: "identity" for the models train_spm makes now; whitespace runs and newlines to one
     space, trimmed). A character the model cannot spell (no piece, no byte fallback) comes
     back from decode as " ⁇ " instead."""
-    norm = processor(str(model_path)).normalize(fixup(text))
-    return norm.replace("\u2581", " ").strip()
+    marks = marks_case(str(model_path))
+    text = fixup(text)
+    norm = processor(str(model_path)).normalize(mark_case(text) if marks else text).replace("\u2581", " ").strip()
+    return unmark_case(norm) if marks else norm
 
 

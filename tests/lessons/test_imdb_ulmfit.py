@@ -77,6 +77,9 @@ def test_slanted_triangles_and_stage_lrs():
         dataclasses.replace(cfg, stage_lrs=(1, 1))
     with pytest.raises(ValueError, match="cut_div"):
         dataclasses.replace(cfg, cut_div=0.5)
+    assert cfg.case == "markers"  # lesson 10's case rule by default
+    with pytest.raises(ValueError, match="case must be 'keep' or 'markers'"):
+        dataclasses.replace(cfg, case="lower")
 
 
 def test_sample_data_by_dataset_name(capsys, tmp_path):

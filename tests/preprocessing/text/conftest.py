@@ -8,7 +8,7 @@ from preprocessing.cache import Cache
 from preprocessing.text.encoding import tokenize
 from preprocessing.text.readers import find_imdb
 
-SPM = dict(vocab_size=300, sample_docs=300)  # small: trains in a fraction of a second
+SPM = dict(vocab_size=300, sample_docs=300, case="markers")  # small: trains in a fraction of a second; the pipelines' case rule
 
 WIKI = (
     " \n"
@@ -29,7 +29,7 @@ WIKI = (
 
 @pytest.fixture
 def spm_small() -> dict:
-    """SentencePiece settings for train_spm and tokenize: {vocab_size: 300, sample_docs: 300}."""
+    """SentencePiece settings for train_spm and tokenize: {vocab_size: 300, sample_docs: 300, case: markers}."""
     return dict(SPM)
 
 
@@ -41,7 +41,7 @@ def wiki_text() -> str:
 
 @pytest.fixture(scope="session")
 def imdb_tokens(imdb_small, tmp_path_factory, ray_session) -> tuple[Cache, dict]:
-    """(cache, manifest) of imdb_small tokenized with a 300-piece vocabulary."""
+    """(cache, manifest) of imdb_small tokenized with a 300-piece vocabulary, case markers."""
     cache = Cache(tmp_path_factory.mktemp("imdb-tokens"))
     manifest, _ = tokenize(find_imdb(imdb_small), cache, **SPM)
     return cache, manifest

@@ -9,7 +9,7 @@ from preprocessing.cache import Cache
 from preprocessing.text import BOS_ID, PAD_ID
 from preprocessing.text.corpus import load_tokens
 from preprocessing.text.readers import find_imdb
-from preprocessing.text.subwords import decode, normalize, train_spm
+from preprocessing.text.subwords import decode, encode_texts, normalize, train_spm
 
 def test_spm_model_is_cached_and_deterministic(imdb_small, tmp_path, spm_small):
     src = find_imdb(imdb_small)
@@ -18,6 +18,7 @@ def test_spm_model_is_cached_and_deterministic(imdb_small, tmp_path, spm_small):
     assert a.read_bytes() == b.read_bytes()
     assert train_spm(src, Cache(tmp_path / "a"), **spm_small) == a
     assert train_spm(src, Cache(tmp_path / "a"), **spm_small, model_type="bpe") != a
+    assert train_spm(src, Cache(tmp_path / "a"), **{**spm_small, "case": "keep"}) != a
     with pytest.raises(ValueError, match="model_type"):
         train_spm(src, Cache(tmp_path / "a"), model_type="word")
 
@@ -102,3 +103,27 @@ def test_a_vocabulary_too_small_for_the_characters_is_one_clear_error(tmp_path):
     lines = [t.format(n) for n in range(50) for t in TRAIN_LINES]
     with pytest.raises(ValueError, match=r"vocab_size=20 cannot hold every character .*raise vocab_size"):
         train_spm(_table(tmp_path, lines), Cache(tmp_path / "c"), vocab_size=20)
+
+
+def test_case_markers_share_pieces_and_give_the_case_back(tmp_path):
+    """case "markers" (lesson 10's rule): "Movie", "MOVIE" and "movie" are one piece behind
+    a marker piece of its own, and decode gives every case back, mixed case included."""
+    import sentencepiece as spm
+
+    from preprocessing.text.documents import mark_case, unmark_case
+
+    lines = [t.format(n) for n in range(200) for t in TRAIN_LINES + ["This MOVIE was a movie, {}!", "McCoy said MOVIE"]]
+    model = train_spm(_table(tmp_path, lines), Cache(tmp_path / "c"), vocab_size=1024, sample_docs=1000, case="markers")
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    assert [sp.id_to_piece(i) for i in range(4, 9)] == ["\u2581xxup", "xxup", "\u2581xxmaj", "xxmaj", "<0x00>"]
+    up, low, cap = (list(r) for r in encode_texts(["MOVIE", "movie", "Movie"], model))
+    assert up[0] == sp.piece_to_id("\u2581xxup") and cap[0] == sp.piece_to_id("\u2581xxmaj") and up[1:] == low == cap[1:]
+    for x in (RARE, "McCoy SAID: «Déjà VU» (MOVIE) İstanbul I a", "This MOVIE was a movie, 7!"):
+        ids = encode_texts([x], model)[0]
+        assert decode(ids, model) == x and normalize(x, model) == x and 0 not in ids
+    assert mark_case("The BEST film, McCoy.") == "xxmaj the xxup best film, McCoy."
+    assert unmark_case(mark_case("ÉTÉ Été été A I")) == "ÉTÉ Été été A I"
+    keep = train_spm(_table(tmp_path, lines), Cache(tmp_path / "c"), vocab_size=1024, sample_docs=1000)
+    assert keep != model and decode(encode_texts(["MOVIE"], keep)[0], keep) == "MOVIE"
+    with pytest.raises(ValueError, match="case must be one of"):
+        train_spm(_table(tmp_path, lines), Cache(tmp_path / "c"), case="lower")
