@@ -64,7 +64,7 @@ def test_registered_and_tune_searches_dropout_and_the_schedule():
     assert (clas.dataset, clas.metric, clas.mode) == ("jigsaw-toxic", "roc_auc", "max")
     assert set(clas.search_space(clas.configs["tiny"])) >= {"drop_mult", "lr", "div", "pct"}
     # the LM and the classifier tokenize alike: one cache
-    for f in ("vocab_size", "sample_docs", "valid_frac", "text_col", "label_cols", "seed"):
+    for f in ("vocab_size", "sample_docs", "case", "valid_frac", "text_col", "label_cols", "seed"):
         for name in ("tiny", "sample"):
             assert getattr(lm.configs[name], f) == getattr(clas.configs[name], f), (name, f)
 
