@@ -31,6 +31,7 @@ from torch import nn
 from models.awd_lstm import AWDLSTMConfig, ar_tar, encoder_state, language_model, layer_groups, load_encoder, text_classifier
 from preprocessing import text
 from preprocessing.text import batching, corpus, encoding, readers
+from preprocessing.text.subwords import CASES
 
 from ..core.batching import cycle_batches
 from ..core.contract import Pipeline, RunContext, TrainConfig, unwrap
@@ -71,8 +72,8 @@ class _Common(TrainConfig):
                              f"bptt={self.bptt}, vocab_size={self.vocab_size})")
         if len(self.moms) != 2:
             raise ValueError(f"moms needs two values (max, min), got {self.moms}")
-        if self.case not in ("keep", "markers"):
-            raise ValueError(f"case must be 'keep' or 'markers', got {self.case!r}")
+        if self.case not in CASES:
+            raise ValueError(f"case must be one of {CASES}, got {self.case!r}")
 
     def awd(self, **kw) -> AWDLSTMConfig:
         return AWDLSTMConfig(vocab_size=self.vocab_size, emb_sz=self.emb_sz, n_hid=self.n_hid, n_layers=self.n_layers,
@@ -222,8 +223,7 @@ class _UlmfitBase(Pipeline):
         """The corpus tokenized and cached: (manifest, hit). IMDb's aclImdb/ here."""
         source = readers.find_imdb(data_dir)
         return encoding.tokenize(source, cache, vocab_size=cfg.vocab_size, sample_docs=cfg.sample_docs, seed=cfg.seed,
-                                 case=cfg.case,
-                                 on_bad=on_bad)
+                                 case=cfg.case, on_bad=on_bad)
 
     def preprocess(self, cfg, data_dir: Path, cache, on_bad: str = "skip"):
         src = getattr(cfg, self._init_field)
@@ -429,10 +429,15 @@ class Classifier(_UlmfitBase):
         if _RUN_ID.fullmatch(cfg.encoder) and not Path(cfg.encoder).is_file():
             from mlflow.tracking import MlflowClient
 
-            key = MlflowClient(tracking_uri=tracking_uri).get_run(cfg.encoder).data.tags.get("fastray.cache_key")
+            data = MlflowClient(tracking_uri=tracking_uri).get_run(cfg.encoder).data
+            key = data.tags.get("fastray.cache_key")
             if key and key != manifest["key"]:
-                logger.warning(f"{self.name}: warning: the LM run {cfg.encoder} tokenized other data or settings "
-                               f"(cache key {key}, here {manifest['key']}): its token ids may mean other pieces")
+                # the tokenizer's settings that differ (none: other data)
+                lm = {f: data.params.get(f"config.{f}") for f in ("vocab_size", "sample_docs", "case", "seed")}
+                differ = [f"{f}={v}" for f, v in lm.items() if v is not None and v != str(getattr(cfg, f))]
+                logger.warning(f"{self.name}: warning: the LM run {cfg.encoder} tokenized "
+                               + (f"with {', '.join(differ)} (--set them here too)" if differ else "other data")
+                               + f" (cache key {key}, here {manifest['key']}): its token ids may mean other pieces")
             logger.info(f"{self.name}: encoder loaded from the {self.lm_name} run {cfg.encoder}")
             return {"fastray.init": f"encoder:run:{cfg.encoder}"}
         logger.info(f"{self.name}: encoder loaded from {cfg.encoder}")

@@ -24,8 +24,12 @@ def fixup(text: str) -> str:
 
 
 CASE_MARKERS = ("xxup", "xxmaj")  # fastai's TK_UP and TK_MAJ
-_WORD = re.compile(r"[^\W\d_]+")  # a run of letters
-_MARKED = re.compile(r"(xxup|xxmaj) ([^\W\d_]+)")
+_LETTERS = r"[^\W\d_]"  # a letter
+# a run of letters that does not start with a-z: the words that may take a marker (the rest,
+# most of English, the regex skips without a Python call a word)
+_WORD = re.compile(rf"(?<!{_LETTERS})[^\W\d_a-z]{_LETTERS}*")
+_MARKED = re.compile(rf"(xxup|xxmaj) ({_LETTERS}+)")
+_RUN = re.compile(rf"{_LETTERS}+")
 
 
 def _unmark_word(m: re.Match) -> str:
@@ -37,11 +41,15 @@ def _mark_word(m: re.Match) -> str:
     w = m.group(0)
     if len(w) < 2:
         return w
-    marker = "xxup" if w.isupper() else "xxmaj" if w[0].isupper() and w[1:].islower() else None
-    if marker is None:
+    low = w.lower()
+    if w.isupper():
+        marker, back = "xxup", low.upper()
+    elif w[1:].islower():
+        marker, back = "xxmaj", low[:1].upper() + low[1:]
+    else:  # mixed case ("McCoy") stays as written
         return w
-    marked = f"{marker} {w.lower()}"
-    return marked if _MARKED.sub(_unmark_word, marked) == w else w  # only what unmark_case gives back exactly
+    # only what unmark_case gives back exactly (not "İstanbul": its lower case grows a combining dot)
+    return f"{marker} {low}" if back == w and _RUN.fullmatch(low) else w
 
 
 def mark_case(text: str) -> str:

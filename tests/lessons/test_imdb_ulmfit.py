@@ -78,7 +78,7 @@ def test_slanted_triangles_and_stage_lrs():
     with pytest.raises(ValueError, match="cut_div"):
         dataclasses.replace(cfg, cut_div=0.5)
     assert cfg.case == "markers"  # lesson 10's case rule by default
-    with pytest.raises(ValueError, match="case must be 'keep' or 'markers'"):
+    with pytest.raises(ValueError, match="case must be one of"):
         dataclasses.replace(cfg, case="lower")
 
 
@@ -116,6 +116,27 @@ def test_classifier_shares_the_lm_tokens_and_checks_an_encoder_file_first(capsys
     lines = [l for l in err.splitlines() if l.startswith("fastray: error:")]
     assert code == 1 and len(lines) == 1 and "vocabulary has 300 tokens" in lines[0], err
     assert "Traceback" not in err and not any(workdir.glob("runs/*"))
+
+
+def test_an_lm_run_of_other_tokenizer_settings_is_named_in_the_warning(tmp_path, caplog):
+    """An encoder from an LM run that tokenized otherwise (here: case) loads, with a warning
+    that names the setting to --set."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.create_experiment("imdb-lm"), tags={"fastray.cache_key": "lm-key"})
+    lm, clas = registry.get("imdb-lm"), registry.get("imdb-clas")
+    (tmp_path / "encoder").mkdir()
+    torch.save(encoder_state(lm.build_model(lm.configs["tiny"])), tmp_path / "encoder" / "encoder.pt")
+    client.log_artifact(run.info.run_id, str(tmp_path / "encoder" / "encoder.pt"), "encoder")
+    for f, v in (("vocab_size", 300), ("sample_docs", 300), ("case", "markers"), ("seed", 0)):
+        client.log_param(run.info.run_id, f"config.{f}", v)
+    cfg = dataclasses.replace(clas.configs["tiny"], encoder=run.info.run_id, case="keep")
+    with caplog.at_level("WARNING", logger="fastray"):
+        clas.init_source(cfg, {"key": "clas-key"}, uri)
+    warned = [r.getMessage() for r in caplog.records if "tokenized" in r.getMessage()]
+    assert len(warned) == 1 and "tokenized with case=markers (--set them here too)" in warned[0], warned
 
 
 def _train_here(name: str, cfg, cache: Cache, manifest: dict) -> LocalSession:
