@@ -9,7 +9,8 @@ cached rows are in random order. A data set says only how one input becomes rows
 path, a pair of paths, a record) into zero or more rows, raising DataError for an input
 it cannot use. The template does the rest, the same way for every data set:
 
-    items of each split -> chunks -> Ray Data map_batches(decoder) -> <out>/<split>/*.parquet
+    every split's items -> chunks -> one Ray Data map_batches (a task a chunk: the decoder,
+    then the chunk's own parquet file) -> <out>/<split>/<chunk>.parquet
 
 and the bad-input policy: under ``on_bad="skip"`` an item whose decoding raises DataError
 is left out with a warning (and counted: items - rows), under ``"fail"`` the first one
@@ -73,7 +74,7 @@ class Decoder:
         raise NotImplementedError
 
     def __call__(self, batch: dict):
-        """Ray Data map_batches function: rows each holding one pickled chunk of items ->
+        """Rows each holding one pickled chunk of items ->
         the chunk's table (to_table). Each task gets only its own chunk (a function holding
         every chunk cost each task 0.5 s to unpickle at CIFAR-10's size)."""
         cols: dict[str, list] = {k: [] for k in self.columns}
@@ -210,18 +211,43 @@ def _unwrap_data_error(e: BaseException) -> BaseException:
     return DataError(m.group(1).strip()) if m else e
 
 
-def write_chunks(chunk_list: list, decoder: Decoder, out: Path) -> int:
-    """Decode each chunk in its own Ray Data task and write parquet files to ``out``; the
-    rows written."""
-    import pyarrow.parquet as pq
+class _ChunkWriter:
+    """map_batches function: rows of (pickled chunk, parquet path) -> each chunk decoded and
+    written to its path by the task that decoded it; the rows each wrote. Pixels as raw bytes
+    (to_table): a dictionary would only be hashed and dropped, and snappy saved 0.2 % of the
+    bytes for CPU time in every task; labels keep theirs."""
 
-    ds = map_chunks([{"chunk": pickle.dumps(c, protocol=5)} for c in chunk_list], decoder)
-    with data_errors():
-        # pixels as raw bytes (to_table): a dictionary would only be hashed and dropped, and
-        # snappy saved 0.2 % of the bytes for CPU time in every task; labels keep theirs
-        plain = [k for k, (shape, _) in decoder.columns.items() if not shape]
-        ds.write_parquet(str(out), compression="none", use_dictionary=plain or False)
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in sorted(out.glob("*.parquet")))
+    def __init__(self, decoder: Decoder):
+        self.decoder = decoder
+        self.plain = [k for k, (shape, _) in decoder.columns.items() if not shape]
+
+    def __call__(self, batch: dict) -> dict:
+        import pyarrow.parquet as pq
+
+        rows = []
+        for blob, path in zip(batch["chunk"], batch["path"]):
+            table = self.decoder({"chunk": [blob]})
+            if table.num_rows:
+                pq.write_table(table, path, compression="none", use_dictionary=self.plain or False)
+            rows.append(table.num_rows)
+        return {"out": batch["out"], "rows": np.asarray(rows, np.int64)}
+
+
+def write_chunks(parts: dict[str, list[list]], decoder: Decoder, out: Path) -> dict[str, int]:
+    """Every chunk of every output ({name: chunks}) decoded in its own task of one Ray Data
+    execution, each written to out/<name>/<chunk number>.parquet; the rows of each output.
+    One execution for all the splits: a second cost CIFAR-10's 10,000 validation images a
+    start of its own and an idle CPU at its end."""
+    jobs = [{"chunk": pickle.dumps(c, protocol=5), "out": name, "path": str(out / name / f"{i:05d}.parquet")}
+            for name, chunk_list in parts.items() for i, c in enumerate(chunk_list)]
+    for name in parts:
+        (out / name).mkdir(parents=True, exist_ok=True)
+    rows = dict.fromkeys(parts, 0)
+    if jobs:
+        with data_errors():
+            for r in map_chunks(jobs, _ChunkWriter(decoder)).take_all():
+                rows[str(r["out"])] += int(r["rows"])
+    return rows
 
 
 def listing_skips(unusable: dict[str, list[tuple[str, str]]], on_bad: BadInput) -> dict[str, dict[str, int]]:
@@ -258,7 +284,7 @@ def unusable_key(unusable: dict[str, list[tuple[str, str]]], root: Path) -> dict
 def decode_splits(splits: dict[str, list], decoder: Decoder, out: Path, *, root: Path, seed: int,
                   chunk: tuple[int, int], noun: str = "image", shuffle: bool = True,
                   left_out: dict[str, dict[str, int]] | None = None) -> tuple[dict, dict, dict]:
-    """Every split's items decoded into out/<split>/ (starts or joins Ray); (rows, skipped,
+    """Every split's items decoded into out/<split>/ in one execution (starts or joins Ray); (rows, skipped,
     bad_input) per split. ``left_out``: listing_skips' counts, added to skipped; bad_input
     holds every skip's reason ({reason: count}; "unreadable <noun>" for a decode skip). A
     skip is warned about once per split; a split left empty is a DataError."""
@@ -266,15 +292,16 @@ def decode_splits(splits: dict[str, list], decoder: Decoder, out: Path, *, root:
 
     left_out = left_out or {}
     init_ray()
-    rows, skipped, bad_input = {}, {}, {}
-    for i, (split, items) in enumerate(splits.items(), 1):
-        parts = chunks(items, cluster_cpus(), seed, *chunk, shuffle=shuffle)
-        say(f"preprocess {split} ({i}/{len(splits)}): decoding {len(items)} {noun}(s) in {len(parts)} task(s) ...")
-        t0 = time.perf_counter()
-        rows[split] = write_chunks(parts, decoder, out / split)
-        took = time.perf_counter() - t0
-        say(f"preprocess {split} ({i}/{len(splits)}): {rows[split]} row(s) in {took:.1f} s "
-            f"({len(items) / max(took, 1e-9):.0f} {noun}s/s)")
+    parts = {split: chunks(items, cluster_cpus(), seed, *chunk, shuffle=shuffle) for split, items in splits.items()}
+    n = sum(map(len, splits.values()))
+    say(f"preprocess: decoding {n} {noun}(s) of {len(splits)} split(s) ({', '.join(splits)}) "
+        f"in {sum(map(len, parts.values()))} task(s) ...")
+    t0 = time.perf_counter()
+    rows = write_chunks(parts, decoder, out)
+    took = time.perf_counter() - t0
+    say(f"preprocess: {sum(rows.values())} row(s) in {took:.1f} s ({n / max(took, 1e-9):.0f} {noun}s/s)")
+    skipped, bad_input = {}, {}
+    for split, items in splits.items():
         failed = len(items) - rows[split] if decoder.row_per_item else 0
         if failed:
             warn(f"{split}: skipped {failed} unreadable {noun}(s) of {len(items)} "

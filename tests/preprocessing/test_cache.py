@@ -31,6 +31,24 @@ def test_fingerprint_changes_when_a_file_is_touched(tmp_path):
     assert fingerprint_files([f], tmp_path) != before
 
 
+def test_fingerprint_is_the_key_caches_were_made_with(tmp_path):
+    """The fingerprint names files as strings now (twice as fast): the same hash as the
+    Path-ordered one it replaced, so the caches users already have stay hits, whatever
+    the order of the listing and with names that sort differently as strings and as paths."""
+    import hashlib
+    from pathlib import Path
+
+    names = ["a-b.png", "a/b.png", "a.png", "a/c/d.png", "Z.png", "é.png", "a b.png", "a/b-c/e.png"]
+    for i, n in enumerate(names):
+        (tmp_path / n).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / n).write_bytes(b"x" * i)
+    h = hashlib.sha256()
+    for p in sorted((Path(tmp_path / n) for n in names), key=lambda p: p.parts):  # Python 3.11 sorted Paths so
+        st = p.stat()
+        h.update(f"{p.relative_to(tmp_path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    assert fingerprint_files([tmp_path / n for n in reversed(names)], tmp_path) == h.hexdigest()[:16]
+
+
 def test_second_build_is_a_hit_and_does_no_work(tmp_path):
     cache, calls = Cache(tmp_path), []
     m1, hit1 = cache.build("d", "k1", _writer(b"x" * 10, calls))
