@@ -63,9 +63,10 @@ class Config(TrainConfig):
 CONFIGS = {
     # seconds: a test's smoke run through every mechanism
     "tiny": Config(groups=(1, 1), nf=8, bn_mom=0.1, bs=64, epochs=2, lr=0.4, small_size=16, small_frac=0.5),
-    # minutes on 2 CPU cores: >= 90% test accuracy on the generated sample
+    # a minute and a half on 2 CPU cores: >= 90% test accuracy on the generated sample (8 epochs:
+    # 0.982, 0.969, 0.980 with seeds 0-2; 12 took 35 s more for 0.976 at seed 0)
     # (short runs want BatchNorm statistics that keep up: bn_mom 0.1)
-    "sample": Config(groups=(1, 1, 1), nf=16, bn_mom=0.1, bs=64, epochs=12, lr=0.4, div=10, pct=0.15, small_size=24, small_frac=0.25),
+    "sample": Config(groups=(1, 1, 1), nf=16, bn_mom=0.1, bs=64, epochs=8, lr=0.4, div=10, pct=0.15, small_size=24, small_frac=0.25),
     # lesson 12 on the real CIFAR-10 (GPUs)
     "default": Config(),
 }
