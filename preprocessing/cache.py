@@ -57,8 +57,8 @@ def digest(obj: Any) -> str:
 def fingerprint_files(paths: Iterable[Path], root: Path) -> str:
     """Hash of (path relative to root, size, mtime_ns) of each file: touching or
     changing any input gives a new key, reading no file's content. The files in Path order
-    (by parts), stat'ed and named as strings: 60,000 files in 0.2 s where Path objects took
-    0.56 s, the same hash."""
+    (by parts), stat'ed and named as strings: 60,000 files in 0.25 s where Path objects took
+    0.55 s, the same hash."""
     names = sorted(map(str, paths), key=lambda s: s.split(os.sep))
     prefix = str(root) if str(root).endswith(os.sep) else str(root) + os.sep
     h = hashlib.sha256()
