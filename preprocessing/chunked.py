@@ -73,23 +73,22 @@ class Decoder:
         """The rows of one item ({column: value}); DataError for an input it cannot use."""
         raise NotImplementedError
 
-    def __call__(self, batch: dict):
-        """Rows each holding one pickled chunk of items ->
-        the chunk's table (to_table). Each task gets only its own chunk (a function holding
-        every chunk cost each task 0.5 s to unpickle at CIFAR-10's size)."""
+    def table(self, items: list):
+        """One chunk's items -> their rows as a table (to_table), the bad-input policy applied.
+        Each task gets only its own chunk (a function holding every chunk cost each task
+        0.5 s to unpickle at CIFAR-10's size)."""
         cols: dict[str, list] = {k: [] for k in self.columns}
-        for blob in batch["chunk"]:
-            for item in pickle.loads(blob):
-                try:
-                    rows = list(self.rows(item))
-                except DataError as e:
-                    if self.on_bad == "fail":
-                        raise
-                    warn(f"skipped {e}")
-                    continue
-                for row in rows:
-                    for k, v in row.items():
-                        cols[k].append(v)
+        for item in items:
+            try:
+                rows = list(self.rows(item))
+            except DataError as e:
+                if self.on_bad == "fail":
+                    raise
+                warn(f"skipped {e}")
+                continue
+            for row in rows:
+                for k, v in row.items():
+                    cols[k].append(v)
         return to_table({k: (np.stack(v).astype(dtype, copy=False) if shape else np.asarray(v, dtype)) if v
                          else np.zeros((0, *shape), dtype)
                          for (k, v), (shape, dtype) in zip(cols.items(), self.columns.values())})
@@ -226,7 +225,7 @@ class _ChunkWriter:
 
         rows = []
         for blob, path in zip(batch["chunk"], batch["path"]):
-            table = self.decoder({"chunk": [blob]})
+            table = self.decoder.table(pickle.loads(blob))
             if table.num_rows:
                 pq.write_table(table, path, compression="none", use_dictionary=self.plain or False)
             rows.append(table.num_rows)

@@ -1,6 +1,5 @@
 """preprocessing.chunked: the decode template's parts without Ray: a Decoder's task
 function (columns, the bad-input policy), the chunks, and Ray's wrapped DataErrors."""
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ class _Squares(Decoder):
 
 
 def _task(decoder, *chunk_list):
-    table = decoder({"chunk": [pickle.dumps(c) for c in chunk_list]})
+    table = decoder.table([it for c in chunk_list for it in c])
     return {k: column_array(table, k) for k in table.column_names}
 
 

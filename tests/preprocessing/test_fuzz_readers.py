@@ -88,7 +88,7 @@ def test_the_decode_task_skips_and_counts_or_fails_with_a_data_error(scratch, fi
     paths = [(str(write_file(folder, f"{i}.png", b)), i) for i, b in enumerate(files)]
     fn = _CifarDecoder("folders", (8, 16), on_bad)
     try:
-        table = fn({"chunk": [pickle.dumps(paths)]})
+        table = fn.table(paths)
     except DataError:
         assert on_bad == "fail"
         return
