@@ -31,7 +31,8 @@ import sys
 
 # run as a script, this folder is sys.path[0], and its tokenize.py would shadow the
 # standard library's: put the repository root there instead
-sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if __name__ == "__main__":
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse
 import dataclasses
@@ -219,14 +220,16 @@ def measure(name: str, args: argparse.Namespace, work: Path) -> dict:
     after = bare_loop(pipe, cfg, p.batches, p.manifest, sched, device, cpus)
     bare = (steady(before) + steady(after)) / 2
     idle = {}
-    if args.ray_idle and alone:  # the same bare loop beside a started, idle local Ray
+    if (args.ray_idle or args.decompose) and alone:  # the same bare loop beside a started, idle local Ray
         init_ray()
         time.sleep(2)  # its processes started
         with_ray = bare_loop(pipe, cfg, p.batches, p.manifest, sched, device, cpus)
-        ray.shutdown()
         idle = {"bare_ray_idle_examples_per_s": round(steady(with_ray), 1),
                 "ray_idle_ratio": round(steady(with_ray) / bare, 3),
                 "per_epoch_bare_ray_idle": _r(with_ray)}
+        if args.decompose:
+            idle.update(decompose(name, p, work, steady(with_ray)))
+        ray.shutdown()
     return {
         "pipeline": name,
         "ratio": round(steady(rates) / bare, 3),
@@ -244,6 +247,59 @@ def measure(name: str, args: argparse.Namespace, work: Path) -> dict:
         "loadavg": _loadavg(),
         **idle,
     }
+
+
+def decompose(name: str, p: Prepared, work: Path, bare_ray_idle: float) -> dict:
+    """Between the bare loop beside an idle Ray and the engine under Ray Train, two steps
+    (CPU, Ray up): the engine's own loop (run_loop, in this process, on a LocalSession of the
+    same data sets: its batches(), metrics, progress and evaluation; no Ray Train, no MLflow),
+    and the bare loop run as the training function of a one-worker Ray Train run (Ray
+    Train's controller and worker around a loop that is not ours). Each over the bare loop
+    beside the same idle Ray."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.core.batching import KeptShard
+    from pipelines.core.loop import RunSpec, run_loop
+    from pipelines.core.sessions import LocalSession
+
+    spec = RunSpec(name, p.cfg, f"decompose-{name}", 1, p.cpus, False, p.sched.steps_per_epoch, "", "", "",
+                   manifest=p.manifest)
+    session = LocalSession({k: KeptShard(ds) for k, ds in p.pipe.datasets(p.cfg, p.cache, p.manifest).items()})
+    threads = torch.get_num_threads()
+    try:
+        run_loop(spec, session, p.pipe)
+    finally:
+        torch.set_num_threads(threads)
+    loop = [r["images_per_s"] for r in session.reports]
+
+    out = work / f"decompose-{name}.json"  # the worker's figures (same machine)
+    args = dict(pipe=p.pipe, cfg=p.cfg, batches=p.batches, manifest=p.manifest, sched=p.sched, cpus=p.cpus)
+
+    def in_worker(config: dict) -> None:  # this file's bare_loop, loaded in the worker (a script is no module there)
+        import importlib.util
+
+        import ray
+
+        spec = importlib.util.spec_from_file_location("fastray_overhead", config["script"])
+        script = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+        a = ray.get(config["args"])
+        rates = script.bare_loop(a["pipe"], a["cfg"], a["batches"], a["manifest"], a["sched"], torch.device("cpu"),
+                                 a["cpus"])
+        Path(config["out"]).write_text(json.dumps(rates))
+
+    import ray
+
+    TorchTrainer(in_worker, train_loop_config={"args": ray.put(args), "out": str(out), "script": __file__},
+                 scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": p.cpus}),
+                 run_config=RunConfig(storage_path=str(work / "runs"), name=f"decompose-{name}-{time.time_ns()}")).fit()
+    in_train = json.loads(out.read_text())
+    return {"loop_in_process_examples_per_s": round(steady(loop), 1),
+            "loop_in_process_ratio": round(steady(loop) / bare_ray_idle, 3),
+            "bare_in_ray_train_examples_per_s": round(steady(in_train), 1),
+            "bare_in_ray_train_ratio": round(steady(in_train) / bare_ray_idle, 3),
+            "per_epoch_loop_in_process": _r(loop), "per_epoch_bare_in_ray_train": _r(in_train)}
 
 
 def _r(xs: list[float], nd: int = 1) -> list[float]:
@@ -271,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ray-idle", action="store_true",
                     help="CPU: also time the bare loop beside an idle local Ray (ray_idle_ratio: what Ray's "
                          "own processes cost a loop that does not use them)")
+    ap.add_argument("--decompose", action="store_true",
+                    help="CPU: --ray-idle, and two steps between it and the engine: the engine's loop in this "
+                         "process (loop_in_process_ratio) and the bare loop inside a Ray Train worker "
+                         "(bare_in_ray_train_ratio), each over the bare loop beside the idle Ray")
     args = ap.parse_args(argv)
     logs.setup()  # the engine's lines (one an epoch) on stderr
     if args.smoke:
@@ -296,10 +356,12 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             failed.append(n)
             out = {"pipeline": n, "ratio": None, "error": f"{type(e).__name__}: {e}", "loadavg": _loadavg()}
-        suffix = "_smoke" if args.smoke else ""
+        # a run with extra measurements keeps the plain run's JSON (the README's table)
+        suffix = "_smoke" if args.smoke else "_decompose" if args.decompose else "_ray_idle" if args.ray_idle else ""
         (args.out / f"overhead_{n}_{args.device}{suffix}.json").write_text(json.dumps(out, indent=1) + "\n")
         print(json.dumps({k: out.get(k) for k in ("pipeline", "ratio", "bare_examples_per_s", "engine_examples_per_s",
-                                                   "bare_drift", "ray_idle_ratio", "loadavg", "error")
+                                                   "bare_drift", "ray_idle_ratio", "loop_in_process_ratio",
+                                                   "bare_in_ray_train_ratio", "loadavg", "error")
                           if k in out}), flush=True)
     return 1 if failed else 0
 
