@@ -400,7 +400,7 @@ def _detok(tokens: torch.Tensor, spm_path: str, sp=None) -> list[str]:
     """Decoder output -> detokenized sentences (SentencePiece decode, specials dropped)."""
     ids = strip_tokens(tokens, text.EOS_ID, text.PAD_ID)
     if sp is not None:
-        return [sp.decode([i for i in row if i > text.EOS_ID or i == text.UNK_ID]) for row in ids]
+        return [sp.decode(subwords.piece_ids(row, sp)) for row in ids]
     return [subwords.decode(row, spm_path) for row in ids]
 
 

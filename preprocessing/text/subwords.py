@@ -254,9 +254,20 @@ def encode_texts(texts: list[str], model_path: str | Path, **kw):
     return processor(str(model_path)).encode_as_numpy(texts, **kw)
 
 
+def piece_ids(ids, sp: Any) -> list[int]:
+    """The ids SentencePiece `sp` decodes: special ids dropped (unknown kept), and an id past
+    its last piece as unknown: a model's output layer may have more rows than its tokenizer
+    has pieces (the config's vocab_size is an upper bound), and a prediction of one of those
+    is no text (SentencePiece raises on it)."""
+    size = sp.get_piece_size()
+    return [UNK_ID if i >= size else i for i in map(int, ids) if i > EOS_ID or i == UNK_ID]
+
+
 def decode(ids, model_path: str | Path) -> str:
-    """Token ids (a list, array or tensor; special ids are dropped) -> text."""
-    text = processor(str(model_path)).decode([int(i) for i in ids if int(i) > EOS_ID or int(i) == UNK_ID])
+    """Token ids (a list, array or tensor; special ids are dropped, ids past the model's
+    pieces read as unknown) -> text."""
+    sp = processor(str(model_path))
+    text = sp.decode(piece_ids(ids, sp))
     return unmark_case(text) if marks_case(str(model_path)) else text
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from preprocessing.cache import Cache
-from preprocessing.text import BOS_ID, PAD_ID
+from preprocessing.text import BOS_ID, PAD_ID, UNK_ID
 from preprocessing.text.corpus import load_tokens
 from preprocessing.text.readers import find_imdb
 from preprocessing.text.subwords import decode, encode_texts, normalize, train_spm
@@ -33,6 +33,12 @@ def test_round_trip(imdb_small, imdb_tokens):
     for f in (p for p in files if p.parent.name != "unsup"):
         assert normalize(f.read_text(), model) in decoded, f
     assert decode(torch.tensor([BOS_ID, PAD_ID]), model) == ""
+    # a model whose output layer is larger than the tokenizer (vocab_size is an upper bound)
+    # can predict an id past the last piece: it reads as unknown, where SentencePiece raised
+    piece = train.docs[0][1:2].tolist()
+    past = manifest["vocab_size"] + 5
+    assert decode(piece + [past] + piece, model) == decode(piece + [UNK_ID] + piece, model)
+    assert "\u2047" in decode([past], model)  # SentencePiece's unknown mark
 
 
 # accented and rare characters: some are folded by NFKC ("½" -> "1⁄2", "ﬁ" -> "fi", "…" -> "...")
