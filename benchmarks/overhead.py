@@ -221,6 +221,7 @@ def measure(name: str, args: argparse.Namespace, work: Path) -> dict:
     bare = (steady(before) + steady(after)) / 2
     idle = {}
     if (args.ray_idle or args.decompose) and alone:  # the same bare loop beside a started, idle local Ray
+        print(f"{name}: the bare loop beside an idle Ray ...", file=sys.stderr, flush=True)
         init_ray()
         time.sleep(2)  # its processes started
         with_ray = bare_loop(pipe, cfg, p.batches, p.manifest, sched, device, cpus)
@@ -266,6 +267,7 @@ def decompose(name: str, p: Prepared, work: Path, bare_ray_idle: float) -> dict:
     spec = RunSpec(name, p.cfg, f"decompose-{name}", 1, p.cpus, False, p.sched.steps_per_epoch, "", "", "",
                    manifest=p.manifest)
     session = LocalSession({k: KeptShard(ds) for k, ds in p.pipe.datasets(p.cfg, p.cache, p.manifest).items()})
+    print(f"{name}: the engine's loop in this process ...", file=sys.stderr, flush=True)
     threads = torch.get_num_threads()
     try:
         run_loop(spec, session, p.pipe)
@@ -291,6 +293,7 @@ def decompose(name: str, p: Prepared, work: Path, bare_ray_idle: float) -> dict:
 
     import ray
 
+    print(f"{name}: the bare loop inside a Ray Train worker ...", file=sys.stderr, flush=True)
     TorchTrainer(in_worker, train_loop_config={"args": ray.put(args), "out": str(out), "script": __file__},
                  scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": p.cpus}),
                  run_config=RunConfig(storage_path=str(work / "runs"), name=f"decompose-{name}-{time.time_ns()}")).fit()
@@ -358,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
             out = {"pipeline": n, "ratio": None, "error": f"{type(e).__name__}: {e}", "loadavg": _loadavg()}
         # a run with extra measurements keeps the plain run's JSON (the README's table)
         suffix = "_smoke" if args.smoke else "_decompose" if args.decompose else "_ray_idle" if args.ray_idle else ""
-        (args.out / f"overhead_{n}_{args.device}{suffix}.json").write_text(json.dumps(out, indent=1) + "\n")
+        path = args.out / f"overhead_{n}_{args.device}{suffix}.json"
+        path.write_text(json.dumps(out, indent=1) + "\n")
+        print(f"{n}: wrote {path}", file=sys.stderr, flush=True)
         print(json.dumps({k: out.get(k) for k in ("pipeline", "ratio", "bare_examples_per_s", "engine_examples_per_s",
                                                    "bare_drift", "ray_idle_ratio", "loop_in_process_ratio",
                                                    "bare_in_ray_train_ratio", "loadavg", "error")
