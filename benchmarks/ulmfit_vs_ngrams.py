@@ -12,13 +12,16 @@ One run scores, on the same split (the sample's train/ and test/ folders):
    upper bound the baseline could not have chosen honestly);
 2. `fastray run imdb-lm --config sample`, then `fastray run imdb-clas --config sample
    --set encoder=<its run id>` (subprocesses, the CLI as a user types it), whose test
-   accuracy is the classifier's figure.
+   accuracy is the classifier's figure; with --random-control also `fastray run imdb-clas
+   --config sample` from random weights (what the LM adds);
+3. how well each model's word embedding (the LM's, the classifier's) tells the sample's
+   positive adjectives from its negative ones (leave-one-out nearest class mean, 0.5 chance).
 
 Writes benchmarks/results/ulmfit_vs_ngrams.json and prints one JSON line:
-``{"ngram_test_acc", "ngram_best_test_acc", "ulmfit_test_acc", "margin", "passed", ...}``
+``{"ngram_test_acc", "ulmfit_test_acc", "random_init_test_acc", "margin", "passed", ...}``
 where passed means ulmfit_test_acc >= ngram_test_acc + 0.02.
 
-    python benchmarks/ulmfit_vs_ngrams.py [--data DIR] [--work DIR] [--skip-ulmfit]
+    python benchmarks/ulmfit_vs_ngrams.py [--data DIR] [--work DIR] [--skip-ulmfit] [--random-control]
         [--lm-set KEY=VALUE ...] [--clas-set KEY=VALUE ...]
 """
 from __future__ import annotations
@@ -225,6 +228,40 @@ def ulmfit(data: Path, work: Path, lm_set: list[str], clas_set: list[str]) -> di
             "clas_run_id": clas["run_id"], "lm_set": lm_set, "clas_set": clas_set, "flow_seconds": st["seconds"]}
 
 
+# --------------------------------------------------------------------------- what the LM knows
+def adjective_separation(storage: Path, run_ids: dict[str, str]) -> dict[str, float]:
+    """How well each run's word embedding tells the sample's positive adjectives from its
+    negative ones: leave-one-out nearest class mean over the 60 adjectives' embedding rows
+    (0.5 is chance; every adjective is one SentencePiece piece). run_ids: {label: MLflow run
+    id} of imdb-lm / imdb-clas runs in `storage` (the flow's --storage)."""
+    from mlflow.artifacts import download_artifacts
+
+    from preprocessing.samples.imdb import _NEG_ADJ, _POS_ADJ
+    from preprocessing.text import subwords
+
+    spm = sorted(storage.glob("cache/spm-*/spm.model"))
+    if len(spm) != 1:
+        raise SystemExit(f"expected one SentencePiece model under {storage}/cache, found {len(spm)}")
+    ids = [int(subwords.encode_texts([w], spm[0])[0][-1]) for w in _POS_ADJ + _NEG_ADJ]
+    y = torch.tensor([1] * len(_POS_ADJ) + [0] * len(_NEG_ADJ))
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        for label, run_id in run_ids.items():
+            path = download_artifacts(run_id=run_id, artifact_path="model/model.pt", dst_path=d,
+                                      tracking_uri=f"sqlite:///{storage}/mlruns.db")
+            state = torch.load(path, map_location="cpu")
+            x = next(v for k, v in state.items() if k.endswith("embed.emb.weight"))[ids].float()
+            right = 0
+            for i in range(len(x)):
+                rest = torch.ones(len(x), dtype=torch.bool)
+                rest[i] = False
+                d_pos = (x[i] - x[rest & (y == 1)].mean(0)).norm()
+                d_neg = (x[i] - x[rest & (y == 0)].mean(0)).norm()
+                right += int((d_pos < d_neg) == bool(y[i]))
+            out[label] = right / len(x)
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, help="an aclImdb folder (default: `fastray sample-data imdb` into --work)")
@@ -235,6 +272,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--grid-test", action="store_true", help="score every n-gram combination on test too (slower)")
     ap.add_argument("--lm-set", action="append", default=[], help="--set for imdb-lm (repeatable)")
     ap.add_argument("--clas-set", action="append", default=[], help="--set for imdb-clas (repeatable)")
+    ap.add_argument("--random-control", action="store_true",
+                    help="also train imdb-clas's sample config from random weights (no LM) on the same cache")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -260,8 +299,21 @@ def main(argv=None) -> dict:
             res["passed"] = res["margin"] >= MARGIN
             print(f"ULMFiT: test {res['ulmfit_test_acc']:.4f} (LM perplexity {res['lm_perplexity']:.3f}); "
                   f"margin {100 * res['margin']:+.1f} points", file=sys.stderr, flush=True)
+            runs = {"lm": res["lm_run_id"], "clas": res["clas_run_id"]}
+            if args.random_control:
+                storage = work / "storage"
+                ctl = run_cli(["run", "imdb-clas", "--data", str(data), "--config", "sample", "--storage", str(storage),
+                               "--tracking-uri", f"sqlite:///{storage}/mlruns.db",
+                               *sum((["--set", s] for s in args.clas_set), [])], work / "fastray.log")
+                res["random_init_test_acc"] = ctl["metrics"]["accuracy"]
+                runs["random_init"] = ctl["run_id"]
+                print(f"imdb-clas from random weights: test {res['random_init_test_acc']:.4f}", file=sys.stderr, flush=True)
+            res["adjective_separation"] = adjective_separation(work / "storage", runs)
+            print("positive vs negative adjectives told apart by each embedding (0.5: chance): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in res["adjective_separation"].items()), file=sys.stderr, flush=True)
     save(res, args.out, t0)
-    keys = ("ngram_test_acc", "ngram_best_test_acc", "ulmfit_test_acc", "lm_perplexity", "margin", "passed", "seconds")
+    keys = ("ngram_test_acc", "ngram_best_test_acc", "ulmfit_test_acc", "random_init_test_acc", "lm_perplexity",
+            "margin", "passed", "adjective_separation", "seconds")
     print(json.dumps({k: res[k] for k in keys if k in res}))
     return res
 

@@ -45,7 +45,7 @@ def test_registered_with_phases_of_gradual_unfreezing():
     assert frozen == [tuple(range(n - 1)), tuple(range(n - 2)), ()]
     mults = phases[0].lr_mults
     assert len(mults) == n and all(abs(mults[i + 1] / mults[i] - 2.6) < 1e-9 for i in range(n - 1))
-    assert set(clas.search_space(cfg)) >= {"drop_mult", "lr", "div", "pct"}
+    assert set(clas.search_space(cfg)) >= {"drop_mult", "lr", "div", "pct", "lr_factor"}
     assert set(lm.search_space(lm.configs["tiny"])) >= {"drop_mult", "lr", "div", "pct"}
     # `epochs` is the whole run's: every named config trains what it says, and --epochs N
     # cuts the unfreezing stages that no longer fit (one epoch: the head alone)
