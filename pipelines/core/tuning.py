@@ -36,8 +36,11 @@ from ray.tune import Callback  # noqa: E402  (tuning is imported only by `fastra
 
 
 def _trial(params: dict, *, pipeline: str, cfg: Any, manifest: dict, datasets: dict, steps_per_epoch: int,
-           workers: int, cpus_per_worker: float, use_gpu: bool, storage: str, placement: str = "PACK") -> None:
-    """One trial: the base config with the sampled values, trained by the engine's loop."""
+           workers: int, cpus_per_worker: float, use_gpu: bool, storage: str, placement: str = "PACK",
+           tracking_uri: str = "") -> None:
+    """One trial: the base config with the sampled values, trained by the engine's loop. The
+    search's tracking URI reaches the pipeline (init_model fetches an encoder given as an MLflow
+    run id from it); a trial has no MLflow run of its own (the Trials callback logs it)."""
     from ray import tune
 
     logs.setup()
@@ -45,7 +48,7 @@ def _trial(params: dict, *, pipeline: str, cfg: Any, manifest: dict, datasets: d
     trial = tune.get_context().get_trial_id()
     threads = max(1, round(cpus_per_worker))
     spec = RunSpec(pipeline, cfg, trial, workers, threads, use_gpu, steps_per_epoch,
-                   tracking_uri="", run_id="", run_dir="", manifest=manifest)
+                   tracking_uri=tracking_uri, run_id="", run_dir="", manifest=manifest)
     if workers == 1:
         run_loop(spec, TuneSession(datasets, use_gpu))
         return
@@ -242,7 +245,7 @@ def tune(
     max_epochs = plan(pipe, cfg, steps_per_epoch).total_epochs  # ASHA's max_t
 
     uri = tracking.resolve_uri(tracking_uri)
-    init_tags = pipe.init_source(cfg, manifest, uri)  # weights resolved (fetched) once, here, for every trial
+    init_tags = pipe.init_source(cfg, manifest, uri)  # weights checked here, before any trial starts
     storage_path = storage or Storage.resolve(None).checkpoints()
     search_args = {"num_samples": num_samples, "max_concurrent": concurrent, "workers_per_trial": workers_per_trial,
                    "search": search, "seed": seed, "time_budget_s": time_budget_s,
@@ -263,7 +266,7 @@ def tune(
         rt.with_parameters(_trial, pipeline=pipeline, cfg=cfg, manifest=manifest, datasets=datasets, steps_per_epoch=steps_per_epoch,
                            workers=workers_per_trial, cpus_per_worker=cpus_per_worker, use_gpu=use_gpu,
                            storage=join_storage(join_storage(storage_path, name), "trainers"),
-                           placement=os.environ.get("FASTRAY_PLACEMENT", "PACK")),
+                           placement=os.environ.get("FASTRAY_PLACEMENT", "PACK"), tracking_uri=uri),
         resources,
     )
     callback = Trials(uri, pipeline, parent_id, to_dict(cfg), max_epochs, pipe.metric, name)

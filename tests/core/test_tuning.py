@@ -183,14 +183,17 @@ def test_killed_search_resumes_without_rerunning_finished_trials(cifar_small, wo
 
 
 def test_text_search_varies_drop_mult(capsys, tmp_path, workdir, ray_session):
-    """The classifier's space holds AWD-LSTM's drop_mult; its epochs come from its stages."""
+    """The classifier's space holds AWD-LSTM's drop_mult and the groups' LR ratio; its epochs
+    come from its stages; every trial starts from an encoder given as an LM's MLflow run id."""
     from preprocessing.samples import imdb as imdb_samples
 
     imdb_samples.imdb(tmp_path / "imdb", size=300, seed=3)
-    code = main(["tune", "imdb-clas", "--data", str(tmp_path / "imdb"), "--config", "tiny",
+    assert main(["run", "imdb-lm", "--data", str(tmp_path / "imdb"), "--config", "tiny"]) == 0
+    lm = _last_json(capsys.readouterr()[0])["run_id"]
+    code = main(["tune", "imdb-clas", "--data", str(tmp_path / "imdb"), "--config", "tiny", "--set", f"encoder={lm}",
                  "--num-samples", "2", "--max-concurrent", "2"])
     out, err = capsys.readouterr()
     assert code == 0, err[-3000:]
     obj = _last_json(out)
     assert obj["trials"] == 2 and obj["errors"] == 0
-    assert 0.2 <= obj["best_config"]["drop_mult"] <= 1.0
+    assert 0.2 <= obj["best_config"]["drop_mult"] <= 1.0 and 1.0 <= obj["best_config"]["lr_factor"] <= 2.6
