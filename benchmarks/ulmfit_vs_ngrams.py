@@ -187,7 +187,7 @@ def ngram_baseline(data: Path, seed: int = 0, min_df: int = 2, grid_test: bool =
 def run_cli(args: list[str], log: Path) -> dict:
     """`python -m pipelines ARGS`: its last stdout line, parsed; stderr to log."""
     cmd = [sys.executable, "-m", "pipelines", *args]
-    print("  $ fastray " + " ".join(args), file=sys.stderr, flush=True)
+    print("  $ fastray " + " ".join(args) + f"   (its progress: {log})", file=sys.stderr, flush=True)
     with open(log, "a") as err:
         p = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
     lines = [l for l in p.stdout.splitlines() if l.strip()]
@@ -204,6 +204,7 @@ def save(res: dict, out: Path, t0: float) -> None:
                                    text=True).stdout.strip()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
+    print(f"wrote {out}", file=sys.stderr, flush=True)
 
 
 def lm_then_clas(flow: str, data: Path, work: Path, lm_set: list[str], clas_set: list[str],
@@ -242,7 +243,10 @@ def adjective_separation(storage: Path, run_ids: dict[str, str]) -> dict[str, fl
     spm = sorted(storage.glob("cache/spm-*/spm.model"))
     if len(spm) != 1:
         raise SystemExit(f"expected one SentencePiece model under {storage}/cache, found {len(spm)}")
-    ids = [int(subwords.encode_texts([w], spm[0])[0][-1]) for w in _POS_ADJ + _NEG_ADJ]
+    rows = subwords.encode_texts(list(_POS_ADJ + _NEG_ADJ), spm[0])
+    if any(len(r) != 1 for r in rows):
+        raise SystemExit(f"{spm[0]}: an adjective is several pieces; the probe needs one row per adjective")
+    ids = [int(r[0]) for r in rows]
     y = torch.tensor([1] * len(_POS_ADJ) + [0] * len(_NEG_ADJ))
     out = {}
     with tempfile.TemporaryDirectory() as d:
