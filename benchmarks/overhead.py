@@ -8,12 +8,15 @@ train_step, backward and the optimizer step of the same phases; the engine runs
 `fastray run`'s fit() with one worker holding every CPU (and the GPU). Steady state: the
 examples/s of the epochs after the first (warm-up: Ray Data's start, cuDNN's and
 torch.compile's first calls). A shared machine drifts, so the bare loop runs before and
-after the engine and its figure is the mean of the two; ratio = engine / bare. With
+after the engine: a round's ratio = engine / the mean of the bare loops on either side.
+--repeats N runs N rounds (bare, engine, bare, engine, ..., bare) and reports the median
+round's ratio and every round's; on a noisy machine one round is not a figure. With
 --ray-idle (CPU) the bare loop runs a third time beside a started but idle local Ray:
 ray_idle_ratio is what Ray's own processes (raylet, GCS, dashboard, log monitor, idle
 workers) cost a loop that never calls them, a floor under the engine's ratio on 2 cores.
 
     python benchmarks/overhead.py --pipeline all                   # CPU: sample configs on sample data
+    python benchmarks/overhead.py --pipeline all --scale 0.2 --epochs 4 --repeats 3   # CPU, about 30 min
     python benchmarks/overhead.py --pipeline cifar10-darknet --set compile=true
     python benchmarks/overhead.py --pipeline all --device cuda     # default configs' models and batch sizes
     python benchmarks/overhead.py --pipeline all --smoke           # tiny configs, seconds each (tests)
@@ -37,6 +40,7 @@ if __name__ == "__main__":
 import argparse
 import dataclasses
 import json
+import statistics
 import tempfile
 import time
 import traceback
@@ -203,7 +207,11 @@ def engine(name: str, cfg: Any, data_dir: Path, cache: Cache, cuda: bool) -> tup
 
 
 def measure(name: str, args: argparse.Namespace, work: Path) -> dict:
-    """Sample data, preprocess, collect; bare loop, the engine, bare loop again."""
+    """Sample data, preprocess, collect; then --repeats rounds of the engine, each between
+    two runs of the bare loop (bare, engine, bare, engine, ..., bare): a round's ratio is its
+    engine over the mean of the bare loops on either side, and the figure is the median
+    round (a shared machine's speed moves by tens of percent within minutes; one round
+    cannot tell a 10 % overhead from that)."""
     import ray
 
     cuda = args.device == "cuda"
@@ -213,12 +221,19 @@ def measure(name: str, args: argparse.Namespace, work: Path) -> dict:
     alone = not (cuda or args.smoke)
     if alone:  # on the CPU the bare loop gets the machine to itself (a GPU's loop does not feel Ray's idle processes)
         ray.shutdown()
-    before = bare_loop(pipe, cfg, p.batches, p.manifest, sched, device, cpus)
-    rates, res = engine(name, cfg, p.data_dir, p.cache, cuda)
-    if alone:
-        ray.shutdown()
-    after = bare_loop(pipe, cfg, p.batches, p.manifest, sched, device, cpus)
-    bare = (steady(before) + steady(after)) / 2
+    bares = [bare_loop(pipe, cfg, p.batches, p.manifest, sched, device, cpus)]
+    engines, fits = [], []
+    for r in range(args.repeats):
+        if args.repeats > 1:
+            print(f"{name}: round {r + 1} of {args.repeats} ...", file=sys.stderr, flush=True)
+        rates, res = engine(name, cfg, p.data_dir, p.cache, cuda)
+        engines.append(rates)
+        fits.append(res)
+        if alone:
+            ray.shutdown()
+        bares.append(bare_loop(pipe, cfg, p.batches, p.manifest, sched, device, cpus))
+    ratios = [steady(e) / ((steady(b0) + steady(b1)) / 2) for e, b0, b1 in zip(engines, bares, bares[1:])]
+    bare = statistics.mean(steady(b) for b in bares)
     idle = {}
     if (args.ray_idle or args.decompose) and alone:  # the same bare loop beside a started, idle local Ray
         print(f"{name}: the bare loop beside an idle Ray ...", file=sys.stderr, flush=True)
@@ -231,18 +246,21 @@ def measure(name: str, args: argparse.Namespace, work: Path) -> dict:
         if args.decompose:
             idle.update(decompose(name, p, work, steady(with_ray)))
         ray.shutdown()
+    res = fits[-1]
     return {
         "pipeline": name,
-        "ratio": round(steady(rates) / bare, 3),
+        "ratio": round(statistics.median(ratios), 3),  # the median round's
+        "ratios": [round(x, 3) for x in ratios],  # each round's: engine / mean of the bare loops beside it
         "device": torch.cuda.get_device_name() if cuda else f"cpu x{cpus}",
         "config": p.label, "overrides": args.set, "bs": cfg.bs, "bf16": cfg.bf16 and cuda, "fp16": cfg.fp16 and cuda,
         "compile": cfg.compile, "threads": cpus, "epochs": sched.total_epochs,
-        "steps_per_epoch": sched.steps_per_epoch, "sample_data": p.sample_data,
-        "bare_examples_per_s": round(bare, 1),
-        "engine_examples_per_s": round(steady(rates), 1),
-        "per_epoch": {"bare_before": _r(before), "engine": _r(rates), "bare_after": _r(after)},
-        "bare_drift": round(steady(after) / steady(before), 3),  # > 1: the machine got faster during the run
-        # Ray's fixed start-up and the epochs' evaluations: fit() minus the training epochs' own time
+        "steps_per_epoch": sched.steps_per_epoch, "sample_data": p.sample_data, "repeats": args.repeats,
+        "bare_examples_per_s": round(bare, 1),  # the mean of every bare run's steady state
+        "engine_examples_per_s": round(statistics.mean(steady(e) for e in engines), 1),
+        "per_epoch": {"bare": [_r(b) for b in bares], "engine": [_r(e) for e in engines]},
+        # the bare loop's steady state, slowest run over fastest: how far the machine moved meanwhile
+        "bare_spread": round(min(map(steady, bares)) / max(map(steady, bares)), 3),
+        # Ray's fixed start-up and the epochs' evaluations: fit() minus the training epochs' own time (last round)
         "engine_fit_seconds": res["fit_seconds"], "engine_epoch_seconds": _r(res["epoch_seconds"], 2),
         "engine_wall_seconds": round(res["wall_seconds"], 1),
         "loadavg": _loadavg(),
@@ -325,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=3, help="the first is warm-up (default 3)")
     ap.add_argument("--size", type=int, default=None, help="sample data items (default: --scale of the sample's own)")
     ap.add_argument("--scale", type=float, default=1.0, help="sample data: this fraction of its own size (default 1)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="rounds of the engine, each between two bare loops; the ratio is the median round's "
+                         "(default 1: bare, engine, bare)")
     ap.add_argument("--smoke", action="store_true", help="tiny configs and data: that it runs, not a figure")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--ray-idle", action="store_true",
@@ -335,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
                          "process (loop_in_process_ratio) and the bare loop inside a Ray Train worker "
                          "(bare_in_ray_train_ratio), each over the bare loop beside the idle Ray")
     args = ap.parse_args(argv)
+    if args.repeats < 1 or args.epochs < 1:
+        ap.error("--repeats and --epochs must be at least 1")
     logs.setup()  # the engine's lines (one an epoch) on stderr
     if args.smoke:
         args.size = args.size or 300
@@ -365,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(json.dumps(out, indent=1) + "\n")
         print(f"{n}: wrote {path}", file=sys.stderr, flush=True)
         print(json.dumps({k: out.get(k) for k in ("pipeline", "ratio", "bare_examples_per_s", "engine_examples_per_s",
-                                                   "bare_drift", "ray_idle_ratio", "loop_in_process_ratio",
+                                                   "ratios", "bare_spread", "ray_idle_ratio", "loop_in_process_ratio",
                                                    "bare_in_ray_train_ratio", "loadavg", "error")
                           if k in out}), flush=True)
     return 1 if failed else 0

@@ -7,9 +7,10 @@ cold build (into another cache, same process) shows what the first paid for Ray 
 start in this job.
 
 Wall-clock ratios need an idle machine. CPU time does not, so both sides are also counted
-in CPU seconds (this process, and Ray's processes under it: raylet, GCS, workers): the
-plain loop's CPU per image over the cold build's is the share of the build's CPU that is
-decoding and resizing; the rest is parquet writing, Ray Data and Ray's own processes.
+in CPU seconds (this process, and Ray's processes under it: raylet, GCS, workers), by
+process role: the plain loop's CPU over the cold build's is the share of the build's CPU
+that is decoding and resizing; the rest is parquet writing, Ray Data and Ray's own
+processes, and the two builds' roles side by side say what the first paid to start Ray Data.
 
     python benchmarks/preprocess_images.py [--images 60000]
 """
@@ -36,17 +37,32 @@ from preprocessing.runtime import cluster_cpus, init_ray
 from preprocessing.samples import cifar10 as cifar10_samples
 
 
-def cpu_seconds() -> float:
-    """User + system CPU seconds of this process and every process under it (Ray's)."""
+def cpu_by_process() -> dict[int, tuple[str, float]]:
+    """{pid: (role, user + system CPU seconds)} of this process and every process under it
+    (Ray's), the role from its command line: the driver (this script), Ray Data's actors,
+    the task workers, and Ray's own daemons."""
     me = psutil.Process()
-    total = 0.0
+    out = {}
     for proc in [me, *me.children(recursive=True)]:
         try:
-            t = proc.cpu_times()
-            total += t.user + t.system
+            t, cmd = proc.cpu_times(), " ".join(proc.cmdline())
         except psutil.Error:  # ended meanwhile
-            pass
-    return total
+            continue
+        role = ("driver" if proc.pid == me.pid else
+                "ray_data_actors" if "_StatsActor" in cmd or "_AutoscalingCoordinatorActor" in cmd else
+                "task_workers" if "ray::IDLE" in cmd or "ray::MapBatches" in cmd or "ray::Map" in cmd else
+                "ray_daemons")  # raylet, GCS, dashboard and its agents, log monitor, plasma
+        out[proc.pid] = (role, t.user + t.system)
+    return out
+
+
+def cpu_delta(before: dict, after: dict) -> dict[str, float]:
+    """CPU seconds spent between two cpu_by_process() snapshots, by role (a process that
+    started meanwhile counts whole)."""
+    roles: dict[str, float] = {}
+    for pid, (role, cpu) in after.items():
+        roles[role] = roles.get(role, 0.0) + cpu - (before[pid][1] if pid in before else 0.0)
+    return {k: round(v, 2) for k, v in sorted(roles.items())}
 
 
 def main() -> None:
@@ -74,18 +90,19 @@ def main() -> None:
     cores = cluster_cpus()
     cache = Cache(work / "cache")
     time.sleep(2)  # Ray's processes settle after start-up
-    t0, c0 = time.perf_counter(), cpu_seconds()  # (b) cold: Ray already up
+    t0, c0 = time.perf_counter(), cpu_by_process()  # (b) cold: Ray already up
     manifest, hit = preprocess_images(source, sizes, cache, "cifar10")
     cold_s = time.perf_counter() - t0
-    cold_cpu = cpu_seconds() - c0
+    cold_cpu = cpu_delta(c0, cpu_by_process())
     assert not hit
     t0 = time.perf_counter()  # (c) warm
     _, hit = preprocess_images(find_cifar10(work / "cifar10"), sizes, cache, "cifar10")
     warm_s = time.perf_counter() - t0
     assert hit
-    t0 = time.perf_counter()  # (d) cold again, into another cache: this job's Ray Data has started
+    t0, c0 = time.perf_counter(), cpu_by_process()  # (d) cold again, into another cache: this job's Ray Data has started
     _, hit = preprocess_images(source, sizes, Cache(work / "cache2"), "cifar10")
     again_s = time.perf_counter() - t0
+    again_cpu = cpu_delta(c0, cpu_by_process())
     assert not hit
     cold = len(files) / cold_s
     out = {
@@ -100,9 +117,14 @@ def main() -> None:
         "second_cold_seconds": round(again_s, 2),
         "second_cold_vs_plain_x_cores": round(len(files) / again_s / (plain * cores), 3),
         "ray_start_seconds_apart": round(ray_start, 2),
-        "cpu_seconds": {"plain_loop": round(plain_cpu, 2), "cold_build": round(cold_cpu, 2)},
+        "cpu_seconds": {"plain_loop": round(plain_cpu, 2), "cold_build": round(sum(cold_cpu.values()), 2),
+                        "second_cold_build": round(sum(again_cpu.values()), 2)},
+        # each build's CPU seconds by process: the first's excess over the second is what
+        # starting Ray Data in this job cost (its two actors' processes, the task workers'
+        # first imports of Ray Data, pyarrow and the decoder)
+        "cold_cpu_by_role": cold_cpu, "second_cold_cpu_by_role": again_cpu,
         # the share of the cold build's CPU that is the plain loop's work (decode, resize)
-        "cold_cpu_efficiency": round(plain_cpu / cold_cpu, 3),
+        "cold_cpu_efficiency": round(plain_cpu / sum(cold_cpu.values()), 3),
         "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
     }
     text = json.dumps(out, indent=1)
