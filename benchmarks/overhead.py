@@ -155,6 +155,14 @@ def steady(rates: list[float]) -> float:
     return sum(tail) / len(tail)
 
 
+def round_ratios(engines: list[list[float]], bares: list[list[float]]) -> list[float]:
+    """Each round's ratio: the engine's steady state over the mean of the bare loops that ran
+    just before and just after it (bares holds one more run than engines)."""
+    if len(bares) != len(engines) + 1:
+        raise ValueError(f"{len(engines)} engine run(s) need {len(engines) + 1} bare runs around them, got {len(bares)}")
+    return [steady(e) / ((steady(b0) + steady(b1)) / 2) for e, b0, b1 in zip(engines, bares, bares[1:])]
+
+
 @dataclasses.dataclass
 class Prepared:
     """A pipeline made ready to time: its config, cached data and the bare loop's batches."""
@@ -232,7 +240,7 @@ def measure(name: str, args: argparse.Namespace, work: Path) -> dict:
         if alone:
             ray.shutdown()
         bares.append(bare_loop(pipe, cfg, p.batches, p.manifest, sched, device, cpus))
-    ratios = [steady(e) / ((steady(b0) + steady(b1)) / 2) for e, b0, b1 in zip(engines, bares, bares[1:])]
+    ratios = round_ratios(engines, bares)
     bare = statistics.mean(steady(b) for b in bares)
     idle = {}
     if (args.ray_idle or args.decompose) and alone:  # the same bare loop beside a started, idle local Ray

@@ -49,3 +49,23 @@ def test_a_cache_hit_imports_neither_the_lesson_nor_torch(ray_session, tmp_path,
     *_, result, imported = out.stdout.strip().splitlines()
     assert json.loads(result)["cache"] == "hit" and json.loads(result)["key"] == first["key"]
     assert json.loads(imported) == []
+
+
+def test_overhead_rounds_pair_each_engine_run_with_the_bare_runs_beside_it():
+    """overhead.py --repeats: round k's ratio is engine run k over the mean of bare runs k and
+    k + 1 (the machine drifts between them), each run's warm-up epoch left out."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fastray_overhead_test", ROOT / "benchmarks" / "overhead.py")
+    script = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    bares = [[1.0, 100.0, 100.0], [5.0, 200.0, 200.0], [9.0, 100.0, 300.0]]  # steady: 100, 200, 200
+    engines = [[2.0, 150.0, 150.0], [3.0, 100.0, 300.0]]  # steady: 150, 200
+    assert script.round_ratios(engines, bares) == [1.0, 1.0]
+    assert script.round_ratios([[1.0, 80.0]], [[1.0, 100.0], [1.0, 60.0]]) == [1.0]
+    try:
+        script.round_ratios(engines, bares[:2])
+    except ValueError as e:
+        assert "3 bare runs" in str(e)
+    else:
+        raise AssertionError("two engine runs with two bare runs must be refused")
