@@ -548,7 +548,11 @@ def _train_here(cfg: Config, cache_dir: Path, manifest: dict) -> dict:
 def test_sample_config_learns_with_attention_and_less_without(tmp_path, ray_session):
     """The acceptance run: sacreBLEU >= 60 on held-out numbers with the sample config and
     its 3,000-pair sample, lower without attention (same data, schedule and seed; greedy
-    only, as beam search changes no training), beam search at least as good as greedy."""
+    only, as beam search changes no training), beam search no worse than greedy by more than
+    a point. Not "at least as good": the beam keeps the sentence of the highest
+    length-normalised likelihood, not of the highest BLEU, and on one host it scored 94.36
+    against greedy's 94.42 (the search itself: test_beam_search_escapes_greedys_garden_path
+    and the tests around it)."""
     from preprocessing.cache import Cache
 
     data = tmp_path / "giga-fren"
@@ -560,4 +564,4 @@ def test_sample_config_learns_with_attention_and_less_without(tmp_path, ray_sess
     print(f"sample: attention bleu {a['bleu']:.1f} (beam {a['valid_bleu_beam']:.1f}); no attention bleu {p['bleu']:.1f}")
     assert a["bleu"] >= 60
     assert p["bleu"] < a["bleu"]
-    assert a["valid_bleu_beam"] >= a["bleu"]
+    assert a["valid_bleu_beam"] >= a["bleu"] - 1.0
