@@ -230,13 +230,12 @@ def measure(name: str, args: argparse.Namespace, work: Path) -> dict:
     if alone:  # on the CPU the bare loop gets the machine to itself (a GPU's loop does not feel Ray's idle processes)
         ray.shutdown()
     bares = [bare_loop(pipe, cfg, p.batches, p.manifest, sched, device, cpus)]
-    engines, fits = [], []
+    engines = []
     for r in range(args.repeats):
         if args.repeats > 1:
             print(f"{name}: round {r + 1} of {args.repeats} ...", file=sys.stderr, flush=True)
         rates, res = engine(name, cfg, p.data_dir, p.cache, cuda)
         engines.append(rates)
-        fits.append(res)
         if alone:
             ray.shutdown()
         bares.append(bare_loop(pipe, cfg, p.batches, p.manifest, sched, device, cpus))
@@ -254,7 +253,6 @@ def measure(name: str, args: argparse.Namespace, work: Path) -> dict:
         if args.decompose:
             idle.update(decompose(name, p, work, steady(with_ray)))
         ray.shutdown()
-    res = fits[-1]
     return {
         "pipeline": name,
         "ratio": round(statistics.median(ratios), 3),  # the median round's

@@ -50,7 +50,7 @@ def cpu_by_process() -> dict[int, tuple[str, float]]:
             continue
         role = ("driver" if proc.pid == me.pid else
                 "ray_data_actors" if "_StatsActor" in cmd or "_AutoscalingCoordinatorActor" in cmd else
-                "task_workers" if "ray::IDLE" in cmd or "ray::MapBatches" in cmd or "ray::Map" in cmd else
+                "task_workers" if "ray::IDLE" in cmd or "ray::Map" in cmd else
                 "ray_daemons")  # raylet, GCS, dashboard and its agents, log monitor, plasma
         out[proc.pid] = (role, t.user + t.system)
     return out
