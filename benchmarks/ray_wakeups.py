@@ -13,7 +13,9 @@ barrier. This script counts it:
    beside it; then the loop alone again (the machine drifts);
 3. with --run: `fastray run cifar10-darknet --config sample` on generated data, and the
    wake-ups of every Ray process during its training (the worker, Ray Train's, Ray Data's
-   and fastray's actors), sampled after its first epochs.
+   and fastray's actors), sampled after its first epochs; over the same seconds, the
+   worker's busiest threads (its training thread and OpenMP's): CPU cores used, wake-ups
+   and involuntary context switches a second.
 
     python benchmarks/ray_wakeups.py [--run] [--seconds 10]
 
@@ -26,7 +28,8 @@ import sys
 
 # run as a script, this folder is sys.path[0], and its tokenize.py would shadow the
 # standard library's: put the repository root there instead
-sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if __name__ == "__main__":
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse
 import glob
@@ -39,18 +42,26 @@ from pathlib import Path
 import psutil
 
 
+def switches_of(status: str) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of one thread, from its status file."""
+    vol = invol = 0
+    for line in open(status):
+        if line.startswith("voluntary_ctxt_switches"):
+            vol = int(line.split()[1])
+        elif line.startswith("nonvoluntary_ctxt_switches"):
+            invol = int(line.split()[1])
+    return vol, invol
+
+
 def switches(pid: int | str) -> tuple[int, int]:
     """(voluntary, involuntary) context switches of all threads of a process so far."""
     vol = invol = 0
     for status in glob.glob(f"/proc/{pid}/task/*/status"):
         try:
-            for line in open(status):
-                if line.startswith("voluntary_ctxt_switches"):
-                    vol += int(line.split()[1])
-                elif line.startswith("nonvoluntary_ctxt_switches"):
-                    invol += int(line.split()[1])
+            v, i = switches_of(status)
         except OSError:  # the thread ended meanwhile
-            pass
+            continue
+        vol, invol = vol + v, invol + i
     return vol, invol
 
 
@@ -62,6 +73,31 @@ def role(cmd: str) -> str:
         if name in cmd:
             return name
     return cmd.split()[0].rsplit("/", 1)[-1]
+
+
+def thread_stats(pid: int) -> dict[str, tuple[str, float, int, int]]:
+    """{thread id: (name, CPU seconds, voluntary, involuntary context switches)} of a process."""
+    hz = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for task in glob.glob(f"/proc/{pid}/task/*"):
+        try:
+            stat = open(f"{task}/stat").read()
+            fields = stat[stat.rindex(")") + 2:].split()  # after the name, which may hold spaces
+            vol, invol = switches_of(f"{task}/status")
+            out[task.rsplit("/", 1)[1]] = (stat[stat.index("(") + 1:stat.rindex(")")],
+                                           (int(fields[11]) + int(fields[12])) / hz, vol, invol)
+        except (OSError, ValueError):  # the thread ended meanwhile
+            pass
+    return out
+
+
+def busiest_threads(before: dict, after: dict, seconds: float, n: int = 4) -> list[dict]:
+    """The n threads that used the most CPU between two thread_stats() snapshots."""
+    rows = [{"thread": after[t][0], "tid": int(t), "cores": round((after[t][1] - before[t][1]) / seconds, 3),
+             "wakeups_per_s": round((after[t][2] - before[t][2]) / seconds),
+             "involuntary_switches_per_s": round((after[t][3] - before[t][3]) / seconds)}
+            for t in after if t in before]
+    return sorted(rows, key=lambda r: -r["cores"])[:n]
 
 
 def ray_processes() -> dict[int, str]:
@@ -124,7 +160,8 @@ def loop(steps: int = 60) -> dict[str, float]:
 
 def during_run(seconds: float, work: Path) -> dict:
     """`fastray run cifar10-darknet --config sample` on generated data; the wake-ups of the
-    Ray processes once its worker has trained for a while."""
+    Ray processes once its worker has trained for a while, and over the same seconds its
+    worker's busiest threads."""
     env = {**os.environ, "PYTHONPATH": sys.path[0]}
     py = [sys.executable, "-m", "pipelines"]
     subprocess.run([*py, "sample-data", "cifar10", "--out", str(work / "cifar10")], cwd=work, env=env, check=True,
@@ -139,7 +176,10 @@ def during_run(seconds: float, work: Path) -> dict:
                 raise RuntimeError("fastray run ended before its worker started")
             time.sleep(0.5)
         time.sleep(30)  # past Ray Data's first read and the first epoch
-        out = wakeups(seconds)
+        worker = next(pid for pid, r in ray_processes().items() if r == "ray::RayTrainWorker")
+        before, t0 = thread_stats(worker), time.perf_counter()
+        out = {"wakeups_per_s": wakeups(seconds)}
+        out["worker_threads"] = busiest_threads(before, thread_stats(worker), time.perf_counter() - t0)
     finally:
         proc.wait()
     return out
@@ -177,8 +217,12 @@ def main() -> None:
         "idle_ray_wakeups_per_s": idle,
     }
     if args.run:
-        out["fastray_run_wakeups_per_s"] = during_run(args.seconds, work)
-        print("during fastray run, wake-ups a second:", out["fastray_run_wakeups_per_s"], file=sys.stderr)
+        run = during_run(args.seconds, work)
+        out["fastray_run_wakeups_per_s"] = run["wakeups_per_s"]
+        # its training thread and OpenMP's: how often something else took their CPU
+        out["fastray_run_worker_threads"] = run["worker_threads"]
+        print("during fastray run, wake-ups a second:", run["wakeups_per_s"], file=sys.stderr)
+        print("its worker's busiest threads:", run["worker_threads"], file=sys.stderr)
     out["loadavg"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     text = json.dumps(out, indent=1)
     print(text)

@@ -13,6 +13,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _script(name: str):
+    """benchmarks/<name>.py as a module (the folder is no package, and its tokenize.py must
+    not shadow the standard library's on sys.path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"fastray_bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_gpu_check_smoke_runs_every_step_and_writes_one_json(ray_session, tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "RAY_ADDRESS": ray_session}  # join the session's Ray
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -54,11 +65,7 @@ def test_a_cache_hit_imports_neither_the_lesson_nor_torch(ray_session, tmp_path,
 def test_overhead_rounds_pair_each_engine_run_with_the_bare_runs_beside_it():
     """overhead.py --repeats: round k's ratio is engine run k over the mean of bare runs k and
     k + 1 (the machine drifts between them), each run's warm-up epoch left out."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("fastray_overhead_test", ROOT / "benchmarks" / "overhead.py")
-    script = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _script("overhead")
     bares = [[1.0, 100.0, 100.0], [5.0, 200.0, 200.0], [9.0, 100.0, 300.0]]  # steady: 100, 200, 200
     engines = [[2.0, 150.0, 150.0], [3.0, 100.0, 300.0]]  # steady: 150, 200
     assert script.round_ratios(engines, bares) == [1.0, 1.0]
@@ -69,3 +76,41 @@ def test_overhead_rounds_pair_each_engine_run_with_the_bare_runs_beside_it():
         assert "3 bare runs" in str(e)
     else:
         raise AssertionError("two engine runs with two bare runs must be refused")
+
+
+def test_ray_wakeups_names_the_thread_that_used_the_cpu():
+    """ray_wakeups.py --run says which of the worker's threads used the CPU and how often
+    something else took it from them: a thread that spins comes first, and one that sleeps
+    used less."""
+    import threading
+    import time
+
+    ray_wakeups = _script("ray_wakeups")
+    tids, stop = {}, threading.Event()
+
+    def spin() -> None:
+        tids["spin"] = threading.get_native_id()
+        while not stop.is_set():
+            pass
+
+    def sleep() -> None:
+        tids["sleep"] = threading.get_native_id()
+        stop.wait()
+
+    threads = [threading.Thread(target=spin), threading.Thread(target=sleep)]
+    for th in threads:
+        th.start()
+    try:
+        time.sleep(0.05)  # both running
+        before, t0 = ray_wakeups.thread_stats(os.getpid()), time.perf_counter()
+        time.sleep(0.5)
+        rows = ray_wakeups.busiest_threads(before, ray_wakeups.thread_stats(os.getpid()), time.perf_counter() - t0,
+                                           n=50)
+    finally:
+        stop.set()
+        for th in threads:
+            th.join()
+    assert all(set(r) == {"thread", "tid", "cores", "wakeups_per_s", "involuntary_switches_per_s"} for r in rows)
+    assert rows[0]["tid"] == tids["spin"] and rows[0]["cores"] > 0, rows
+    sleeper = [r for r in rows if r["tid"] == tids["sleep"]]
+    assert sleeper and sleeper[0]["cores"] < rows[0]["cores"], rows
