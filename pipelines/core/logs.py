@@ -106,19 +106,16 @@ class Relay:
         self.queue = Queue(actor_options={"num_cpus": 0})
         self.tty = sys.stderr.isatty()
         self._bar = ""
-        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, name="fastray-relay", daemon=True)
         self._thread.start()
 
     def _pump(self) -> None:
-        from ray.util.queue import Empty
-
-        while not self._stop.is_set():
+        while True:  # one call that waits for the next line: no polling (close() sends None)
             try:
-                item = self.queue.get(block=True, timeout=0.5)
-            except Empty:
-                continue
+                item = self.queue.get(block=True)
             except Exception:  # the queue is gone
+                return
+            if item is None:
                 return
             self._show(*item)
 
@@ -135,13 +132,16 @@ class Relay:
         logger.log(level, msg)
 
     def close(self) -> None:
+        """Print what the workers sent, then end the thread and the queue. A worker's put
+        returns once the line is queued, so every line of a finished run is ahead of None."""
         from ray.util.queue import Empty
 
-        self._stop.set()
-        self._thread.join(timeout=5)
         with contextlib.suppress(Exception):
-            while True:
-                self._show(*self.queue.get_nowait())
+            self.queue.put(None)
+        self._thread.join(timeout=5)
+        with contextlib.suppress(Exception):  # a pump that ended early (the queue failed) left these
+            while (item := self.queue.get_nowait()) is not None:
+                self._show(*item)
         if self._bar:
             sys.stderr.write("\r\x1b[K")
         with contextlib.suppress(Exception, Empty):
