@@ -166,22 +166,26 @@ def during_run(seconds: float, work: Path) -> dict:
     py = [sys.executable, "-m", "pipelines"]
     subprocess.run([*py, "sample-data", "cifar10", "--out", str(work / "cifar10")], cwd=work, env=env, check=True,
                    capture_output=True)
+    print(f"fastray run cifar10-darknet --config sample (its log: {work / 'run.log'}); counting {seconds:g} s "
+          "once its worker has trained for 30 s ...", file=sys.stderr, flush=True)
+    log = open(work / "run.log", "w")
     proc = subprocess.Popen([*py, "run", "cifar10-darknet", "--data", str(work / "cifar10"), "--config", "sample",
-                             "--epochs", "6"], cwd=work, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                             "--epochs", "6"], cwd=work, env=env, stdout=log, stderr=log)
     try:
         deadline = time.time() + 600
         while not any(r == "ray::RayTrainWorker" for r in ray_processes().values()):
             if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("fastray run ended before its worker started")
+                raise RuntimeError(f"fastray run ended before its worker started: see {work / 'run.log'}")
             time.sleep(0.5)
         time.sleep(30)  # past Ray Data's first read and the first epoch
         worker = next(pid for pid, r in ray_processes().items() if r == "ray::RayTrainWorker")
         before, t0 = thread_stats(worker), time.perf_counter()
         out = {"wakeups_per_s": wakeups(seconds)}
         out["worker_threads"] = busiest_threads(before, thread_stats(worker), time.perf_counter() - t0)
+        print("counted; waiting for the run's last epochs ...", file=sys.stderr, flush=True)
     finally:
         proc.wait()
+        log.close()
     return out
 
 
