@@ -621,13 +621,6 @@ def test_every_pipeline_data_set_has_an_address():
                 assert r.md5 is None or len(r.md5) == 32
 
 
-def _cli_has_download() -> bool:
-    from pipelines.__main__ import COMMANDS
-
-    return "download" in COMMANDS
-
-
-@pytest.mark.skipif(not _cli_has_download(), reason="`fastray download` is not wired into pipelines/__main__.py yet")
 def test_download_through_the_cli(server, tmp_path, capsys):
     body = _cifar_tgz()
     server.files["/cifar10.tgz"] = body
