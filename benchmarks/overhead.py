@@ -229,16 +229,31 @@ def measure(name: str, args: argparse.Namespace, work: Path) -> dict:
     alone = not (cuda or args.smoke)
     if alone:  # on the CPU the bare loop gets the machine to itself (a GPU's loop does not feel Ray's idle processes)
         ray.shutdown()
-    bares = [bare_loop(pipe, cfg, p.batches, p.manifest, sched, device, cpus)]
-    engines = []
+
+    def timed(what: str, i: int, n: int, run: Any) -> list[float]:
+        """One run, said before (what and which) and after (its steady examples/s)."""
+        print(f"{name}: {what} {i} of {n} ...", file=sys.stderr, flush=True)
+        rates = run()
+        print(f"{name}: {what} {i} of {n}: {steady(rates):.1f} ex/s", file=sys.stderr, flush=True)
+        return rates
+
+    def bare_run(i: int) -> list[float]:
+        return timed("bare loop", i, args.repeats + 1,
+                     lambda: bare_loop(pipe, cfg, p.batches, p.manifest, sched, device, cpus))
+
+    res: dict = {}  # fit()'s result, the last round's
+
+    def engine_run() -> list[float]:
+        rates, out = engine(name, cfg, p.data_dir, p.cache, cuda)
+        res.update(out)
+        return rates
+
+    bares, engines = [bare_run(1)], []
     for r in range(args.repeats):
-        if args.repeats > 1:
-            print(f"{name}: round {r + 1} of {args.repeats} ...", file=sys.stderr, flush=True)
-        rates, res = engine(name, cfg, p.data_dir, p.cache, cuda)
-        engines.append(rates)
+        engines.append(timed("engine", r + 1, args.repeats, engine_run))
         if alone:
             ray.shutdown()
-        bares.append(bare_loop(pipe, cfg, p.batches, p.manifest, sched, device, cpus))
+        bares.append(bare_run(r + 2))
     ratios = round_ratios(engines, bares)
     bare = statistics.mean(steady(b) for b in bares)
     idle = {}
@@ -380,8 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault(LOG_FILE_ENV, str(work / "internals.log"))  # Ray's and MLflow's own lines
     print(f"working in {work}", file=sys.stderr)
     failed = []
-    for n in names:
-        print(f"{n}: ...", file=sys.stderr, flush=True)
+    for k, n in enumerate(names, 1):
+        print(f"[{k}/{len(names)}] {n}: sample data, preprocess, then the bare loop and the engine in turn "
+              f"({2 * args.repeats + 1} runs of {args.epochs} epochs)", file=sys.stderr, flush=True)
         try:
             out = measure(n, args, work)
         except Exception as e:  # one pipeline's failure is reported, the others still run

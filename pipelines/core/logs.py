@@ -134,8 +134,6 @@ class Relay:
     def close(self) -> None:
         """Print what the workers sent, then end the thread and the queue. A worker's put
         returns once the line is queued, so every line of a finished run is ahead of None."""
-        from ray.util.queue import Empty
-
         with contextlib.suppress(Exception):
             self.queue.put(None)
         self._thread.join(timeout=5)
@@ -144,7 +142,7 @@ class Relay:
                 self._show(*item)
         if self._bar:
             sys.stderr.write("\r\x1b[K")
-        with contextlib.suppress(Exception, Empty):
+        with contextlib.suppress(Exception):
             self.queue.shutdown()
 
 
