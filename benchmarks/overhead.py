@@ -6,9 +6,9 @@ steps: the bare loop takes the batches the pipeline's own batches() makes from t
 parquet (collected once, before timing), and runs to_device (the augmentation by batch),
 train_step, backward and the optimizer step of the same phases; the engine runs
 `fastray run`'s fit() with one worker holding every CPU (and the GPU). Steady state: the
-examples/s of the epochs after the first (warm-up: Ray Data's start, cuDNN's and
-torch.compile's first calls). A shared machine drifts, so the bare loop runs before and
-after the engine: a round's ratio = engine / the mean of the bare loops on either side.
+examples over the seconds of the epochs after the first (warm-up: Ray Data's start,
+cuDNN's and torch.compile's first calls). A shared machine drifts, so the bare loop runs
+before and after the engine: a round's ratio = engine / the bare loops on either side.
 --repeats N runs N rounds (bare, engine, bare, engine, ..., bare) and reports the median
 round's ratio and every round's; on a noisy machine one round is not a figure. With
 --ray-idle (CPU) the bare loop runs a third time beside a started but idle local Ray:
@@ -21,6 +21,8 @@ workers) cost a loop that never calls them, a floor under the engine's ratio on 
     python benchmarks/overhead.py --pipeline all --device cuda     # default configs' models and batch sizes
     python benchmarks/overhead.py --pipeline all --smoke           # tiny configs, seconds each (tests)
     python benchmarks/overhead.py --pipeline imdb-lm --ray-idle    # also the bare loop beside an idle Ray
+    python benchmarks/overhead.py --rescore benchmarks/results/overhead_*.json  # their ratios from their epochs
+    python benchmarks/overhead.py --summary benchmarks/results/overhead_full/*.json  # every round, and the median
 
 Data: each pipeline's generated sample data in its real format, preprocessed by its own
 preprocess() into the cache (with the default configs: resized and tokenized to the
@@ -150,17 +152,91 @@ def bare_loop(pipe: Any, cfg: Any, batches: dict, manifest: dict, sched: Schedul
 
 
 def steady(rates: list[float]) -> float:
-    """The mean of the epochs after the first (the first alone if there is one)."""
-    tail = rates[1:] or rates
-    return sum(tail) / len(tail)
+    """Examples/s over the epochs after the first (the first alone if there is only one):
+    their examples over their seconds. Every epoch has the same examples, so that is the
+    harmonic mean of their rates. (A mean of the rates weighs an epoch of small images or a
+    frozen body, fast and short, as much as a slow one: with progressive resizing or
+    gradual unfreezing it follows the cheap epochs, and their noise.)"""
+    return together([rates[1:] or rates])
+
+
+def together(runs: list[list[float]]) -> float:
+    """Examples/s of several runs of the same work taken as one: the harmonic mean of the
+    rates (each run's, or each epoch's)."""
+    rates = [r for run in runs for r in run]
+    return len(rates) / sum(1 / r for r in rates)
 
 
 def round_ratios(engines: list[list[float]], bares: list[list[float]]) -> list[float]:
-    """Each round's ratio: the engine's steady state over the mean of the bare loops that ran
-    just before and just after it (bares holds one more run than engines)."""
+    """Each round's ratio: the engine's steady state over that of the bare loops that ran
+    just before and just after it, taken together (bares holds one more run than engines)."""
     if len(bares) != len(engines) + 1:
         raise ValueError(f"{len(engines)} engine run(s) need {len(engines) + 1} bare runs around them, got {len(bares)}")
-    return [steady(e) / ((steady(b0) + steady(b1)) / 2) for e, b0, b1 in zip(engines, bares, bares[1:])]
+    return [steady(e) / together([[steady(b0)], [steady(b1)]]) for e, b0, b1 in zip(engines, bares, bares[1:])]
+
+
+def score(bares: list[list[float]], engines: list[list[float]]) -> dict:
+    """The figures of a measurement from each run's per-epoch examples/s."""
+    ratios = round_ratios(engines, bares)
+    return {
+        "ratio": round(statistics.median(ratios), 3),  # the median round's
+        "ratios": [round(x, 3) for x in ratios],  # each round's: engine / the bare loops beside it
+        "bare_examples_per_s": round(together([[steady(b)] for b in bares]), 1),  # every bare run's steady state
+        "engine_examples_per_s": round(together([[steady(e)] for e in engines]), 1),
+        # the bare loop's steady state, slowest run over fastest: how far the machine moved meanwhile
+        "bare_spread": round(min(map(steady, bares)) / max(map(steady, bares)), 3),
+        "steady_state": "examples over seconds of epochs 2+",
+    }
+
+
+def rescore(path: Path) -> dict:
+    """A result JSON's figures computed again from its per-epoch rates (after a change of
+    the steady-state statistic), written back; the figures."""
+    out = _load(path)
+    pe = out.get("per_epoch") or {}
+    if "bare_before" in pe:  # the older files: one round, its runs by name
+        bares, engines = [pe["bare_before"], pe["bare_after"]], [pe["engine"]]
+    else:
+        bares, engines = pe.get("bare"), pe.get("engine")
+    if not bares or not engines:
+        raise ValueError(f"{path}: no per_epoch rates to score")
+    out.update(score(bares, engines))
+    if "per_epoch_bare_ray_idle" in out:
+        idle = steady(out["per_epoch_bare_ray_idle"])
+        out["bare_ray_idle_examples_per_s"] = round(idle, 1)
+        out["ray_idle_ratio"] = round(idle / out["bare_examples_per_s"], 3)
+        for key in ("loop_in_process", "bare_in_ray_train"):
+            if f"per_epoch_{key}" in out:
+                out[f"{key}_examples_per_s"] = round(steady(out[f"per_epoch_{key}"]), 1)
+                out[f"{key}_ratio"] = round(steady(out[f"per_epoch_{key}"]) / idle, 3)
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def _load(path: Path) -> dict:
+    """A result file's JSON object; ValueError naming the file if it holds none."""
+    try:
+        out = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e})") from None
+    if not isinstance(out, dict):
+        raise ValueError(f"{path}: not a result of overhead.py")
+    return out
+
+
+def summary(paths: list[Path]) -> list[dict]:
+    """Per pipeline, the rounds of every result file given (a file's rounds in its order,
+    the files in the order given) and their median: the figure once a pipeline has been
+    measured more than once."""
+    rounds: dict[str, list[float]] = {}
+    for path in paths:
+        out = _load(path)
+        if "pipeline" not in out:
+            raise ValueError(f"{path}: not a result of overhead.py (no pipeline)")
+        if out.get("ratios"):
+            rounds.setdefault(out["pipeline"], []).extend(out["ratios"])
+    return [{"pipeline": k, "median": round(statistics.median(v), 3), "rounds": v, "n": len(v)}
+            for k, v in sorted(rounds.items())]
 
 
 @dataclasses.dataclass
@@ -254,8 +330,7 @@ def measure(name: str, args: argparse.Namespace, work: Path) -> dict:
         if alone:
             ray.shutdown()
         bares.append(bare_run(r + 2))
-    ratios = round_ratios(engines, bares)
-    bare = statistics.mean(steady(b) for b in bares)
+    scored = score(bares, engines)
     idle = {}
     if (args.ray_idle or args.decompose) and alone:  # the same bare loop beside a started, idle local Ray
         print(f"{name}: the bare loop beside an idle Ray ...", file=sys.stderr, flush=True)
@@ -263,24 +338,19 @@ def measure(name: str, args: argparse.Namespace, work: Path) -> dict:
         time.sleep(2)  # its processes started
         with_ray = bare_loop(pipe, cfg, p.batches, p.manifest, sched, device, cpus)
         idle = {"bare_ray_idle_examples_per_s": round(steady(with_ray), 1),
-                "ray_idle_ratio": round(steady(with_ray) / bare, 3),
+                "ray_idle_ratio": round(steady(with_ray) / scored["bare_examples_per_s"], 3),
                 "per_epoch_bare_ray_idle": _r(with_ray)}
         if args.decompose:
             idle.update(decompose(name, p, work, steady(with_ray)))
         ray.shutdown()
     return {
         "pipeline": name,
-        "ratio": round(statistics.median(ratios), 3),  # the median round's
-        "ratios": [round(x, 3) for x in ratios],  # each round's: engine / mean of the bare loops beside it
+        **scored,
         "device": torch.cuda.get_device_name() if cuda else f"cpu x{cpus}",
         "config": p.label, "overrides": args.set, "bs": cfg.bs, "bf16": cfg.bf16 and cuda, "fp16": cfg.fp16 and cuda,
         "compile": cfg.compile, "threads": cpus, "epochs": sched.total_epochs,
         "steps_per_epoch": sched.steps_per_epoch, "sample_data": p.sample_data, "repeats": args.repeats,
-        "bare_examples_per_s": round(bare, 1),  # the mean of every bare run's steady state
-        "engine_examples_per_s": round(statistics.mean(steady(e) for e in engines), 1),
         "per_epoch": {"bare": [_r(b) for b in bares], "engine": [_r(e) for e in engines]},
-        # the bare loop's steady state, slowest run over fastest: how far the machine moved meanwhile
-        "bare_spread": round(min(map(steady, bares)) / max(map(steady, bares)), 3),
         # Ray's fixed start-up and the epochs' evaluations: fit() minus the training epochs' own time (last round)
         "engine_fit_seconds": res["fit_seconds"], "engine_epoch_seconds": _r(res["epoch_seconds"], 2),
         "engine_wall_seconds": round(res["wall_seconds"], 1),
@@ -355,9 +425,18 @@ def _loadavg() -> str:
         return ""
 
 
+# the figures printed as one JSON line per pipeline
+SHOWN = ("pipeline", "ratio", "bare_examples_per_s", "engine_examples_per_s", "ratios", "bare_spread", "ray_idle_ratio",
+         "loop_in_process_ratio", "bare_in_ray_train_ratio", "loadavg", "error")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pipeline", required=True, help="a pipeline's name, or all")
+    ap.add_argument("--pipeline", help="a pipeline's name, or all")
+    ap.add_argument("--rescore", nargs="+", type=Path, metavar="JSON",
+                    help="compute these result files' figures again from their per-epoch rates, and rewrite them")
+    ap.add_argument("--summary", nargs="+", type=Path, metavar="JSON",
+                    help="every round of these result files, by pipeline, and the median of them all")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--config", default=None, help="default: sample on cpu, default on cuda, tiny with --smoke")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
@@ -377,6 +456,19 @@ def main(argv: list[str] | None = None) -> int:
                          "process (loop_in_process_ratio) and the bare loop inside a Ray Train worker "
                          "(bare_in_ray_train_ratio), each over the bare loop beside the idle Ray")
     args = ap.parse_args(argv)
+    if args.rescore or args.summary:  # work on result files: no Ray, no training
+        try:
+            for path in args.rescore or []:
+                out = rescore(path)
+                print(json.dumps({"file": str(path), **{k: out.get(k) for k in SHOWN if k in out}}), flush=True)
+            for row in summary(args.summary or []):
+                print(json.dumps(row), flush=True)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"overhead.py: error: {e}", file=sys.stderr)
+            return 1
+        return 0
+    if not args.pipeline:
+        ap.error("--pipeline NAME|all is needed (or --rescore, --summary)")
     if args.repeats < 1 or args.epochs < 1:
         ap.error("--repeats and --epochs must be at least 1")
     logs.setup()  # the engine's lines (one an epoch) on stderr
@@ -409,10 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         path = args.out / f"overhead_{n}_{args.device}{suffix}.json"
         path.write_text(json.dumps(out, indent=1) + "\n")
         print(f"{n}: wrote {path}", file=sys.stderr, flush=True)
-        print(json.dumps({k: out.get(k) for k in ("pipeline", "ratio", "bare_examples_per_s", "engine_examples_per_s",
-                                                   "ratios", "bare_spread", "ray_idle_ratio", "loop_in_process_ratio",
-                                                   "bare_in_ray_train_ratio", "loadavg", "error")
-                          if k in out}), flush=True)
+        print(json.dumps({k: out.get(k) for k in SHOWN if k in out}), flush=True)
     return 1 if failed else 0
 
 

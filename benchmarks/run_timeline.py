@@ -13,8 +13,12 @@ times, each a new process joining that Ray, and times, per run:
     last epoch -> done    the model logged to MLflow, the controller seeing the end
     done -> exit          the driver's shutdown
 
-Writes benchmarks/results/run_timeline.json (every run's phases, and the median of each)
-and prints one JSON line of the medians.
+and, from a sample of every process under this script every 0.2 s, the CPU seconds each
+process spent during the run, by role (the driver, Ray Train's actors, the training
+worker, Ray's daemons): the work a run costs the machine, where the phases give its wait.
+
+Writes benchmarks/results/run_timeline.json (every run's phases and CPU seconds, and the
+median of each) and prints one JSON line of the medians.
 
     python benchmarks/run_timeline.py [--repeat N] [--images N]
 """
@@ -49,19 +53,54 @@ MARKS = [("start -> header", re.compile(r"^\[\w+\] cifar10-darknet, config")),
          ("done -> exit", None)]
 
 
-def timed_lines(argv: list[str], env: dict, cwd: Path) -> tuple[list[tuple[float, str]], float, int]:
+def processes() -> dict[int, tuple[str, float]]:
+    """{pid: (command line, user + system CPU seconds)} of every process under this one: the
+    local Ray it started (daemons, workers, actors) and the run."""
+    import psutil
+
+    out = {}
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            t, cmd = proc.cpu_times(), " ".join(proc.cmdline())
+        except psutil.Error:  # ended meanwhile
+            continue
+        if cmd:  # a process that has exited and not been reaped has none
+            out[proc.pid] = (cmd, t.user + t.system)
+    return out
+
+
+def cpu_by_role(before: dict, seen: dict, driver: int) -> dict[str, float]:
+    """CPU seconds each role spent between `before` (a processes() snapshot) and the last
+    sample of each pid in `seen`: a process that started meanwhile counts whole, one that
+    ended counts up to its last sample (at most 0.2 s short). An idle worker that became an
+    actor is named after the actor."""
+    from benchmarks.ray_wakeups import role
+
+    out: dict[str, float] = {}
+    for pid, (cmd, cpu) in seen.items():
+        name = "driver (fastray run)" if pid == driver else role(cmd)
+        out[name] = out.get(name, 0.0) + cpu - (before[pid][1] if pid in before else 0.0)
+    return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v >= 0.05}
+
+
+def timed_lines(argv: list[str], env: dict, cwd: Path) -> tuple[list[tuple[float, str]], float, int, dict]:
     """Run argv; (seconds since its start at which each stderr line arrived, line), the
-    seconds to its exit, and its exit code."""
+    seconds to its exit, its exit code, and the CPU seconds by role (cpu_by_role)."""
+    before = processes()
     t0 = time.perf_counter()
     p = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                          bufsize=1)
     lines: list[tuple[float, str]] = []
     reader = threading.Thread(target=lambda: lines.extend((time.perf_counter() - t0, l.rstrip()) for l in p.stderr))
     reader.start()
+    seen = dict(before)
+    while p.poll() is None:
+        seen.update(processes())
+        time.sleep(0.2)
     code = p.wait()
     end = time.perf_counter() - t0
     reader.join()
-    return lines, end, code
+    return lines, end, code, cpu_by_role(before, seen, p.pid)
 
 
 def phases(lines: list[tuple[float, str]], end: float) -> dict[str, float]:
@@ -101,24 +140,33 @@ def main(argv: list[str] | None = None) -> dict:
         data = ["--data", str(work / "cifar10"), "--config", "tiny"]
         subprocess.run([*cmd, "preprocess", "cifar10-darknet", *data], env=env, cwd=work, check=True,
                        capture_output=True)  # a warm cache: no run below preprocesses
-        runs = []
+        runs, cpus = [], []
         for i in range(args.repeat):
-            lines, end, code = timed_lines([*cmd, "run", "cifar10-darknet", *data, "--name", f"t{i}", "-v"], env, work)
+            lines, end, code, cpu = timed_lines([*cmd, "run", "cifar10-darknet", *data, "--name", f"t{i}", "-v"],
+                                                env, work)
             if code != 0:
                 raise SystemExit(f"run {i} exited {code}:\n" + "\n".join(l for _, l in lines[-20:]))
             runs.append(phases(lines, end))
-            print(f"  run {i + 1}/{args.repeat}: " + ", ".join(f"{k} {v}" for k, v in runs[-1].items()),
+            cpus.append(cpu)
+            print(f"  run {i + 1}/{args.repeat}: " + ", ".join(f"{k} {v}" for k, v in runs[-1].items())
+                  + f"; CPU seconds {sum(cpu.values()):.1f}: " + ", ".join(f"{k} {v}" for k, v in cpu.items()),
                   file=sys.stderr, flush=True)
         ray.shutdown()
     median = {k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]}
+    roles = sorted({k for c in cpus for k in c}, key=lambda k: -statistics.median(c.get(k, 0.0) for c in cpus))
+    cpu_median = {k: round(statistics.median(c.get(k, 0.0) for c in cpus), 2) for k in roles}
+    cpu_median = {k: v for k, v in cpu_median.items() if v >= 0.05}
     res = {"command": "fastray run cifar10-darknet --config tiny -v (joining a running local Ray, warm cache)",
            "images": args.images, "median_seconds": median, "runs": runs,
+           "median_cpu_seconds": {"all": round(statistics.median(sum(c.values()) for c in cpus), 2), **cpu_median},
+           "cpu_seconds": cpus,
            "seconds": round(time.perf_counter() - t_all, 1), "load_average": os.getloadavg(),
            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                     text=True).stdout.strip()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1) + "\n")
-    print(json.dumps({"median_seconds": median, "seconds": res["seconds"]}))
+    print(json.dumps({"median_seconds": median, "median_cpu_seconds": res["median_cpu_seconds"],
+                      "seconds": res["seconds"]}))
     return res
 
 

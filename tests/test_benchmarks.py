@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -62,20 +64,66 @@ def test_a_cache_hit_imports_neither_the_lesson_nor_torch(ray_session, tmp_path,
     assert json.loads(imported) == []
 
 
-def test_overhead_rounds_pair_each_engine_run_with_the_bare_runs_beside_it():
-    """overhead.py --repeats: round k's ratio is engine run k over the mean of bare runs k and
-    k + 1 (the machine drifts between them), each run's warm-up epoch left out."""
+def test_overhead_steady_state_is_examples_over_seconds():
+    """Epochs of equal examples at 100 and 300 ex/s take 1/100 + 1/300 s an example between
+    them: 150 ex/s together, not the 200 a mean of the rates says. (With progressive resizing
+    or gradual unfreezing the epochs differ that much.) The warm-up epoch is left out."""
     script = _script("overhead")
-    bares = [[1.0, 100.0, 100.0], [5.0, 200.0, 200.0], [9.0, 100.0, 300.0]]  # steady: 100, 200, 200
-    engines = [[2.0, 150.0, 150.0], [3.0, 100.0, 300.0]]  # steady: 150, 200
-    assert script.round_ratios(engines, bares) == [1.0, 1.0]
-    assert script.round_ratios([[1.0, 80.0]], [[1.0, 100.0], [1.0, 60.0]]) == [1.0]
+    assert script.steady([1.0, 100.0, 300.0]) == pytest.approx(150.0)
+    assert script.steady([7.0]) == 7.0  # one epoch: itself
+    assert script.together([[100.0], [300.0], [150.0]]) == pytest.approx(150.0)
+
+
+def test_overhead_rounds_pair_each_engine_run_with_the_bare_runs_beside_it():
+    """overhead.py --repeats: round k's ratio is engine run k over bare runs k and k + 1
+    taken together (the machine drifts between them), each run's warm-up epoch left out."""
+    script = _script("overhead")
+    bares = [[1.0, 100.0, 100.0], [5.0, 300.0, 300.0], [9.0, 100.0, 300.0]]  # steady: 100, 300, 150
+    engines = [[2.0, 150.0, 150.0], [3.0, 200.0, 200.0]]  # steady: 150, 200
+    assert script.round_ratios(engines, bares) == [pytest.approx(1.0), pytest.approx(1.0)]  # over 150, then 200
+    assert script.round_ratios([[1.0, 75.0]], [[1.0, 100.0], [1.0, 60.0]]) == [pytest.approx(1.0)]
     try:
         script.round_ratios(engines, bares[:2])
     except ValueError as e:
         assert "3 bare runs" in str(e)
     else:
         raise AssertionError("two engine runs with two bare runs must be refused")
+
+
+def test_overhead_rescore_rewrites_a_result_from_its_epochs(tmp_path, capsys):
+    """overhead.py --rescore FILE: the figures of a committed result computed again from the
+    per-epoch rates it holds, the rates themselves untouched; a file without them is refused
+    in one line, and left as it was."""
+    script = _script("overhead")
+    per_epoch = {"bare": [[1.0, 100.0, 300.0], [1.0, 150.0, 150.0]], "engine": [[1.0, 120.0, 120.0]]}
+    path = tmp_path / "overhead_x_cpu.json"
+    path.write_text(json.dumps({"pipeline": "x", "ratio": 0.6, "per_epoch": per_epoch,
+                                "per_epoch_bare_ray_idle": [1.0, 75.0, 75.0]}))
+    assert script.main(["--rescore", str(path)]) == 0
+    out = json.loads(path.read_text())
+    assert out["ratio"] == 0.8 and out["ratios"] == [0.8] and out["bare_examples_per_s"] == 150.0  # 120 / 150
+    assert out["ray_idle_ratio"] == 0.5 and out["per_epoch"] == per_epoch
+    bad = tmp_path / "failed.json"
+    bad.write_text(json.dumps({"pipeline": "y", "ratio": None}))
+    capsys.readouterr()
+    assert script.main(["--rescore", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"overhead.py: error: {bad}: no per_epoch rates to score\n", err
+    assert json.loads(bad.read_text()) == {"pipeline": "y", "ratio": None}
+
+
+def test_overhead_summary_pools_every_round_of_a_pipeline(tmp_path, capsys):
+    """overhead.py --summary FILES: each pipeline's rounds from every file (a failed
+    pipeline's file has none) and the median of them all."""
+    script = _script("overhead")
+    for name, out in {"a": {"pipeline": "p", "ratios": [0.8]}, "b": {"pipeline": "p", "ratios": [0.9, 1.0, 0.7]},
+                      "c": {"pipeline": "q", "ratios": [0.5]}, "d": {"pipeline": "q", "ratio": None}}.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(out))
+    capsys.readouterr()
+    assert script.main(["--summary", *(str(tmp_path / f"{n}.json") for n in "abcd")]) == 0
+    rows = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    assert rows == [{"pipeline": "p", "median": 0.85, "rounds": [0.8, 0.9, 1.0, 0.7], "n": 4},
+                    {"pipeline": "q", "median": 0.5, "rounds": [0.5], "n": 1}]
 
 
 def test_ray_wakeups_names_the_thread_that_used_the_cpu():
