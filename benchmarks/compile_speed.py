@@ -68,7 +68,7 @@ def main() -> None:
             "per_epoch": {"eager_before": _r(eager_before), "compiled": _r(comp), "eager_after": _r(eager_after)},
         }
         if not args.no_engine:
-            rates, res = engine(name, compiled, p.data_dir, p.cache, args.device == "cuda")
+            rates, res = engine(name, compiled, p.data_dir, p.cache, args.device == "cuda", f"{p.label}, compile=true")
             r["engine_compiled_examples_per_s"] = round(steady(rates), 1)
             r["engine_compiled_per_epoch"] = _r(rates)
             r["engine_compiled_vs_bare_eager"] = round(steady(rates) / eager, 3)

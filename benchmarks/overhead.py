@@ -189,19 +189,18 @@ def score(bares: list[list[float]], engines: list[list[float]]) -> dict:
     }
 
 
-def rescore(path: Path) -> dict:
-    """A result JSON's figures computed again from its per-epoch rates (after a change of
-    the steady-state statistic), written back; the figures."""
-    out = _load(path)
+def figures(out: dict) -> dict:
+    """`out` (a result) with every figure computed from the per-epoch rates it holds, as
+    they are written: a result's figures can always be made again from its own file."""
     pe = out.get("per_epoch") or {}
     if "bare_before" in pe:  # the older files: one round, its runs by name
-        bares, engines = [pe["bare_before"], pe["bare_after"]], [pe["engine"]]
+        bares, engines = [pe["bare_before"], pe.get("bare_after")], [pe["engine"]]
     else:
         bares, engines = pe.get("bare"), pe.get("engine")
-    if not bares or not engines:
-        raise ValueError(f"{path}: no per_epoch rates to score")
+    if not bares or not engines or not all(bares):
+        raise ValueError("no per_epoch rates to score")
     out.update(score(bares, engines))
-    if "per_epoch_bare_ray_idle" in out:
+    if "per_epoch_bare_ray_idle" in out:  # --ray-idle, --decompose: each step over the bare loop beside idle Ray
         idle = steady(out["per_epoch_bare_ray_idle"])
         out["bare_ray_idle_examples_per_s"] = round(idle, 1)
         out["ray_idle_ratio"] = round(idle / out["bare_examples_per_s"], 3)
@@ -209,6 +208,16 @@ def rescore(path: Path) -> dict:
             if f"per_epoch_{key}" in out:
                 out[f"{key}_examples_per_s"] = round(steady(out[f"per_epoch_{key}"]), 1)
                 out[f"{key}_ratio"] = round(steady(out[f"per_epoch_{key}"]) / idle, 3)
+    return out
+
+
+def rescore(path: Path) -> dict:
+    """A result file's figures computed again from its per-epoch rates (after a change of
+    the steady-state statistic) and written back; the result."""
+    try:
+        out = figures(_load(path))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     path.write_text(json.dumps(out, indent=1) + "\n")
     return out
 
@@ -276,14 +285,15 @@ def prepare(name: str, args: argparse.Namespace, work: Path) -> Prepared:
     return Prepared(pipe, cfg, label, data_dir, cache, manifest, sched, batches, cluster_cpus(), info)
 
 
-def engine(name: str, cfg: Any, data_dir: Path, cache: Cache, cuda: bool) -> tuple[list[float], dict]:
-    """(examples/s of each epoch, fit()'s result) of `fastray run`'s engine, one worker."""
+def engine(name: str, cfg: Any, data_dir: Path, cache: Cache, cuda: bool, label: str = "") -> tuple[list[float], dict]:
+    """(examples/s of each epoch, fit()'s result) of `fastray run`'s engine, one worker;
+    `label` names the config in the run's header and MLflow."""
     from pipelines.core.engine import fit
     from pipelines.core.tracking import RunLogger, resolve_uri
 
     t0 = time.perf_counter()
     res = fit(name, cfg, data_dir=data_dir, cache=cache, name=f"overhead-{name}-{time.time_ns()}", num_workers=1,
-              use_gpu=cuda)
+              use_gpu=cuda, config_label=label)
     hist = RunLogger(resolve_uri(), res["run_id"])
     res["wall_seconds"] = time.perf_counter() - t0
     res["epoch_seconds"] = [v for _, v in sorted(hist.history("epoch_seconds"))]
@@ -320,7 +330,7 @@ def measure(name: str, args: argparse.Namespace, work: Path) -> dict:
     res: dict = {}  # fit()'s result, the last round's
 
     def engine_run() -> list[float]:
-        rates, out = engine(name, cfg, p.data_dir, p.cache, cuda)
+        rates, out = engine(name, cfg, p.data_dir, p.cache, cuda, p.label)
         res.update(out)
         return rates
 
@@ -330,22 +340,17 @@ def measure(name: str, args: argparse.Namespace, work: Path) -> dict:
         if alone:
             ray.shutdown()
         bares.append(bare_run(r + 2))
-    scored = score(bares, engines)
     idle = {}
     if (args.ray_idle or args.decompose) and alone:  # the same bare loop beside a started, idle local Ray
         print(f"{name}: the bare loop beside an idle Ray ...", file=sys.stderr, flush=True)
         init_ray()
         time.sleep(2)  # its processes started
-        with_ray = bare_loop(pipe, cfg, p.batches, p.manifest, sched, device, cpus)
-        idle = {"bare_ray_idle_examples_per_s": round(steady(with_ray), 1),
-                "ray_idle_ratio": round(steady(with_ray) / scored["bare_examples_per_s"], 3),
-                "per_epoch_bare_ray_idle": _r(with_ray)}
+        idle = {"per_epoch_bare_ray_idle": _r(bare_loop(pipe, cfg, p.batches, p.manifest, sched, device, cpus))}
         if args.decompose:
-            idle.update(decompose(name, p, work, steady(with_ray)))
+            idle.update(decompose(name, p, work))
         ray.shutdown()
-    return {
+    return figures({
         "pipeline": name,
-        **scored,
         "device": torch.cuda.get_device_name() if cuda else f"cpu x{cpus}",
         "config": p.label, "overrides": args.set, "bs": cfg.bs, "bf16": cfg.bf16 and cuda, "fp16": cfg.fp16 and cuda,
         "compile": cfg.compile, "threads": cpus, "epochs": sched.total_epochs,
@@ -356,16 +361,16 @@ def measure(name: str, args: argparse.Namespace, work: Path) -> dict:
         "engine_wall_seconds": round(res["wall_seconds"], 1),
         "loadavg": _loadavg(),
         **idle,
-    }
+    })
 
 
-def decompose(name: str, p: Prepared, work: Path, bare_ray_idle: float) -> dict:
+def decompose(name: str, p: Prepared, work: Path) -> dict:
     """Between the bare loop beside an idle Ray and the engine under Ray Train, two steps
     (CPU, Ray up): the engine's own loop (run_loop, in this process, on a LocalSession of the
     same data sets: its batches(), metrics, progress and evaluation; no Ray Train, no MLflow),
     and the bare loop run as the training function of a one-worker Ray Train run (Ray
-    Train's controller and worker around a loop that is not ours). Each over the bare loop
-    beside the same idle Ray."""
+    Train's controller and worker around a loop that is not ours). Their per-epoch rates:
+    figures() sets each over the bare loop beside the same idle Ray."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -407,11 +412,7 @@ def decompose(name: str, p: Prepared, work: Path, bare_ray_idle: float) -> dict:
                  scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": p.cpus}),
                  run_config=RunConfig(storage_path=str(work / "runs"), name=f"decompose-{name}-{time.time_ns()}")).fit()
     in_train = json.loads(out.read_text())
-    return {"loop_in_process_examples_per_s": round(steady(loop), 1),
-            "loop_in_process_ratio": round(steady(loop) / bare_ray_idle, 3),
-            "bare_in_ray_train_examples_per_s": round(steady(in_train), 1),
-            "bare_in_ray_train_ratio": round(steady(in_train) / bare_ray_idle, 3),
-            "per_epoch_loop_in_process": _r(loop), "per_epoch_bare_in_ray_train": _r(in_train)}
+    return {"per_epoch_loop_in_process": _r(loop), "per_epoch_bare_in_ray_train": _r(in_train)}
 
 
 def _r(xs: list[float], nd: int = 1) -> list[float]:
