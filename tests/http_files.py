@@ -1,6 +1,7 @@
 """A local HTTP server of in-memory files on 127.0.0.1, for download tests (nothing here
 reaches the internet): it honours Range requests, can drop a response half-way once or
-answer late, and records each request's path and Range header."""
+answer late, ignore Range like a server without it, and records each request's path and
+Range header."""
 from __future__ import annotations
 
 import http.server
@@ -17,6 +18,7 @@ class FileServer:
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
         self.cut_once: set[str] = set()                   # paths whose next response stops half-way
         self.delay = 0.0                                  # seconds before each response
+        self.honour_range = True                          # False: a whole 200 whatever the Range
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -31,6 +33,7 @@ class FileServer:
                 if body is None:
                     self.send_error(404)
                     return
+                rng = rng if server.honour_range else None
                 start = int(rng.split("=")[1].split("-")[0]) if rng else 0
                 if start >= len(body) > 0:
                     self.send_response(416)

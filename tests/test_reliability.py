@@ -4,7 +4,6 @@ resume, safe extraction)."""
 import argparse
 import contextlib
 import hashlib
-import http.server
 import io
 import json
 import os
@@ -27,6 +26,7 @@ from preprocessing import DataError
 from preprocessing.cache import Cache
 from preprocessing.download import DATASETS, UnsafeArchive, add_parser, cmd_download, extract
 from preprocessing.samples import cifar10 as cifar10_samples, imdb as imdb_samples
+from tests.http_files import FileServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -425,62 +425,9 @@ class _RunsCode:
 # ---------------------------------------------------------------- downloads
 
 
-class _Server:
-    """A local HTTP server of in-memory files that honours Range requests (or not) and can
-    drop the first response half-way; it records each request's path and Range header."""
-
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.requests: list[tuple[str, str | None]] = []
-        self.cut_once: set[str] = set()
-        self.honour_range = True
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                rng = self.headers.get("Range")
-                server.requests.append((self.path, rng))
-                body = server.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                start = 0
-                if rng and server.honour_range:
-                    start = int(rng.split("=")[1].split("-")[0])
-                    if start >= len(body):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(body)}")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
-                self.end_headers()
-                if self.path in server.cut_once:
-                    server.cut_once.discard(self.path)
-                    self.wfile.write(body[start : start + (len(body) - start) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.wfile.write(body[start:])
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def server():
-    s = _Server()
+    s = FileServer()
     yield s
     s.close()
 
