@@ -204,6 +204,8 @@ def cmd_sample_data(args) -> dict:
     pipe = registry.get(name)
     if args.size is not None and args.size < 1:
         raise ValueError(f"--size must be >= 1, got {args.size}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out}: not a folder")
     t0 = time.perf_counter()
     info = pipe.sample_data(args.out, args.size)
     return {"dataset": pipe.dataset, **info, "seconds": round(time.perf_counter() - t0, 2)}
@@ -222,6 +224,8 @@ def cmd_preprocess(args) -> dict:
     manifest = None if os.environ.get("RAY_ADDRESS") else cache.recall(request)
     hit = manifest is not None
     if manifest is None:
+        from preprocessing.chunked import refuse_skips
+
         pipe = registry.get(args.name)
         data, is_sample = _data_dir(pipe, args)
         cfg, _ = _config(pipe, args, "sample" if is_sample else "default")
@@ -231,6 +235,7 @@ def cmd_preprocess(args) -> dict:
             # a cold build on a cluster reads and writes from many nodes: check that they see the folders
             check_cluster(storage, cache, None, data=data)
             manifest, hit = pipe.preprocess(cfg, data, cache, args.on_bad_input)
+            refuse_skips(manifest, args.on_bad_input)
         cache.remember(request, _read_by_preprocess(pipe, args, data), manifest)
     seconds = time.perf_counter() - t0
     say(f"cache {'hit' if hit else 'miss'}: {manifest['key']} ({seconds:.2f}s)")
@@ -387,8 +392,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         emit(COMMANDS[args.command](args))
         return 0
-    except (DataError, configs.ConfigError, KeyError, ValueError, FileNotFoundError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    except (DataError, configs.ConfigError, KeyError, ValueError, FileNotFoundError, FileExistsError,
+            NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        msg = (e.args[0] if isinstance(e, KeyError) and e.args else
+               f"{e.filename}: {e.strerror.lower()}" if isinstance(e, OSError) and not isinstance(e, FileNotFoundError)
+               and e.filename and e.strerror else str(e))
         say(f"fastray: error: {msg}")
         emit({"error": msg})  # scripts read the last stdout line: JSON on failure too
         return EXIT_ERROR

@@ -73,10 +73,11 @@ class Decoder:
         """The rows of one item ({column: value}); DataError for an input it cannot use."""
         raise NotImplementedError
 
-    def table(self, items: list):
-        """One chunk's items -> their rows as a table (to_table), the bad-input policy applied.
-        Each task gets only its own chunk (a function holding every chunk cost each task
-        0.5 s to unpickle at CIFAR-10's size)."""
+    def table(self, items: list, skips: list[str] | None = None):
+        """One chunk's items -> their rows as a table (to_table), the bad-input policy applied:
+        a skipped item's message (PATH: what is wrong) is added to `skips`. Each task gets only
+        its own chunk (a function holding every chunk cost each task 0.5 s to unpickle at
+        CIFAR-10's size)."""
         cols: dict[str, list] = {k: [] for k in self.columns}
         for item in items:
             try:
@@ -85,6 +86,8 @@ class Decoder:
                 if self.on_bad == "fail":
                     raise
                 warn(f"skipped {e}")
+                if skips is not None:
+                    skips.append(str(e))
                 continue
             for row in rows:
                 for k, v in row.items():
@@ -212,7 +215,8 @@ def _unwrap_data_error(e: BaseException) -> BaseException:
 
 class _ChunkWriter:
     """map_batches function: rows of (pickled chunk, parquet path) -> each chunk decoded and
-    written to its path by the task that decoded it; the rows each wrote. Pixels as raw bytes
+    written to its path by the task that decoded it; the rows each wrote, and the messages of
+    its first skipped items (SHOWN_SKIPS, one a line). Pixels as raw bytes
     (to_table): a dictionary would only be hashed and dropped, and snappy saved 0.2 % of the
     bytes for CPU time in every task; labels keep theirs."""
 
@@ -223,30 +227,38 @@ class _ChunkWriter:
     def __call__(self, batch: dict) -> dict:
         import pyarrow.parquet as pq
 
-        rows = []
+        rows, shown = [], []
         for blob, path in zip(batch["chunk"], batch["path"]):
-            table = self.decoder.table(pickle.loads(blob))
+            skips: list[str] = []
+            table = self.decoder.table(pickle.loads(blob), skips)
             if table.num_rows:
                 pq.write_table(table, path, compression="none", use_dictionary=self.plain or False)
             rows.append(table.num_rows)
-        return {"out": batch["out"], "rows": np.asarray(rows, np.int64)}
+            shown.append("\n".join(skips[:SHOWN_SKIPS]))
+        return {"out": batch["out"], "rows": np.asarray(rows, np.int64), "skips": np.asarray(shown, object)}
 
 
-def write_chunks(parts: dict[str, list[list]], decoder: Decoder, out: Path) -> dict[str, int]:
+SHOWN_SKIPS = 3  # skipped items a warning names
+
+
+def write_chunks(parts: dict[str, list[list]], decoder: Decoder, out: Path) -> tuple[dict[str, int], dict[str, list[str]]]:
     """Every chunk of every output ({name: chunks}) decoded in its own task of one Ray Data
-    execution, each written to out/<name>/<chunk number>.parquet; the rows of each output.
+    execution, each written to out/<name>/<chunk number>.parquet; the rows of each output,
+    and the messages of its first skipped items (SHOWN_SKIPS at most, in chunk order).
     One execution for all the splits: a second cost CIFAR-10's 10,000 validation images a
     start of its own and an idle CPU at its end."""
     jobs = [{"chunk": pickle.dumps(c, protocol=5), "out": name, "path": str(out / name / f"{i:05d}.parquet")}
             for name, chunk_list in parts.items() for i, c in enumerate(chunk_list)]
     for name in parts:
         (out / name).mkdir(parents=True, exist_ok=True)
-    rows = dict.fromkeys(parts, 0)
+    rows: dict[str, int] = dict.fromkeys(parts, 0)
+    skips: dict[str, list[str]] = {name: [] for name in parts}
     if jobs:
         with data_errors():
             for r in map_chunks(jobs, _ChunkWriter(decoder)).take_all():
                 rows[str(r["out"])] += int(r["rows"])
-    return rows
+                skips[str(r["out"])] += [m for m in str(r["skips"]).split("\n") if m]
+    return rows, {name: s[:SHOWN_SKIPS] for name, s in skips.items()}
 
 
 def listing_skips(unusable: dict[str, list[tuple[str, str]]], on_bad: BadInput) -> dict[str, dict[str, int]]:
@@ -273,6 +285,19 @@ def listing_skips(unusable: dict[str, list[tuple[str, str]]], on_bad: BadInput) 
     return out
 
 
+def refuse_skips(manifest: dict, on_bad: BadInput) -> None:
+    """Under "fail", a DataError for a cache entry that a "skip" build made leaving inputs out
+    (the cache key does not hold the policy: one build serves both). A "fail" build that
+    met a bad input raised at it and made no entry."""
+    skipped = {s: n for s, n in (manifest.get("skipped") or {}).items() if n}
+    if on_bad != "fail" or not skipped:
+        return
+    reasons = "; ".join(f"{s}: " + ", ".join(f"{n} {r}" for r, n in (manifest.get("bad_input") or {}).get(s, {}).items())
+                        for s in skipped)
+    raise DataError(f"--on-bad-input fail: this data has {sum(skipped.values())} bad input(s), skipped when its cache "
+                    f"entry was built ({reasons}); repair or remove them, or use --on-bad-input skip")
+
+
 def unusable_key(unusable: dict[str, list[tuple[str, str]]], root: Path) -> dict:
     """What of `unusable` decides a cache key: each split's (path relative to root, reason);
     {} when there is none, so that a clean folder keeps the key it always had."""
@@ -296,14 +321,15 @@ def decode_splits(splits: dict[str, list], decoder: Decoder, out: Path, *, root:
     say(f"preprocess: decoding {n} {noun}(s) of {len(splits)} split(s) ({', '.join(splits)}) "
         f"in {sum(map(len, parts.values()))} task(s) ...")
     t0 = time.perf_counter()
-    rows = write_chunks(parts, decoder, out)
+    rows, shown = write_chunks(parts, decoder, out)
     took = time.perf_counter() - t0
     say(f"preprocess: {sum(rows.values())} row(s) in {took:.1f} s ({n / max(took, 1e-9):.0f} {noun}s/s)")
     skipped, bad_input = {}, {}
     for split, items in splits.items():
         failed = len(items) - rows[split] if decoder.row_per_item else 0
         if failed:
-            warn(f"{split}: skipped {failed} unreadable {noun}(s) of {len(items)} "
+            named = f", e.g. {'; '.join(shown[split])}" if shown[split] else ""
+            warn(f"{split}: skipped {failed} unreadable {noun}(s) of {len(items)}{named} "
                  "(--on-bad-input fail stops at the first)")
         bad_input[split] = dict(left_out.get(split, {})) | ({f"unreadable {noun}": failed} if failed else {})
         skipped[split] = failed + sum(left_out.get(split, {}).values())

@@ -108,6 +108,34 @@ def route_logs(path: str | None) -> None:
         lg.propagate = False
 
 
+def check_local_room(workers: int, gpus_each: float = 0.0, *, workers_flag: str = "--num-workers",
+                     gpu_flag: str = "--use-gpu") -> None:
+    """Workers that this machine's own Ray (no RAY_ADDRESS) cannot hold would wait for nodes
+    that never come: refuse them in one line, before any work. On a cluster an autoscaler may
+    add the nodes, so nothing is refused there."""
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        cpus, gpus = cluster_cpus(), cluster_gpus()
+    else:  # the Ray that would start here
+        cpus = os.cpu_count() or 1
+        gpus = _local_gpus() if gpus_each > 0 else 0
+    if workers > cpus:
+        raise ValueError(f"{workers_flag} {workers}: this machine's Ray has {cpus} CPU(s), one a worker at least; "
+                         "use fewer workers, or a cluster (RAY_ADDRESS)")
+    if gpus_each > 0 and gpus < workers * gpus_each:
+        raise ValueError(f"{gpu_flag} with {workers} worker(s), but this machine has {gpus} GPU(s)")
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def cluster_cpus() -> int:
     import ray
 

@@ -375,7 +375,7 @@ def preprocess_pascal(
                 raise DataError(f"{source.splits[split]}: no usable image in split {split!r}")
         decoder = _VocDecoder(sizes, max(len(r[2]) for recs in records.values() for r in recs), on_bad)
         init_ray()
-        rows = write_chunks({k: chunks(recs, cluster_cpus(), seed, 32, 500) for k, recs in records.items()}, decoder, tmp)
+        rows, _ = write_chunks({k: chunks(recs, cluster_cpus(), seed, 32, 500) for k, recs in records.items()}, decoder, tmp)
         skipped, objects = {}, {}
         for out_name, split in zip(("train", "valid"), splits):
             recs = records[out_name]

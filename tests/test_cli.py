@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from pipelines.__main__ import main
@@ -41,11 +42,27 @@ def test_sample_data_by_dataset_or_pipeline_name(capsys, tmp_path):
     (["run", "cifar10-darknet", "--data", "{data}", "--set", "nope=1"], "unknown key(s) nope; valid keys: groups"),
     (["run", "cifar10-darknet", "--data", "{data}", "--config", "{badjson}"], "not valid JSON"),
     (["sample-data", "imagenet22k", "--out", "x"], "unknown data set or pipeline 'imagenet22k'"),
+    (["sample-data", "cifar10", "--out", "{afile}"], "a.txt: not a folder"),
+    # what this machine's Ray cannot hold waits forever: refused before any work (tune and flow hung)
+    (["tune", "cifar10-darknet", "--data", "{data}", "--config", "tiny", "--gpus-per-worker", "64"],
+     "--gpus-per-worker 64 with 1 worker(s), but this machine has "),
+    (["tune", "cifar10-darknet", "--data", "{data}", "--config", "tiny", "--workers-per-trial", "99"],
+     "--workers-per-trial 99: this machine's Ray has "),
+    (["tune", "cifar10-darknet", "--data", "{data}", "--config", "tiny", "--time-budget", "-5"],
+     "--time-budget must be > 0 seconds, got -5"),
+    (["flow", "ulmfit", "--config", "tiny", "--num-workers", "99"], "--num-workers 99: this machine's Ray has "),
+    pytest.param(["flow", "ulmfit", "--config", "tiny", "--use-gpu"], "--use-gpu with 1 worker(s), but this machine has 0",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU here")),
+    pytest.param(["run", "cifar10-darknet", "--data", "{empty}", "--use-gpu"],  # before the data is read
+                 "--use-gpu with 1 worker(s), but this machine has 0", marks=pytest.mark.skipif(
+                     torch.cuda.is_available(), reason="a GPU here")),
 ])
 def test_bad_input_is_one_line_and_exit_1(argv, msg, capsys, tmp_path, cifar_small, workdir):
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad.json").write_text("{oops")
-    argv = [a.format(empty=tmp_path / "empty", data=cifar_small, badjson=tmp_path / "bad.json") for a in argv]
+    (tmp_path / "a.txt").write_text("a file")
+    argv = [a.format(empty=tmp_path / "empty", data=cifar_small, badjson=tmp_path / "bad.json", afile=tmp_path / "a.txt")
+            for a in argv]
     code, _, err = run_cli(capsys, *argv)
     lines = [l for l in err.splitlines() if l.startswith("fastray: error:")]
     assert code == 1 and len(lines) == 1 and msg in lines[0], err

@@ -158,9 +158,9 @@ def test_cli_refuses_a_node_local_storage_on_several_hosts(capsys, workdir, ray_
 def test_object_storage_uris_reach_ray_train_unchanged(cifar_small, workdir, ray_session, monkeypatch):
     """--storage s3://... : Ray Train gets the URI itself (not ./s3:/...), the run folder is
     ROOT/runs/NAME, and nothing lands under the current folder."""
-    import ray.train.torch
+    import ray
 
-    from pipelines.core import registry
+    from pipelines.core import engine, registry
     from pipelines.core.engine import fit
     from pipelines.core.storage import join_storage
     from preprocessing.cache import Cache
@@ -178,12 +178,12 @@ def test_object_storage_uris_reach_ray_train_unchanged(cifar_small, workdir, ray
 
     class FakeTrainer:
         def __init__(self, fn, *, train_loop_config, run_config, **kw):
-            seen.update(storage=run_config.storage_path, run_dir=train_loop_config["spec"].run_dir)
+            seen.update(storage=run_config.storage_path, run_dir=ray.get(train_loop_config["spec"]).run_dir)
 
         def fit(self):
             raise Captured
 
-    monkeypatch.setattr(ray.train.torch, "TorchTrainer", FakeTrainer)
+    monkeypatch.setattr(engine, "_trainer", lambda num_workers, use_gpu: FakeTrainer)
     storage = Storage.resolve("s3://b/fastray").checkpoints()
     cfg = registry.get("cifar10-darknet").configs["tiny"]
     with pytest.raises(Captured):

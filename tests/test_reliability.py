@@ -361,7 +361,14 @@ def test_bad_images_are_counted_skips_or_one_line_errors(cifar_tiny, tmp_path, w
     assert not list((workdir / "c").glob("cifar10-*"))
     code, obj, err = run_cli(capsys, *argv)  # the default policy: skip and count
     assert code == 0 and obj["skipped"] == {"train": 3, "valid": 0} and obj["rows"]["train"] == 247
-    assert "skipped 3 unreadable image(s) of 250" in err
+    [warning] = [l for l in err.splitlines() if "skipped 3 unreadable image(s) of 250, e.g. " in l]
+    assert warning.count("/train/dog/") == 3 and ": not a readable image (" in warning, err  # the three, named
+    # that build is a cache hit for the same data under fail too (the key holds no policy): refused, and kept
+    code, _, err = run_cli(capsys, *argv, "--on-bad-input", "fail")
+    [line] = _error_lines(err)
+    assert code == 1 and ("--on-bad-input fail: this data has 3 bad input(s), skipped when its cache entry was built "
+                          "(train: 3 unreadable image)") in line, err
+    assert len(list((workdir / "c").glob("cifar10-*"))) == 1
 
 
 def test_bad_reviews_are_counted_skips_or_one_line_errors(tmp_path, workdir, ray_session, capsys):

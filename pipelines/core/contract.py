@@ -166,6 +166,9 @@ class Pipeline:
     def steps_per_epoch(self, cfg: Any, manifest: dict, world: int) -> int:
         """Batches each worker takes per epoch (the Schedule's unit). Every worker must take
         exactly this many (DDP deadlocks on unequal counts): batches() sees to it."""
+        if cfg.bs < world:
+            raise ValueError(f"batch size {cfg.bs} is smaller than the {world} workers; raise bs (--set bs=...) "
+                             "or use fewer workers")
         return (self.train_rows(manifest) // world) // (cfg.bs // world)
 
     def init_source(self, cfg: Any, manifest: dict, tracking_uri: str) -> dict[str, str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -22,7 +21,7 @@ import torch
 
 from . import logs, registry, tracking
 from .config import to_dict
-from .loop import RunSpec, train_loop_per_worker
+from .loop import RunSpec, train_loop_per_worker, worker_config
 from .phases import Schedule
 from .storage import Storage, check_resumable, join_storage, run_lock
 
@@ -67,28 +66,38 @@ def fit(
                     config_label=config_label, sample=sample, t_start=t_start)
 
 
+def _trainer(num_workers: int, use_gpu: bool) -> Any:
+    """Ray Train's trainer class for the run. Several workers: a TorchTrainer, whose backend
+    joins them in a torch process group (NCCL on GPUs, else gloo). One worker has no group
+    to join: the plain data-parallel trainer, whose controller need not import torch (the
+    torch backend's module does: 2-3 CPU seconds of a one-worker run's start on 2 cores)."""
+    import functools
+
+    if num_workers == 1:
+        from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+        return DataParallelTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    return functools.partial(TorchTrainer, torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"))
+
+
 def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_workers: int, use_gpu: bool,
          tracking_uri: str | None, storage_path: str, run_dir: str, on_bad: str, config_label: str,
          sample: bool, t_start: float) -> dict:
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
 
-    from preprocessing.runtime import cluster_cpus, cluster_gpus, init_ray, worker_cpus
+    from preprocessing.chunked import refuse_skips
+    from preprocessing.runtime import check_local_room, cluster_gpus, init_ray, worker_cpus
 
     pipeline = pipe.name
-    if not os.environ.get("RAY_ADDRESS"):  # a local Ray gets no more CPUs: refuse before any work
-        ray_mod = sys.modules.get("ray")
-        cpus = cluster_cpus() if ray_mod is not None and ray_mod.is_initialized() else os.cpu_count() or 1
-        if num_workers > cpus:
-            raise ValueError(f"--num-workers {num_workers}: this machine's Ray has {cpus} CPU(s), one a worker "
-                             "at least; use fewer workers, or a cluster (RAY_ADDRESS)")
+    check_local_room(num_workers, 1.0 if use_gpu else 0.0)
     torch.manual_seed(cfg.seed)
     check_resumable(pipeline, pipe.build_model(cfg), run_dir, name)
     manifest, hit = pipe.preprocess(cfg, data_dir, cache, on_bad)
+    refuse_skips(manifest, on_bad)
     init_ray()
-    if use_gpu and cluster_gpus() < num_workers:
-        if not os.environ.get("RAY_ADDRESS"):  # a local Ray gets no more GPUs
-            raise ValueError(f"--use-gpu with {num_workers} worker(s), but this machine has {cluster_gpus()} GPU(s)")
+    if use_gpu and cluster_gpus() < num_workers:  # a cluster (check_local_room refused it on a machine)
         logger.info(f"[{name}] the cluster has {cluster_gpus()} GPU(s) now for {num_workers} GPU worker(s): "
             "waiting for the autoscaler to add GPU nodes")
     # each worker holds an equal share of the CPUs that fits on one node, and runs torch on that many threads
@@ -114,77 +123,70 @@ def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_work
         },
     )
     run_log = tracking.RunLogger(uri, run_id)
-    about = (f"**{pipeline}**, config `{config_label or '?'}`, data `{data_dir}`"
-             f"{' (generated sample data)' if sample else ''}: {sched.total_epochs} epoch(s) of {steps_per_epoch} "
-             f"batch(es) of {cfg.bs}, {num_workers} worker(s), {'GPU' if use_gpu else 'CPU'}.")
-    if not resumed:
-        _log_plan(run_log, sched, cfg)
-        run_log.tags({"mlflow.note.content": about})
-        tracking.log_dataset(run_log, pipe.dataset or pipeline, str(data_dir), manifest, sample)
-    else:
-        run_log.delete_tag("fastray.failure")  # an earlier attempt's
-    logger.info(f"[{name}] {pipeline}, config {config_label or '?'}, data {data_dir}"
-                f"{' (generated sample data)' if sample else ''}: {sched.total_epochs} epoch(s) of {steps_per_epoch} "
-                f"batch(es) of {cfg.bs}, {num_workers} worker(s) x {cpus_per_worker} CPU{' + 1 GPU' if use_gpu else ''}; "
-                f"MLflow run {run_id} ({'resumed' if resumed else 'new'}) in {uri}")
+    with run_log.ends_if_stopped():  # Ctrl-C: KILLED, its last checkpoint resumes it; an error: FAILED
+        about = (f"**{pipeline}**, config `{config_label or '?'}`, data `{data_dir}`"
+                 f"{' (generated sample data)' if sample else ''}: {sched.total_epochs} epoch(s) of {steps_per_epoch} "
+                 f"batch(es) of {cfg.bs}, {num_workers} worker(s), {'GPU' if use_gpu else 'CPU'}.")
+        if not resumed:
+            _log_plan(run_log, sched, cfg)
+            run_log.tags({"mlflow.note.content": about})
+            tracking.log_dataset(run_log, pipe.dataset or pipeline, str(data_dir), manifest, sample)
+        else:
+            run_log.delete_tag("fastray.failure")  # an earlier attempt's
+        logger.info(f"[{name}] {pipeline}, config {config_label or '?'}, data {data_dir}"
+                    f"{' (generated sample data)' if sample else ''}: {sched.total_epochs} epoch(s) of {steps_per_epoch} "
+                    f"batch(es) of {cfg.bs}, {num_workers} worker(s) x {cpus_per_worker} CPU{' + 1 GPU' if use_gpu else ''}; "
+                    f"MLflow run {run_id} ({'resumed' if resumed else 'new'}) in {uri}")
 
-    relay = logs.Relay()  # the workers' lines and progress, printed here
-    spec = RunSpec(pipeline, cfg, name, num_workers, cpus_per_worker, use_gpu, steps_per_epoch, uri, run_id,
-                   run_dir=run_dir, manifest=manifest, log_queue=relay.queue)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"spec": spec},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker},
-            placement_strategy=os.environ.get("FASTRAY_PLACEMENT", "PACK"),  # SPREAD: one worker a node where it can
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=storage_path,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-        ),
-        datasets=datasets,
-        # one worker reads each data set in its own process; a streaming split (several workers)
-        # costs a coordinator actor per data set, a process that imports Ray Data on every run
-        dataset_config=ray.train.DataConfig(datasets_to_split="all" if num_workers > 1 else []),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-    )
-    t_fit = time.perf_counter()
-    try:
-        result = _in_thread(trainer.fit)
-    except KeyboardInterrupt:  # Ctrl-C: the run is KILLED; its last checkpoint resumes it
-        run_log.finish("KILLED")
-        raise
-    except BaseException:
-        run_log.finish("FAILED")
-        raise
-    finally:
-        relay.close()
-    fit_seconds = time.perf_counter() - t_fit
-    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    failure = run_log.tag("fastray.failure")  # rank 0 stopped the run (a diverged loss)
-    if failure:
-        run_log.finish("FAILED")
-        raise ValueError(failure)
-    with tempfile.TemporaryDirectory() as d:
-        # where the data (a resize) or the frozen groups change; an epoch's metrics are logged at
-        # its end (step e), so a stage starting at epoch b is drawn between steps b and b + 1
-        ph = sched.phases
-        bounds = [sched.epoch_bounds[i] + 0.5 for i in range(1, len(ph))
-                  if (ph[i].data, ph[i].frozen) != (ph[i - 1].data, ph[i - 1].frozen)]
-        title = f"{name}: {pipeline}, config {config_label or '?'}" + (" (generated sample data)" if sample else "")
-        if tracking.plot_curves(run_log, Path(d) / "curves.png", title, bounds):
-            run_log.artifact(Path(d) / "curves.png", "plots")
-    total = time.perf_counter() - t_start
-    best = _best(run_log, pipe)
-    run_log.metrics({"total_seconds": total, **({f"best_{pipe.metric}": best[1]} if best else {})}, step=sched.total_epochs)
-    checkpoint = result.checkpoint.path if result.checkpoint else None
-    final = metrics.get(pipe.metric)
-    if final is not None:
-        run_log.tags({"mlflow.note.content": about + f"\n\nResult: {pipe.metric} {final:.4g}"
-                      + (f" (best {best[1]:.4g} at epoch {best[0]})" if best else "") + f", in {logs.duration(total)}."})
-    run_log.finish()
+        relay = logs.Relay()  # the workers' lines and progress, printed here
+        spec = RunSpec(pipeline, cfg, name, num_workers, cpus_per_worker, use_gpu, steps_per_epoch, uri, run_id,
+                       run_dir=run_dir, manifest=manifest, log_queue=relay.queue)
+        trainer = _trainer(num_workers, use_gpu)(
+            train_loop_per_worker,
+            train_loop_config=worker_config(spec),
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker},
+                placement_strategy=os.environ.get("FASTRAY_PLACEMENT", "PACK"),  # SPREAD: one worker a node where it can
+            ),
+            run_config=ray.train.RunConfig(
+                name=name,
+                storage_path=storage_path,
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            ),
+            datasets=datasets,
+            # one worker reads each data set in its own process; a streaming split (several workers)
+            # costs a coordinator actor per data set, a process that imports Ray Data on every run
+            dataset_config=ray.train.DataConfig(datasets_to_split="all" if num_workers > 1 else []),
+        )
+        t_fit = time.perf_counter()
+        try:
+            result = _in_thread(trainer.fit)
+        finally:
+            relay.close()
+        fit_seconds = time.perf_counter() - t_fit
+        metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+        failure = run_log.tag("fastray.failure")  # rank 0 stopped the run (a diverged loss)
+        if failure:
+            raise ValueError(failure)
+        with tempfile.TemporaryDirectory() as d:
+            # where the data (a resize) or the frozen groups change; an epoch's metrics are logged at
+            # its end (step e), so a stage starting at epoch b is drawn between steps b and b + 1
+            ph = sched.phases
+            bounds = [sched.epoch_bounds[i] + 0.5 for i in range(1, len(ph))
+                      if (ph[i].data, ph[i].frozen) != (ph[i - 1].data, ph[i - 1].frozen)]
+            title = f"{name}: {pipeline}, config {config_label or '?'}" + (" (generated sample data)" if sample else "")
+            if tracking.plot_curves(run_log, Path(d) / "curves.png", title, bounds):
+                run_log.artifact(Path(d) / "curves.png", "plots")
+        total = time.perf_counter() - t_start
+        best = _best(run_log, pipe)
+        run_log.metrics({"total_seconds": total, **({f"best_{pipe.metric}": best[1]} if best else {})}, step=sched.total_epochs)
+        checkpoint = result.checkpoint.path if result.checkpoint else None
+        final = metrics.get(pipe.metric)
+        if final is not None:
+            run_log.tags({"mlflow.note.content": about + f"\n\nResult: {pipe.metric} {final:.4g}"
+                          + (f" (best {best[1]:.4g} at epoch {best[0]})" if best else "") + f", in {logs.duration(total)}."})
+        run_log.finish()  # (not the KILLED or FAILED that ends_if_stopped gives a run stopped before here)
     logger.info(f"[{name}] done in {logs.duration(total)}: {pipe.metric} {final:.4g}"
                 + (f" (best {best[1]:.4g} at epoch {best[0]})" if best else "")
                 + f"; checkpoint {checkpoint}; model in the run's artifacts (model/model.pt)\n"

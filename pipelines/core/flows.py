@@ -491,7 +491,11 @@ def run(name: str, *, config: str | None, sets: list[str], data_for: Callable[[A
 
     t0 = time.perf_counter()
     flow = get(name)
+    from preprocessing.runtime import check_local_room
+
     train_args(workers, use_gpu, placement)  # a bad --num-workers fails before any work
+    # the stages join this flow's Ray as a cluster's: what this machine cannot hold is refused here
+    check_local_room(workers, 1.0 if use_gpu else 0.0)
     uri = tracking.resolve_uri(uri)
     tracking.require_reachable(uri)
     stages = plan(flow, config=config, sets=sets, data_for=data_for, cache=cache, on_bad=on_bad, dry_run=dry_run)

@@ -308,6 +308,19 @@ class RunLogger:
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 
+    @contextlib.contextmanager
+    def ends_if_stopped(self) -> Any:
+        """Whatever stops the work inside ends the run, never left RUNNING: Ctrl-C as KILLED
+        (a run's last checkpoint resumes it), an error as FAILED."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.finish("KILLED")
+            raise
+        except BaseException:
+            self.finish("FAILED")
+            raise
+
 
 def system_metrics(uri: str, run_id: str, interval: float = 10.0) -> Any:
     """MLflow's own system-metrics monitor (CPU, memory, disk, network; GPU where pynvml

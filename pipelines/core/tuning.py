@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ from typing import Any
 from . import logs, registry, tracking
 from .config import to_dict
 from .engine import plan
-from .loop import RunSpec, run_loop, train_loop_per_worker
+from .loop import RunSpec, run_loop, train_loop_per_worker, worker_config
 from .sessions import TuneSession
 from .storage import Storage, is_uri, join_storage
 
@@ -58,7 +59,7 @@ def _trial(params: dict, *, pipeline: str, cfg: Any, manifest: dict, datasets: d
 
     TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec},
+        train_loop_config=worker_config(spec),
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker={"CPU": cpus_per_worker,
                                                                      "GPU": 1 if use_gpu else 0},
@@ -204,7 +205,8 @@ def tune(
     from ray import tune as rt
     from ray.tune.schedulers import ASHAScheduler
 
-    from preprocessing.runtime import cluster_cpus, cluster_gpus, init_ray, worker_cpus
+    from preprocessing.chunked import refuse_skips
+    from preprocessing.runtime import check_local_room, cluster_cpus, cluster_gpus, init_ray, worker_cpus
 
     t0 = time.perf_counter()
     pipe = registry.get(pipeline)
@@ -219,8 +221,17 @@ def tune(
         logger.info(f"[{name}] {', '.join(f'{k}={getattr(cfg, k)}' for k in pinned)} fixed by --set: not searched")
     if num_samples < 1 or workers_per_trial < 1:
         raise ValueError("--num-samples and --workers-per-trial must be >= 1")
+    if search not in ("random", "tpe"):
+        raise ValueError(f"--search {search}: expected random or tpe")
+    if search == "tpe" and importlib.util.find_spec("optuna") is None:
+        raise ValueError("--search tpe needs optuna: pip install optuna")
+    if time_budget_s is not None and not time_budget_s > 0:
+        raise ValueError(f"--time-budget must be > 0 seconds, got {time_budget_s:g}")
+    check_local_room(workers_per_trial, gpus_per_worker, workers_flag="--workers-per-trial",
+                     gpu_flag=f"--gpus-per-worker {gpus_per_worker:g}")
     tracking.require_reachable(tracking.resolve_uri(tracking_uri))
     manifest, hit = pipe.preprocess(cfg, data_dir, cache, on_bad)
+    refuse_skips(manifest, on_bad)
     init_ray()
     cpus, gpus = cluster_cpus(), cluster_gpus()
     use_gpu = gpus_per_worker > 0
@@ -262,37 +273,38 @@ def tune(
     logger.info(f"[{name}] MLflow parent run {parent_id} ({'resumed' if resumed else 'new'}) in {uri}; "
         f"{concurrent} concurrent trial(s) x {workers_per_trial} worker(s) x {cpus_per_worker:.2f} CPU")
 
-    trainable = rt.with_resources(
-        rt.with_parameters(_trial, pipeline=pipeline, cfg=cfg, manifest=manifest, datasets=datasets, steps_per_epoch=steps_per_epoch,
-                           workers=workers_per_trial, cpus_per_worker=cpus_per_worker, use_gpu=use_gpu,
-                           storage=join_storage(join_storage(storage_path, name), "trainers"),
-                           placement=os.environ.get("FASTRAY_PLACEMENT", "PACK"), tracking_uri=uri),
-        resources,
-    )
-    callback = Trials(uri, pipeline, parent_id, to_dict(cfg), max_epochs, pipe.metric, name)
-    exp_path = join_storage(storage_path, name)
-    # save the search's state at least every second (Tune's "auto" may wait minutes), so a
-    # killed search loses no finished trial
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    if rt.Tuner.can_restore(exp_path):
-        logger.info(f"[{name}] resuming the search in {exp_path}: finished trials are kept")
-        tuner = rt.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
-    else:
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=1, reduction_factor=2)
-        tuner = rt.Tuner(
-            trainable,
-            param_space=space,
-            tune_config=rt.TuneConfig(
-                metric=pipe.metric, mode=pipe.mode, scheduler=scheduler, search_alg=_search_alg(search, seed, concurrent),
-                num_samples=num_samples, time_budget_s=time_budget_s,
-                # the random search limits itself (Tune would say it ignores max_concurrent_trials)
-                max_concurrent_trials=None if search == "random" else concurrent,
-            ),
-            run_config=rt.RunConfig(name=name, storage_path=storage_path, callbacks=[callback],
-                                     verbose=2 if logs.verbose() else 0),
+    with parent.ends_if_stopped():
+        trainable = rt.with_resources(
+            rt.with_parameters(_trial, pipeline=pipeline, cfg=cfg, manifest=manifest, datasets=datasets, steps_per_epoch=steps_per_epoch,
+                               workers=workers_per_trial, cpus_per_worker=cpus_per_worker, use_gpu=use_gpu,
+                               storage=join_storage(join_storage(storage_path, name), "trainers"),
+                               placement=os.environ.get("FASTRAY_PLACEMENT", "PACK"), tracking_uri=uri),
+            resources,
         )
-    with _tune_output() as out, contextlib.redirect_stdout(out):  # stdout keeps the JSON line
-        results = tuner.fit()
+        callback = Trials(uri, pipeline, parent_id, to_dict(cfg), max_epochs, pipe.metric, name)
+        exp_path = join_storage(storage_path, name)
+        # save the search's state at least every second (Tune's "auto" may wait minutes), so a
+        # killed search loses no finished trial
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+        if rt.Tuner.can_restore(exp_path):
+            logger.info(f"[{name}] resuming the search in {exp_path}: finished trials are kept")
+            tuner = rt.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
+        else:
+            scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=1, reduction_factor=2)
+            tuner = rt.Tuner(
+                trainable,
+                param_space=space,
+                tune_config=rt.TuneConfig(
+                    metric=pipe.metric, mode=pipe.mode, scheduler=scheduler, search_alg=_search_alg(search, seed, concurrent),
+                    num_samples=num_samples, time_budget_s=time_budget_s,
+                    # the random search limits itself (Tune would say it ignores max_concurrent_trials)
+                    max_concurrent_trials=None if search == "random" else concurrent,
+                ),
+                run_config=rt.RunConfig(name=name, storage_path=storage_path, callbacks=[callback],
+                                         verbose=2 if logs.verbose() else 0),
+            )
+        with _tune_output() as out, contextlib.redirect_stdout(out):  # stdout keeps the JSON line
+            results = tuner.fit()
 
     # a trial that failed (a diverged loss, a crash) is never the best, whatever it reported before
     ok = [r for r in results if r.error is None and math.isfinite((r.metrics or {}).get(pipe.metric, math.nan))]
@@ -371,15 +383,10 @@ def _search_alg(search: str, seed: int, concurrent: int):
 
     if search == "random":
         return BasicVariantGenerator(random_state=seed, max_concurrent=concurrent)
-    if search == "tpe":
-        try:
-            import optuna  # noqa: F401
-        except ImportError:
-            raise ValueError("--search tpe needs optuna: pip install optuna") from None
-        from ray.tune.search.optuna import OptunaSearch
+    import optuna  # "tpe": tune() checked that it is installed
+    from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))
-    raise ValueError(f"--search {search}: expected random or tpe")
+    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))
 
 
 def _table(results, metric: str, mode: str, max_epochs: int, names: dict[str, str]) -> str:

@@ -190,3 +190,11 @@ def test_a_damaged_newest_checkpoint_is_named_and_mlflow_keeps_one_value_per_ste
         assert "MLflow holds epoch(s) [2]" in caplog.text
     steps = [m.step for m in tracking.RunLogger(uri, run_id).client.get_metric_history(run_id, "mse")]
     assert sorted(steps) == [1, 2, 3]
+
+
+def test_more_workers_than_the_batch_size_is_a_value_error_not_a_division_by_zero():
+    pipe = registry.get("cifar10-darknet")
+    cfg = dataclasses.replace(pipe.configs["tiny"], bs=1)
+    with pytest.raises(ValueError, match="batch size 1 is smaller than the 2 workers; raise bs"):
+        pipe.steps_per_epoch(cfg, {"rows": {"train": 300}}, 2)
+    assert pipe.steps_per_epoch(dataclasses.replace(cfg, bs=2), {"rows": {"train": 300}}, 2) == 150
