@@ -156,10 +156,10 @@ def _parser() -> argparse.ArgumentParser:
 def _config(pipe, args, default_name: str):
     cfg, label = configs.load(pipe.configs, args.config or default_name)
     overrides = configs.parse_sets(args.set)
-    if getattr(args, "epochs", None) is not None:
-        overrides["epochs"] = str(args.epochs)
     if overrides:
         cfg = configs.apply(cfg, overrides)
+    if getattr(args, "epochs", None) is not None:  # after --set, as it always won
+        cfg = configs.apply(cfg, {"epochs": str(args.epochs)}, source="--epochs")
     return cfg, label
 
 

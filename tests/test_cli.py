@@ -43,6 +43,9 @@ def test_sample_data_by_dataset_or_pipeline_name(capsys, tmp_path):
     (["run", "cifar10-darknet", "--data", "{data}", "--config", "{badjson}"], "not valid JSON"),
     (["sample-data", "imagenet22k", "--out", "x"], "unknown data set or pipeline 'imagenet22k'"),
     (["sample-data", "cifar10", "--out", "{afile}"], "a.txt: not a folder"),
+    # the option that said it is named
+    (["run", "cifar10-darknet", "--data", "{data}", "--config", "{lrjson}"], "lr.json: lr=x: expected float"),
+    (["run", "cifar10-darknet", "--data", "{data}", "--epochs", "0"], "--epochs: need bs >= 1, epochs >= 1"),
     # what this machine's Ray cannot hold waits forever: refused before any work (tune and flow hung)
     (["tune", "cifar10-darknet", "--data", "{data}", "--config", "tiny", "--gpus-per-worker", "64"],
      "--gpus-per-worker 64 with 1 worker(s), but this machine has "),
@@ -61,8 +64,9 @@ def test_bad_input_is_one_line_and_exit_1(argv, msg, capsys, tmp_path, cifar_sma
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad.json").write_text("{oops")
     (tmp_path / "a.txt").write_text("a file")
-    argv = [a.format(empty=tmp_path / "empty", data=cifar_small, badjson=tmp_path / "bad.json", afile=tmp_path / "a.txt")
-            for a in argv]
+    (tmp_path / "lr.json").write_text('{"base": "tiny", "lr": "x"}')
+    argv = [a.format(empty=tmp_path / "empty", data=cifar_small, badjson=tmp_path / "bad.json", afile=tmp_path / "a.txt",
+                     lrjson=tmp_path / "lr.json") for a in argv]
     code, _, err = run_cli(capsys, *argv)
     lines = [l for l in err.splitlines() if l.startswith("fastray: error:")]
     assert code == 1 and len(lines) == 1 and msg in lines[0], err

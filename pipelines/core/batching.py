@@ -63,14 +63,16 @@ class KeptShard:
     of a few seconds. A data set that fits in KEEP_BYTES is what airbench
     keeps on the device anyway. The first complete iteration of each kind (method and
     arguments) is recorded while it streams; the next ones replay it, reshuffled in memory
-    (a full permutation, drawn from the epoch) where the call asked for a shuffle. A shard
+    (a full permutation, drawn from the epoch) where the call asked for a shuffle; a shuffled
+    read through Ray Data gets a seed drawn alike, so a run made twice reads its data in the
+    same order (Ray Data's own shuffle is seeded afresh each time). A shard
     larger than `max_bytes`, or a shuffled iteration of batches that are not dicts of
     tensors, streams every time. Other attributes are the shard's own."""
 
     def __init__(self, shard: Any, max_bytes: int = KEEP_BYTES, seed: int = 0):
         self.shard, self.max_bytes, self.seed = shard, max_bytes, seed
         self._kept: dict[str, list | None] = {}  # call -> its batches, or None: too big, stream
-        self._replays = 0
+        self._replays = self._streams = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.shard, name)
@@ -88,6 +90,9 @@ class KeptShard:
             yield from self._replay(self._kept[key], kwargs, shuffled)
             return
         out, size = ([] if key not in self._kept else None), 0
+        if shuffled and kwargs.get("local_shuffle_seed") is None:  # seeded: a run made twice reads alike
+            kwargs = {**kwargs, "local_shuffle_seed": self.seed * 1_000_003 + 500_009 + self._streams}
+            self._streams += 1
         for batch in getattr(self.shard, method)(**kwargs):
             if out is not None:
                 size += _nbytes(batch)

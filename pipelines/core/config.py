@@ -39,7 +39,7 @@ def parse_value(key: str, text: str, tp: Any) -> Any:
         if tp is float:
             value = float(text)
             if not math.isfinite(value):  # nan or inf is never a usable hyperparameter
-                raise ConfigError(f"--set {key}={text}: expected float (nan and inf are refused)")
+                raise ConfigError(f"{key}={text}: expected float (nan and inf are refused)")
             return value
         if tp is str:
             return text
@@ -52,8 +52,8 @@ def parse_value(key: str, text: str, tp: Any) -> Any:
     except (ValueError, StopIteration):
         pass
     else:
-        raise ConfigError(f"--set {key}: unsupported field type {tp}")
-    raise ConfigError(f"--set {key}={text}: expected {getattr(tp, '__name__', tp)}")
+        raise ConfigError(f"{key}: unsupported field type {tp}")
+    raise ConfigError(f"{key}={text}: expected {getattr(tp, '__name__', tp)}")
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -75,7 +75,10 @@ def apply(cfg: Any, overrides: dict[str, Any], source: str = "--set") -> Any:
         own = [k for k in vars(type(cfg)).get("__annotations__", {}) if k in types]  # the pipeline's own first
         keys = own + [k for k in types if k not in own]
         raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(keys)}")
-    changes = {k: _coerce(k, v, types[k]) for k, v in overrides.items()}
+    try:
+        changes = {k: _coerce(k, v, types[k]) for k, v in overrides.items()}
+    except ConfigError as e:  # "--set lr=x: ...", "--config f.json: lr=x: ..."
+        raise ConfigError(f"{source}{' ' if source.startswith('--') and ' ' not in source else ': '}{e}") from None
     try:
         return dataclasses.replace(cfg, **changes)
     except (ValueError, TypeError) as e:

@@ -297,8 +297,8 @@ def _launch(p: Planned, stages: dict[str, Planned], *, flow: str, parent_id: str
     argv += how  # how each stage trains (--num-workers, --use-gpu, --placement): not part of its identity
     tags = {"fastray.stage_id": p.identity, "fastray.flow": flow, "fastray.stage": p.stage.name,
             "mlflow.parentRunId": parent_id}
-    say(f"[{flow}] stage {count} {p.stage.name}: fastray run {p.stage.pipeline} --name {p.run_name}"
-        + "".join(f" --set {k}={v}" for k, v in sets.items()))
+    say(f"[{flow}] stage {count} {p.stage.name}: fastray run {p.stage.pipeline} --config {p.label} --name {p.run_name}"
+        + "".join(f" --set {k}={v}" for k, v in sets.items()) + "".join(f" {a}" for a in how))
     # its stdout (the result's JSON line; worker prints under -v) to a file: a pipe left unread
     # while other stages run would fill and stop the stage
     out = tempfile.TemporaryFile("w+")

@@ -176,9 +176,17 @@ def _resolve(spec: str, what: str, tracking_uri: str | None, dst: Path, lm_name:
     if _RUN_ID.fullmatch(spec) and tracking_uri:
         from mlflow.tracking import MlflowClient
 
+        client = MlflowClient(tracking_uri=tracking_uri)
         try:
-            return Path(MlflowClient(tracking_uri=tracking_uri).download_artifacts(spec, ENCODER_ARTIFACT, str(dst)))
+            return Path(client.download_artifacts(spec, ENCODER_ARTIFACT, str(dst)))
         except Exception as e:
+            try:  # a run of another pipeline has no encoder: say which it is
+                pipeline = client.get_run(spec).data.tags.get("fastray.pipeline", "")
+            except Exception:
+                pipeline = lm_name  # no such run: the download's reason says so
+            if what == "encoder" and pipeline != lm_name:
+                raise FileNotFoundError(f"encoder {spec}: run {spec} is a {pipeline or 'non-fastray'} run, with no "
+                                        f"{ENCODER_ARTIFACT} (an encoder comes from an {lm_name} run)") from None
             raise FileNotFoundError(f"{what} {spec}: cannot get {ENCODER_ARTIFACT} of MLflow run {spec} in "
                                     f"{tracking_uri} ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     raise FileNotFoundError(f"{what} {spec}: no such file" + (

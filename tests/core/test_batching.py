@@ -51,3 +51,15 @@ def test_a_shard_too_large_or_left_unfinished_streams_again():
     kept = KeptShard(shard)
     next(iter(kept.iter_torch_batches(batch_size=4)))  # abandoned after one batch: nothing kept
     assert _rows(kept.iter_torch_batches(batch_size=4)) == list(range(10)) and shard.reads == 2
+
+
+def test_a_shuffled_read_through_ray_data_is_seeded_so_a_run_made_twice_reads_alike(ray_session):
+    import ray.data
+
+    def first_epoch(seed: int) -> list[int]:
+        kept = KeptShard(ray.data.range(200), seed=seed)
+        return [int(v) for b in kept.iter_torch_batches(batch_size=50, local_shuffle_buffer_size=100) for v in b["id"]]
+
+    a, b, c = first_epoch(0), first_epoch(0), first_epoch(1)
+    assert sorted(a) == list(range(200)) and a != list(range(200))  # shuffled
+    assert a == b and a != c  # the same order for the same seed only

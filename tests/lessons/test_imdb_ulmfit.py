@@ -97,6 +97,14 @@ def test_bad_encoder_is_one_line_and_exit_1(capsys, imdb_small, workdir):
     code, _, err = run_cli(capsys, "run", "imdb-lm", "--data", str(imdb_small), "--config", "tiny",
                            "--set", "pretrained=/no/wt103.pt")
     assert code == 1 and "pretrained /no/wt103.pt: no such file" in err and "Traceback" not in err
+    # the id of another pipeline's run: which pipeline it is, not MLflow's download error
+    from pipelines.core import tracking
+
+    uri = tracking.resolve_uri(None)
+    other, _ = tracking.start_run(uri, "cifar10-darknet", "not-an-lm", params={}, tags={"fastray.pipeline": "cifar10-darknet"})
+    code, _, err = run_cli(capsys, "run", "imdb-clas", "--data", str(imdb_small), "--config", "tiny", "--set", f"encoder={other}")
+    assert code == 1 and (f"encoder {other}: run {other} is a cifar10-darknet run, with no encoder/encoder.pt "
+                          "(an encoder comes from an imdb-lm run)") in err, err
 
 
 def test_classifier_shares_the_lm_tokens_and_checks_an_encoder_file_first(capsys, imdb_small, workdir, tmp_path):
