@@ -20,7 +20,13 @@ worker, Ray's daemons): the work a run costs the machine, where the phases give 
 Writes benchmarks/results/run_timeline.json (every run's phases and CPU seconds, and the
 median of each) and prints one JSON line of the medians.
 
+With --baseline REV it compares instead: this script of REV (a git worktree) and of this
+tree, each in a process of its own with its own code and Ray, alternately for --rounds
+rounds; it writes both sides' medians of every round and the ratios of their medians
+(this tree over REV) to benchmarks/results/run_timeline_ab.json.
+
     python benchmarks/run_timeline.py [--repeat N] [--images N]
+    python benchmarks/run_timeline.py --baseline REV [--rounds 2] [--repeat N]
 """
 from __future__ import annotations
 
@@ -122,7 +128,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeat", type=int, default=3, help="runs timed (each a new process)")
     ap.add_argument("--images", type=int, default=300, help="CIFAR-10 sample images")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--baseline", metavar="REV", help="compare with this git revision, alternately")
+    ap.add_argument("--rounds", type=int, default=2, help="with --baseline: rounds of (REV, this tree)")
     args = ap.parse_args(argv)
+    if args.baseline:
+        return compare(args.baseline, args.rounds, args.repeat, args.images,
+                       args.out if args.out != OUT else OUT.with_name("run_timeline_ab.json"))
     import ray
 
     from preprocessing.runtime import init_ray
@@ -167,6 +178,52 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps({"median_seconds": median, "median_cpu_seconds": res["median_cpu_seconds"],
                       "seconds": res["seconds"]}))
+    return res
+
+
+def compare(rev: str, rounds: int, repeat: int, images: int, out: Path) -> dict:
+    """This script at `rev` and in this tree, alternately: each side's medians per round, and
+    the ratio (this tree / rev) of the median over rounds of each phase and CPU figure."""
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True)  # noqa: E731
+    commit = git("rev-parse", "--short", rev).stdout.strip()
+    if not commit:
+        raise SystemExit(f"--baseline {rev}: not a revision of {ROOT}")
+    sides: dict[str, list[dict]] = {"baseline": [], "this": []}
+    with tempfile.TemporaryDirectory(prefix="fastray-ab-") as d:
+        tree = Path(d) / "baseline"
+        if git("worktree", "add", "--detach", str(tree), commit).returncode != 0:
+            raise SystemExit(f"--baseline {rev}: git worktree add failed")
+        try:
+            for r in range(rounds):
+                for side, root in (("baseline", tree), ("this", ROOT)):
+                    res = Path(d) / f"{side}_{r}.json"
+                    done = subprocess.run([sys.executable, str(root / "benchmarks" / "run_timeline.py"), "--repeat",
+                                           str(repeat), "--images", str(images), "--out", str(res)],
+                                          cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True,
+                                          text=True)
+                    if done.returncode != 0:
+                        raise SystemExit(f"{side} ({root}) failed:\n{done.stderr[-2000:]}")
+                    data = json.loads(res.read_text())
+                    sides[side].append({"seconds": data["median_seconds"], "cpu_seconds": data["median_cpu_seconds"],
+                                        "commit": data["commit"]})
+                    print(f"  round {r + 1}/{rounds} {side} {data['commit']}: whole {data['median_seconds']['whole']} s, "
+                          f"CPU {data['median_cpu_seconds']['all']} s", file=sys.stderr, flush=True)
+        finally:
+            git("worktree", "remove", "--force", str(tree))
+
+    def med(side: str, kind: str, key: str) -> float:
+        return statistics.median(x[kind].get(key, 0.0) for x in sides[side])
+
+    ratios = {f"{kind}:{k}": round(med("this", kind, k) / med("baseline", kind, k), 3)
+              for kind in ("seconds", "cpu_seconds") for k in sides["baseline"][0][kind]
+              if med("baseline", kind, k) > 0 and k in sides["this"][0][kind]}
+    res = {"command": f"python benchmarks/run_timeline.py --baseline {rev} --rounds {rounds} --repeat {repeat}",
+           "baseline": commit, "this": sides["this"][0]["commit"], "rounds": sides,
+           "ratio_this_over_baseline": ratios, "load_average": os.getloadavg()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in ratios.items() if k in ("seconds:whole", "cpu_seconds:all",
+                                                               "cpu_seconds:ray::TrainController")}))
     return res
 
 

@@ -162,3 +162,10 @@ def test_ray_wakeups_names_the_thread_that_used_the_cpu():
     assert rows[0]["tid"] == tids["spin"] and rows[0]["cores"] > 0, rows
     sleeper = [r for r in rows if r["tid"] == tids["sleep"]]
     assert sleeper and sleeper[0]["cores"] < rows[0]["cores"], rows
+
+
+def test_run_timeline_baseline_refuses_a_revision_that_is_not_one(tmp_path):
+    timeline = _script("run_timeline")
+    with pytest.raises(SystemExit, match="--baseline no-such-rev: not a revision of"):
+        timeline.main(["--baseline", "no-such-rev", "--out", str(tmp_path / "ab.json")])
+    assert not (tmp_path / "ab.json").exists()

@@ -488,11 +488,10 @@ def run(name: str, *, config: str | None, sets: list[str], data_for: Callable[[A
         use_gpu: bool = False, placement: str | None = None) -> dict:
     """`fastray flow NAME`: plan, reuse what is finished, run the rest, record one parent run."""
     from preprocessing.cache import digest
+    from preprocessing.runtime import check_local_room
 
     t0 = time.perf_counter()
     flow = get(name)
-    from preprocessing.runtime import check_local_room
-
     train_args(workers, use_gpu, placement)  # a bad --num-workers fails before any work
     # the stages join this flow's Ray as a cluster's: what this machine cannot hold is refused here
     check_local_room(workers, 1.0 if use_gpu else 0.0)
