@@ -375,7 +375,7 @@ def preprocess_pascal(
                 raise DataError(f"{source.splits[split]}: no usable image in split {split!r}")
         decoder = _VocDecoder(sizes, max(len(r[2]) for recs in records.values() for r in recs), on_bad)
         init_ray()
-        rows, _ = write_chunks({k: chunks(recs, cluster_cpus(), seed, 32, 500) for k, recs in records.items()}, decoder, tmp)
+        rows, shown = write_chunks({k: chunks(recs, cluster_cpus(), seed, 32, 500) for k, recs in records.items()}, decoder, tmp)
         skipped, objects = {}, {}
         for out_name, split in zip(("train", "valid"), splits):
             recs = records[out_name]
@@ -383,6 +383,7 @@ def preprocess_pascal(
             skipped[out_name] = listed - rows[out_name]
             t = tallies[out_name]
             t.reasons["unreadable image"] += len(recs) - rows[out_name]
+            t.messages += shown[out_name]  # the first unreadable images, by name
             objects[out_name] = int(sum(len(r[2]) for r in recs))
             _warn(split, listed, skipped[out_name], t)
             if rows[out_name] == 0:
