@@ -383,6 +383,16 @@ COMMANDS = {"list": cmd_list, "sample-data": cmd_sample_data, "download": cmd_do
             "run": cmd_run, "flow": cmd_flow, "tune": cmd_tune, "translate": cmd_translate, "ui": cmd_ui}
 
 
+def _message(e: BaseException) -> str:
+    """An error as its one line: a KeyError's text unquoted; an OSError about a path (not
+    one of ours, which say more) as `PATH: what is wrong`."""
+    if isinstance(e, KeyError) and e.args:
+        return str(e.args[0])
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.filename and e.strerror:
+        return f"{e.filename}: {e.strerror.lower()}"
+    return str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -394,9 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (DataError, configs.ConfigError, KeyError, ValueError, FileNotFoundError, FileExistsError,
             NotADirectoryError, IsADirectoryError, PermissionError) as e:
-        msg = (e.args[0] if isinstance(e, KeyError) and e.args else
-               f"{e.filename}: {e.strerror.lower()}" if isinstance(e, OSError) and not isinstance(e, FileNotFoundError)
-               and e.filename and e.strerror else str(e))
+        msg = _message(e)
         say(f"fastray: error: {msg}")
         emit({"error": msg})  # scripts read the last stdout line: JSON on failure too
         return EXIT_ERROR

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -231,7 +232,8 @@ def decode_image(path: Path) -> np.ndarray:
     except DataError:
         raise
     except Exception as e:
-        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+        why = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e))  # PIL names the buffer; the path says more
+        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {why})") from None
 
 
 class _CifarDecoder(Decoder):

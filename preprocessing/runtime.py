@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 
@@ -115,25 +116,20 @@ def check_local_room(workers: int, gpus_each: float = 0.0, *, workers_flag: str 
     add the nodes, so nothing is refused there."""
     if os.environ.get("RAY_ADDRESS"):
         return
-    import sys
-
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         cpus, gpus = cluster_cpus(), cluster_gpus()
     else:  # the Ray that would start here
-        cpus = os.cpu_count() or 1
-        gpus = _local_gpus() if gpus_each > 0 else 0
+        cpus, gpus = os.cpu_count() or 1, 0
+        if gpus_each > 0:
+            import torch
+
+            gpus = torch.cuda.device_count()
     if workers > cpus:
         raise ValueError(f"{workers_flag} {workers}: this machine's Ray has {cpus} CPU(s), one a worker at least; "
                          "use fewer workers, or a cluster (RAY_ADDRESS)")
     if gpus_each > 0 and gpus < workers * gpus_each:
         raise ValueError(f"{gpu_flag} with {workers} worker(s), but this machine has {gpus} GPU(s)")
-
-
-def _local_gpus() -> int:
-    import torch
-
-    return torch.cuda.device_count()
 
 
 def cluster_cpus() -> int:

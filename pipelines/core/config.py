@@ -78,7 +78,7 @@ def apply(cfg: Any, overrides: dict[str, Any], source: str = "--set") -> Any:
     try:
         changes = {k: _coerce(k, v, types[k]) for k, v in overrides.items()}
     except ConfigError as e:  # "--set lr=x: ...", "--config f.json: lr=x: ..."
-        raise ConfigError(f"{source}{' ' if source.startswith('--') and ' ' not in source else ': '}{e}") from None
+        raise ConfigError(f"{source}{' ' if source == '--set' else ': '}{e}") from None
     try:
         return dataclasses.replace(cfg, **changes)
     except (ValueError, TypeError) as e:
