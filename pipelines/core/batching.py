@@ -66,8 +66,8 @@ class KeptShard:
     (a full permutation, drawn from the epoch) where the call asked for a shuffle; a shuffled
     read through Ray Data gets a seed drawn alike, so a run made twice reads its data in the
     same order (Ray Data's own shuffle is seeded afresh each time). A shard
-    larger than `max_bytes`, or a shuffled iteration of batches that are not dicts of
-    tensors, streams every time. Other attributes are the shard's own."""
+    larger than `max_bytes` (0: every shard), or a shuffled iteration of batches that are
+    not dicts of tensors, streams every time. Other attributes are the shard's own."""
 
     def __init__(self, shard: Any, max_bytes: int = KEEP_BYTES, seed: int = 0):
         self.shard, self.max_bytes, self.seed = shard, max_bytes, seed
@@ -89,7 +89,7 @@ class KeptShard:
         if key in self._kept and self._kept[key] is not None:
             yield from self._replay(self._kept[key], kwargs, shuffled)
             return
-        out, size = ([] if key not in self._kept else None), 0
+        out, size = ([] if key not in self._kept and self.max_bytes > 0 else None), 0
         if shuffled and kwargs.get("local_shuffle_seed") is None:  # seeded: a run made twice reads alike
             kwargs = {**kwargs, "local_shuffle_seed": self.seed * 1_000_003 + 500_009 + self._streams}
             self._streams += 1

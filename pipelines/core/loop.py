@@ -322,7 +322,7 @@ def train_loop_per_worker(config: dict) -> None:
     spec = ray.get(config["spec"])
     logs.setup(queue=spec.log_queue)
     try:
-        run_loop(spec, RayTrainSession())
+        run_loop(spec, RayTrainSession(seed=spec.cfg.seed))
     except NonFiniteLoss:
         if not spec.run_id:  # a Tune trial's trainer: the trial fails
             raise

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .batching import KeptShard
+from .batching import KEEP_BYTES, KeptShard
 from .storage import is_uri, load_newest, load_state, save_state
 
 
@@ -49,11 +49,12 @@ class LocalSession:
 
 
 class TuneSession(LocalSession):
-    """A one-worker Tune trial: the trial's datasets, tune.report and tune's checkpoints."""
+    """A one-worker Tune trial: the trial's datasets, tune.report and tune's checkpoints.
+    `seed` (the config's) orders the shuffled reads, as in a run."""
 
-    def __init__(self, datasets: dict, use_gpu: bool):
+    def __init__(self, datasets: dict, use_gpu: bool, seed: int = 0):
         # each epoch after the first from the trial's memory (batching.KeptShard)
-        super().__init__({k: KeptShard(ds) for k, ds in datasets.items()},
+        super().__init__({k: KeptShard(ds, seed=seed) for k, ds in datasets.items()},
                          device="cuda" if use_gpu and torch.cuda.is_available() else "cpu")
 
     def checkpoint(self, run_dir: str | None) -> dict | None:
@@ -77,13 +78,14 @@ class TuneSession(LocalSession):
 
 
 class RayTrainSession:
-    """A Ray Train worker."""
+    """A Ray Train worker; `seed` (the config's) orders its shuffled reads."""
 
-    def __init__(self):
+    def __init__(self, seed: int = 0):
         import ray.train
 
         self.ctx = ray.train.get_context()
         self.rank, self.world = self.ctx.get_world_rank(), self.ctx.get_world_size()
+        self.seed = seed
         self._shards: dict[str, KeptShard] = {}
 
     def device(self) -> torch.device:
@@ -99,15 +101,14 @@ class RayTrainSession:
     def shard(self, name: str):
         """This worker's shard of `name`. One worker: the whole data set (no split: the
         engine asks for none), read through Ray Data in this process in its first epoch, then
-        from memory (batching.KeptShard). Several stream every epoch: their
-        shards come from one streaming split that waits for every worker to start each
+        from memory (batching.KeptShard). Several stream every epoch (seeded all the same):
+        their shards come from one streaming split that waits for every worker to start each
         epoch, so one worker replaying while another (over the byte limit) streams would hang."""
         import ray.train
 
-        if self.world > 1:
-            return ray.train.get_dataset_shard(name)
         if name not in self._shards:
-            self._shards[name] = KeptShard(ray.train.get_dataset_shard(name))
+            keep = KEEP_BYTES if self.world == 1 else 0
+            self._shards[name] = KeptShard(ray.train.get_dataset_shard(name), max_bytes=keep, seed=self.seed)
         return self._shards[name]
 
     def checkpoint(self, run_dir: str) -> dict | None:

@@ -51,7 +51,7 @@ def _trial(params: dict, *, pipeline: str, cfg: Any, manifest: dict, datasets: d
     spec = RunSpec(pipeline, cfg, trial, workers, threads, use_gpu, steps_per_epoch,
                    tracking_uri=tracking_uri, run_id="", run_dir="", manifest=manifest)
     if workers == 1:
-        run_loop(spec, TuneSession(datasets, use_gpu))
+        run_loop(spec, TuneSession(datasets, use_gpu, seed=cfg.seed))
         return
     import ray.train
     from ray.train.torch import TorchTrainer

@@ -47,6 +47,11 @@ def test_a_shard_too_large_or_left_unfinished_streams_again():
     for _ in range(2):
         assert _rows(big.iter_torch_batches(batch_size=4)) == list(range(10))
     assert shard.reads == 2
+    shard = _Shard(n=0)  # a shard of several workers' split (max_bytes=0) joins every epoch, even empty
+    split = KeptShard(shard, max_bytes=0)
+    for _ in range(2):
+        assert _rows(split.iter_torch_batches(batch_size=4)) == []
+    assert shard.reads == 2
     shard = _Shard()
     kept = KeptShard(shard)
     next(iter(kept.iter_torch_batches(batch_size=4)))  # abandoned after one batch: nothing kept
@@ -63,3 +68,16 @@ def test_a_shuffled_read_through_ray_data_is_seeded_so_a_run_made_twice_reads_al
     a, b, c = first_epoch(0), first_epoch(0), first_epoch(1)
     assert sorted(a) == list(range(200)) and a != list(range(200))  # shuffled
     assert a == b and a != c  # the same order for the same seed only
+
+
+def test_a_runs_seed_orders_its_shuffled_reads(ray_session):
+    """--set seed=N gives a run (here a Tune trial's session) its own data order, the same each time."""
+    import ray.data
+
+    from pipelines.core.sessions import TuneSession
+
+    def first_epoch(seed: int) -> list[int]:
+        shard = TuneSession({"train": ray.data.range(200)}, use_gpu=False, seed=seed).shard("train")
+        return [int(v) for b in shard.iter_torch_batches(batch_size=50, local_shuffle_buffer_size=100) for v in b["id"]]
+
+    assert first_epoch(1) == first_epoch(1) != first_epoch(2)
