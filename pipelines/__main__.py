@@ -171,12 +171,16 @@ def _data_dir(pipe, args) -> tuple[Path, bool]:
     if default.is_dir() and any(default.iterdir()):
         return default, False
     sample = Path("data") / "samples" / pipe.dataset
-    say(f"no {pipe.dataset} data in {default}/: using generated sample data in {sample}/")
+    say(_sample_note(pipe, sample))
     if not (sample / ".complete").exists():
         info = pipe.sample_data(sample)
         (sample / ".complete").write_text(json.dumps(info))
         say(f"generated {info}")
     return sample, True
+
+
+def _sample_note(pipe, sample: Path) -> str:
+    return f"no {pipe.dataset} data in {pipe.default_data_dir()}/: using generated sample data in {sample}/"
 
 
 def cmd_list(args) -> dict:
@@ -221,8 +225,10 @@ def cmd_preprocess(args) -> dict:
     request = {"pipeline": args.name, "data": args.data and str(args.data.absolute()), "cwd": os.getcwd(),
                "config": args.config, "set": args.set, "on_bad": args.on_bad_input, "cache": str(cache.root)}
     t0 = time.perf_counter()
-    manifest = None if os.environ.get("RAY_ADDRESS") else cache.recall(request)
+    manifest, said = (None, []) if os.environ.get("RAY_ADDRESS") else cache.recall(request) or (None, [])
     hit = manifest is not None
+    for line in said:  # what the full path told the user about the data it chose
+        say(line)
     if manifest is None:
         from preprocessing.chunked import refuse_skips
 
@@ -236,7 +242,8 @@ def cmd_preprocess(args) -> dict:
             check_cluster(storage, cache, None, data=data)
             manifest, hit = pipe.preprocess(cfg, data, cache, args.on_bad_input)
             refuse_skips(manifest, args.on_bad_input)
-        cache.remember(request, _read_by_preprocess(pipe, args, data), manifest)
+        cache.remember(request, _read_by_preprocess(pipe, args, data), manifest,
+                       said=[_sample_note(pipe, data)] if is_sample and args.data is None else [])
     seconds = time.perf_counter() - t0
     say(f"cache {'hit' if hit else 'miss'}: {manifest['key']} ({seconds:.2f}s)")
     return {

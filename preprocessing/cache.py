@@ -175,31 +175,34 @@ class Cache:
     def _receipt(self, request: dict) -> Path:
         return self.root / ".receipts" / f"{digest(request)}.json"
 
-    def remember(self, request: dict, watched: list[Path], manifest: dict) -> None:
-        """After a preprocess: `request` resolved to `manifest`'s entry, having read `watched`."""
+    def remember(self, request: dict, watched: list[Path], manifest: dict, said: list[str] = ()) -> None:
+        """After a preprocess: `request` resolved to `manifest`'s entry, having read `watched`
+        and told the user `said` about its choices (recall says it again)."""
         path = self._receipt(request)
         receipt = {"name": manifest["name"], "key": manifest["key"], "watched": [str(p) for p in watched],
-                   "state": tree_state(watched)}
+                   "state": tree_state(watched), "said": list(said)}
         with contextlib.suppress(OSError):  # a receipt only saves time: a read-only cache works without
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
             tmp.write_text(json.dumps(receipt))
             os.replace(tmp, path)
 
-    def recall(self, request: dict) -> dict | None:
-        """The manifest of the intact entry that `request` resolved to last time, if nothing
-        it read has changed since; else None (take the full path). Never under verify=full."""
+    def recall(self, request: dict) -> tuple[dict, list[str]] | None:
+        """(manifest, said) of the intact entry that `request` resolved to last time, if
+        nothing it read has changed since; else None (take the full path). Never under
+        verify=full."""
         if self.verify == "full":
             return None
         try:
             receipt = json.loads(self._receipt(request).read_text())
             name, key, watched, state = receipt["name"], receipt["key"], receipt["watched"], receipt["state"]
+            said = [str(line) for line in receipt.get("said", [])]
         except (OSError, ValueError, KeyError, TypeError):
             return None
         if tree_state(Path(p) for p in watched) != state:
             return None
         manifest, _ = self._inspect(name, key)
-        return manifest
+        return None if manifest is None else (manifest, said)
 
     # ---------------------------------------------------------------- building
 

@@ -107,8 +107,10 @@ def test_a_receipt_finds_the_entry_until_anything_it_read_changes(tmp_path):
     manifest, _ = cache.build("d", "k", _writer(b"x" * 10, calls))
     request = {"pipeline": "p", "data": str(data)}
     assert cache.recall(request) is None  # nothing remembered yet
-    cache.remember(request, [data], manifest)
-    assert cache.recall(request)["key"] == "k" and cache.recall({**request, "data": "other"}) is None
+    cache.remember(request, [data], manifest, said=["no data in data/: using generated sample data"])
+    got, said = cache.recall(request)  # the entry, and what the full path told the user (said again)
+    assert got["key"] == "k" and said == ["no data in data/: using generated sample data"]
+    assert cache.recall({**request, "data": "other"}) is None
     assert Cache(tmp_path / "cache", verify="full").recall(request) is None
 
     f = data / "sub" / "a.txt"
