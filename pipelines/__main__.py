@@ -230,8 +230,6 @@ def cmd_preprocess(args) -> dict:
     for line in said:  # what the full path told the user about the data it chose
         say(line)
     if manifest is None:
-        from preprocessing.chunked import refuse_skips
-
         pipe = registry.get(args.name)
         data, is_sample = _data_dir(pipe, args)
         cfg, _ = _config(pipe, args, "sample" if is_sample else "default")
@@ -240,8 +238,7 @@ def cmd_preprocess(args) -> dict:
         with logs.internals_to(log, mlflow=False):
             # a cold build on a cluster reads and writes from many nodes: check that they see the folders
             check_cluster(storage, cache, None, data=data)
-            manifest, hit = pipe.preprocess(cfg, data, cache, args.on_bad_input)
-            refuse_skips(manifest, args.on_bad_input)
+            manifest, hit = pipe.prepare(cfg, data, cache, args.on_bad_input)
         cache.remember(request, _read_by_preprocess(pipe, args, data), manifest,
                        said=[_sample_note(pipe, data)] if is_sample and args.data is None else [])
     seconds = time.perf_counter() - t0

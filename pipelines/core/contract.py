@@ -156,6 +156,16 @@ class Pipeline:
         """Build (or find) the cached, preprocessed data: (manifest, hit). A hit starts no Ray."""
         raise NotImplementedError
 
+    def prepare(self, cfg: Any, data_dir: Path, cache: Any, on_bad: str = "skip") -> tuple[dict, bool]:
+        """preprocess() under the bad-input policy, as every command calls it: under "fail", an
+        entry that a "skip" build made leaving inputs out is refused (the cache key does not
+        hold the policy: one build serves both)."""
+        from preprocessing.chunked import refuse_skips
+
+        manifest, hit = self.preprocess(cfg, data_dir, cache, on_bad)
+        refuse_skips(manifest, on_bad)
+        return manifest, hit
+
     def datasets(self, cfg: Any, cache: Any, manifest: dict) -> dict[str, Any]:
         """The cached data as Ray Datasets, keyed by the names phases use (+ "valid")."""
         raise NotImplementedError

@@ -87,15 +87,13 @@ def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_work
          sample: bool, t_start: float) -> dict:
     import ray.train
 
-    from preprocessing.chunked import refuse_skips
     from preprocessing.runtime import check_local_room, cluster_gpus, init_ray, worker_cpus
 
     pipeline = pipe.name
     check_local_room(num_workers, 1.0 if use_gpu else 0.0)
     torch.manual_seed(cfg.seed)
     check_resumable(pipeline, pipe.build_model(cfg), run_dir, name)
-    manifest, hit = pipe.preprocess(cfg, data_dir, cache, on_bad)
-    refuse_skips(manifest, on_bad)
+    manifest, hit = pipe.prepare(cfg, data_dir, cache, on_bad)
     init_ray()
     if use_gpu and cluster_gpus() < num_workers:  # a cluster (check_local_room refused it on a machine)
         logger.info(f"[{name}] the cluster has {cluster_gpus()} GPU(s) now for {num_workers} GPU worker(s): "

@@ -205,7 +205,6 @@ def tune(
     from ray import tune as rt
     from ray.tune.schedulers import ASHAScheduler
 
-    from preprocessing.chunked import refuse_skips
     from preprocessing.runtime import check_local_room, cluster_cpus, cluster_gpus, init_ray, worker_cpus
 
     t0 = time.perf_counter()
@@ -230,8 +229,7 @@ def tune(
     check_local_room(workers_per_trial, gpus_per_worker, workers_flag="--workers-per-trial",
                      gpu_flag=f"--gpus-per-worker {gpus_per_worker:g}")
     tracking.require_reachable(tracking.resolve_uri(tracking_uri))
-    manifest, hit = pipe.preprocess(cfg, data_dir, cache, on_bad)
-    refuse_skips(manifest, on_bad)
+    manifest, hit = pipe.prepare(cfg, data_dir, cache, on_bad)
     init_ray()
     cpus, gpus = cluster_cpus(), cluster_gpus()
     use_gpu = gpus_per_worker > 0

@@ -358,7 +358,7 @@ class StyleTransfer(Pipeline):
 
         t0 = time.perf_counter()
         tags = _check_style(cfg, self.name)
-        manifest, hit = self.preprocess(cfg, Path(data_dir), cache, on_bad)
+        manifest, hit = self.prepare(cfg, Path(data_dir), cache, on_bad)
         contents = self.content_images(cfg, cache, manifest)
         init_ray()
         uri = tracking.resolve_uri(tracking_uri)

@@ -144,6 +144,26 @@ def test_style_net_bad_style_image_is_an_error_from_the_cli(capsys, photos_dir, 
     assert code == 1 and "style image " in err and "no/such.png: no such file" in err
 
 
+def test_style_transfer_refuses_a_skip_built_entry_under_fail(capsys, photos_dir, tmp_path, workdir, ray_session):
+    """--on-bad-input fail holds for the pipeline that runs its own way too: the entry a skip
+    build made leaving an unreadable photo out is refused before any task or MLflow run."""
+    import shutil
+
+    data = tmp_path / "photos"
+    shutil.copytree(photos_dir, data)
+    sorted((data / "train").rglob("*.png"))[0].write_bytes(b"")  # a content photo (style.png is not one)
+    argv = ["--data", str(data), "--config", "tiny", "--cache-dir", str(tmp_path / "c")]
+    code, obj, err = _cli(capsys, "preprocess", "style-transfer", *argv)
+    assert code == 0 and sum(obj["skipped"].values()) == 1, err[-2000:]
+    code, _, err = _cli(capsys, "run", "style-transfer", *argv, "--name", "st-fail", "--on-bad-input", "fail")
+    assert code == 1 and "--on-bad-input fail: this data has 1 bad input(s), skipped when its cache entry" in err, err
+    db = workdir / "mlruns.db"
+    if db.exists():  # other tests' runs may be there: none of this name
+        client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+        ids = [e.experiment_id for e in client.search_experiments()]
+        assert not client.search_runs(ids, filter_string="tags.mlflow.runName = 'st-fail'")
+
+
 def test_style_transfer_tiny(capsys, photos_dir, shared_cache, workdir, ray_session):
     """LBFGS on the pixels, one Ray task per image, through `fastray run` (engine.fit hands
     over the run): the losses of each epoch in MLflow, as engine.fit's runs have them."""
