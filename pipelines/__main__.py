@@ -26,6 +26,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -83,29 +84,32 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample-data", help="generate learnable sample data in the real layout")
     s.add_argument("name", help="a data set (cifar10) or a pipeline name")
-    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--out", required=True, type=Path, help="the folder to write it into (made if missing)")
     s.add_argument("--size", type=int, default=None, help="number of items")
 
     download.add_parser(sub, weights=tuple(pretrained.WEIGHTS))
     ui = sub.add_parser("ui", help="the MLflow UI on the runs' store, at http://127.0.0.1:PORT")
     ui.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=int, default=5000, help="default 5000 (the port the runs' printed links use)")
     tr = sub.add_parser("translate", help="translate lines (stdin or --file) with a trained translate run")
     tr.add_argument("run_id", help="the MLflow run id of a finished `fastray run translate`")
     tr.add_argument("--file", type=Path, default=None, help="one sentence a line (default: stdin)")
     tr.add_argument("--beam", type=int, default=None, help="beam size (default: the run's; 1: greedy)")
     tr.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
 
-    def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("name", help="pipeline name (see `fastray list`)")
+    def common(q: argparse.ArgumentParser, what: str = "pipeline") -> None:
+        q.add_argument("name", help=f"{what} name (see `fastray list`)")
         q.add_argument("--data", type=Path, default=None, help="the data set's folder (default: data/<dataset>)")
         q.add_argument("--cache-dir", type=Path, default=None, help="preprocessing cache (default: ./cache)")
-        q.add_argument("--config", default=None, help="tiny | sample | default | FILE.json")
+        q.add_argument("--config", default=None,
+                       help="tiny (a smoke test: seconds, learns nothing) | sample | default | FILE.json; "
+                            "default: sample on generated sample data, else default")
         q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
         q.add_argument("--on-bad-input", choices=("skip", "fail"), default="skip",
                        help="an unreadable input file: skip it and count it (default) or stop")
         q.add_argument("-v", "--verbose", action="store_true",
-                       help="show Ray's, Ray Data's, Ray Train's and MLflow's own lines (default: the run folder's fastray.log)")
+                       help="show Ray's, Ray Data's, Ray Train's and MLflow's own lines (default: they go to a "
+                            "log file, the run folder's fastray.log; a preprocess's in cache/logs/)")
         q.add_argument("--storage", default=None, metavar="PATH_OR_URI",
                        help="shared storage for checkpoints (runs/), the cache (cache/) and MLflow artifacts "
                             "(mlartifacts/): a path every node sees; default $FASTRAY_STORAGE, "
@@ -116,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="train a pipeline with Ray Train and record it in MLflow")
     common(r)
-    r.add_argument("--epochs", type=int, default=None)
+    r.add_argument("--epochs", type=int, default=None, help="epochs to train (default: the config's)")
     r.add_argument("--num-workers", type=int, default=1, help="data-parallel training workers")
     r.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     r.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
@@ -126,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
                         "default $FASTRAY_PLACEMENT or pack")
 
     f = sub.add_parser("flow", help="run a lesson's stages as one command (each stage cached and resumable)")
-    common(f)
+    common(f, "flow")
     f.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
     f.add_argument("--dry-run", action="store_true", help="print the plan (which stages are reused) and stop")
     f.add_argument("--from", dest="start", default=None, metavar="STAGE", help="run from this stage (those before reused)")
@@ -141,11 +145,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--num-samples", type=int, default=8, help="trials")
     t.add_argument("--max-concurrent", type=int, default=None, help="default: as many as the cluster fits")
     t.add_argument("--workers-per-trial", type=int, default=1, help=">1: each trial fits a TorchTrainer")
-    t.add_argument("--gpus-per-worker", type=float, default=0)
+    t.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs each trial's worker holds (a fraction shares one)")
     t.add_argument("--search", choices=("random", "tpe"), default="random", help="tpe needs optuna")
-    t.add_argument("--time-budget", type=float, default=None, metavar="SECONDS")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--tracking-uri", default=None)
+    t.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="stop the search after this long (its running trials too)")
+    t.add_argument("--seed", type=int, default=0, help="the search's seed: which values it samples")
+    t.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
     t.add_argument("--placement", choices=PLACEMENTS, default=None,
                    help="with --workers-per-trial > 1: pack each trial's workers (default) or spread them")
     t.add_argument("--name", dest="run_name", default=None,
@@ -175,7 +180,7 @@ def _data_dir(pipe, args) -> tuple[Path, bool]:
     if not (sample / ".complete").exists():
         info = pipe.sample_data(sample)
         (sample / ".complete").write_text(json.dumps(info))
-        say(f"generated {info}")
+        say("generated " + ", ".join(f"{v} {k}" for k, v in info.items() if isinstance(v, int)) + f" in {sample}/")
     return sample, True
 
 
@@ -194,7 +199,10 @@ def cmd_list(args) -> dict:
 
     for name in flows.names():
         f = flows.get(name)
-        say(f"{name:16s} lesson {f.lesson:2d}  flow: {' -> '.join(s.name for s in f.stages)}")
+        always = [s.name for s in f.stages if not s.when]
+        optional = {w: [s.name for s in f.stages if s.when == w] for w in dict.fromkeys(s.when for s in f.stages if s.when)}
+        say(f"{name:16s} lesson {f.lesson:2d}  flow: {' -> '.join(always)}"
+            + "".join(f" (with --set {w}=true: + {' -> '.join(names)})" for w, names in optional.items()))
     return {"pipelines": rows, "flows": {n: [s.name for s in flows.get(n).stages] for n in flows.names()}}
 
 
@@ -359,8 +367,8 @@ def cmd_ui(args) -> dict:
     url = f"{base}/#/experiments?{tracking.MODEL_TRAINING_VIEW}"
     say(f"MLflow UI for {uri}: {url} (Ctrl-C stops it)")
     # each pipeline's runs table with its headline metric shown, best first (an older store gets the view now)
-    for exp in tracking._client(uri).search_experiments():
-        if exp.name in registry.names():
+    for exp in tracking._client(uri).search_experiments():  # each pipeline's, each flow's (flow-NAME)
+        if exp.name != "Default":
             exp_id = tracking.experiment_id(uri, exp.name)
             say(f"  {exp.name}: {base}/#/experiments/{exp_id}/runs?{tracking.MODEL_TRAINING_VIEW}"
                 f"&viewStateShareKey={tracking.VIEW_KEY}")
@@ -368,10 +376,27 @@ def cmd_ui(args) -> dict:
            "--port", str(args.port), "--workers", "1"]
     # MLflow's GenAI job runner (eight huey processes) serves nothing in the model-training view
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # the server (and its uvicorn) in a process group of its own, stopped whole however this
+    # command ends: Ctrl-C, or a kill (SIGTERM) that once left it holding the port
+    server = subprocess.Popen(cmd, env=env, start_new_session=True)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        code = subprocess.call(cmd, env=env)
+        code = server.wait()
     except KeyboardInterrupt:
         code = 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
     if code:
         raise ValueError(f"mlflow server ended with exit code {code} (is port {args.port} taken? try --port)")
     return {"url": url}

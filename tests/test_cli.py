@@ -86,6 +86,36 @@ def test_a_ray_address_where_nothing_listens_is_one_line_within_seconds(cifar_sm
     assert f"RAY_ADDRESS=127.0.0.1:{port}: no Ray cluster answers there" in lines[0] and "Traceback" not in out.stderr
 
 
+def test_ui_serves_the_store_and_a_kill_stops_its_server(tmp_path):
+    """`fastray ui` runs MLflow's server until it is stopped; killed (SIGTERM) rather than
+    Ctrl-C'd, it used to leave the server holding the port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines", "ui", "--port", str(port), "--tracking-uri",
+                             f"sqlite:///{tmp_path / 'mlruns.db'}"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+    def answers() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        deadline = time.time() + 120
+        while not answers():
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:] if proc.poll() else ""
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        deadline = time.time() + 15
+        while answers() and time.time() < deadline:
+            time.sleep(0.5)
+        assert not answers()  # the server went with it
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_preprocess_twice_hits_the_cache(capsys, cifar_small, workdir, ray_session):
     code, first, _ = run_cli(capsys, "preprocess", "cifar10-darknet", "--data", str(cifar_small), "--config", "tiny")
     code2, second, _ = run_cli(capsys, "preprocess", "cifar10-darknet", "--data", str(cifar_small), "--config", "tiny")

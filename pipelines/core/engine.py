@@ -170,11 +170,15 @@ def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_work
         with tempfile.TemporaryDirectory() as d:
             # where the data (a resize) or the frozen groups change; an epoch's metrics are logged at
             # its end (step e), so a stage starting at epoch b is drawn between steps b and b + 1
-            ph = sched.phases
-            bounds = [sched.epoch_bounds[i] + 0.5 for i in range(1, len(ph))
-                      if (ph[i].data, ph[i].frozen) != (ph[i - 1].data, ph[i - 1].frozen)]
+            ph, bounds, kinds = sched.phases, [], set()
+            for i in range(1, len(ph)):
+                changed = {"resize": ph[i].data != ph[i - 1].data, "unfreeze": ph[i].frozen != ph[i - 1].frozen}
+                if any(changed.values()):
+                    bounds.append(sched.epoch_bounds[i] + 0.5)
+                    kinds |= {k for k, v in changed.items() if v}
             title = f"{name}: {pipeline}, config {config_label or '?'}" + (" (generated sample data)" if sample else "")
-            if tracking.plot_curves(run_log, Path(d) / "curves.png", title, bounds):
+            if tracking.plot_curves(run_log, Path(d) / "curves.png", title, bounds,
+                                    f"new stage ({', '.join(sorted(kinds))})"):
                 run_log.artifact(Path(d) / "curves.png", "plots")
         total = time.perf_counter() - t_start
         best = _best(run_log, pipe)

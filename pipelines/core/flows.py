@@ -517,7 +517,8 @@ def run(name: str, *, config: str | None, sets: list[str], data_for: Callable[[A
         if earlier is not None and tracking._client(uri).get_run(earlier).info.status == "FINISHED":
             return {**result, "parent_run_id": earlier, "reused": True, "metrics": _final(stages),
                     "seconds": round(time.perf_counter() - t0, 2)}
-    parent_id, _ = tracking.start_run(uri, experiment, parent_name, params={"flow": flow.name, "config": config or ""},
+    parent_id, _ = tracking.start_run(uri, experiment, parent_name, params={"flow": flow.name, "config": config or "",
+                                                                            "set": " ".join(sets)},
                                       tags={"fastray.flow": flow.name, "fastray.flow_id": flow_id,
                                             **tracking.source_tags(f"fastray flow {flow.name}")})
     run_log = tracking.RunLogger(uri, parent_id)

@@ -367,9 +367,11 @@ def log_model(run_log: RunLogger, model: Any, example: dict, name: str) -> None:
         mlflow.set_tracking_uri(before)
 
 
-def plot_curves(logger: RunLogger, path: Path, title: str = "", phase_epochs: list[float] = ()) -> Path | None:
+def plot_curves(logger: RunLogger, path: Path, title: str = "", phase_epochs: list[float] = (),
+                stage: str = "new stage") -> Path | None:
     """Every per-epoch metric against epoch: losses in one panel, the rest in another; the
-    phases' boundaries (a resize, an unfreeze) as dotted lines at `phase_epochs`."""
+    phases' boundaries (a resize, an unfreeze) as dotted lines at `phase_epochs`, `stage`
+    in the legend."""
     from matplotlib.ticker import MaxNLocator
 
     from . import plots
@@ -381,17 +383,19 @@ def plot_curves(logger: RunLogger, path: Path, title: str = "", phase_epochs: li
     losses = [k for k in keys if "loss" in k or k.startswith("train_")]
     others = [k for k in keys if k not in losses]
     panels = [p for p in (losses, others) if p]
-    fig = plots.figure((7, 3.2 * len(panels)))
-    axes = fig.subplots(len(panels), 1, squeeze=False)
+    # each panel's legend beside it (a multi-label classifier has twenty curves), as tall as it needs
+    heights = [max(3.2, 0.2 * (len(p) + 1) + 0.6) for p in panels]
+    fig = plots.figure((9.5, sum(heights)))
+    axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})
     for ax, group in zip(axes[:, 0], panels):
         for k in group:
             h = sorted(logger.history(k))
             ax.plot([s for s, _ in h], [v for _, v in h], marker="o", ms=3, label=k)
         for i, e in enumerate(phase_epochs):
-            ax.axvline(e, color="gray", ls=":", lw=1, label="new stage (resize, unfreeze)" if i == 0 else None)
+            ax.axvline(e, color="gray", ls=":", lw=1, label=stage if i == 0 else None)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss" if group is losses else "metric")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return plots.save(fig, path, title=title)

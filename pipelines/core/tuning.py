@@ -115,20 +115,29 @@ class Trials(Callback):
     def names(self) -> dict[str, str]:
         return dict(self._names)
 
+    def find(self, trial_id: str) -> str | None:
+        """The MLflow run of a trial, made by this search or by an earlier attempt of it (a
+        resumed search; a rerun of a finished one, whose trials send no events at all)."""
+        if trial_id and trial_id not in self.runs:
+            client = tracking._client(self.uri)
+            exp_id = tracking.experiment_id(self.uri, self.experiment)
+            found = client.search_runs([exp_id], filter_string=f"tags.`fastray.trial_id` = '{trial_id}' and "
+                                       f"tags.`mlflow.parentRunId` = '{self.parent_id}'", max_results=1)
+            if found:
+                self.runs[trial_id] = found[0].info.run_id
+                self._names[trial_id] = found[0].info.run_name
+        return self.runs.get(trial_id)
+
     def _run(self, trial) -> tracking.RunLogger:
         if trial.trial_id not in self.runs:
             client = tracking._client(self.uri)
-            exp_id = tracking.experiment_id(self.uri, self.experiment)
-            found = client.search_runs([exp_id], filter_string=f"tags.`fastray.trial_id` = '{trial.trial_id}' and "
-                                       f"tags.`mlflow.parentRunId` = '{self.parent_id}'", max_results=1)
-            if found:  # a resumed search: keep writing to the trial's run
-                self.runs[trial.trial_id] = found[0].info.run_id
-                self._names[trial.trial_id] = found[0].info.run_name
-                client.update_run(found[0].info.run_id, status="RUNNING")
+            if self.find(trial.trial_id):  # a resumed search: keep writing to the trial's run
+                client.update_run(self.runs[trial.trial_id], status="RUNNING")
             else:
                 self._names[trial.trial_id] = trial_name(trial.trial_id, trial.config)
-                run = client.create_run(exp_id, run_name=self._names[trial.trial_id], tags={
-                    "mlflow.parentRunId": self.parent_id, "fastray.trial_id": trial.trial_id})
+                run = client.create_run(tracking.experiment_id(self.uri, self.experiment),
+                                        run_name=self._names[trial.trial_id],
+                                        tags={"mlflow.parentRunId": self.parent_id, "fastray.trial_id": trial.trial_id})
                 logger = tracking.RunLogger(self.uri, run.info.run_id)
                 logger.params({"config": {**self.base, **trial.config}, "hp": {k: short(v) for k, v in trial.config.items()}})
                 self.runs[trial.trial_id] = run.info.run_id
@@ -323,9 +332,11 @@ def tune(
     frame = results.get_dataframe()
     best_metrics = {k: v for k, v in best.metrics.items() if isinstance(v, (int, float)) and (
         k == pipe.metric or k.startswith(("train_", "valid_")) or k == "epoch")}
+    for r in results:  # trials of an earlier attempt that this one did not run (all, when it had finished)
+        callback.find((r.metrics or {}).get("trial_id", ""))
     best_run = callback.runs.get(best.metrics.get("trial_id", ""), "")
-    best_name = tracking._client(uri).get_run(best_run).info.run_name if best_run else ""
-    children = list(callback.runs.values())
+    best_name = callback.names().get(best.metrics.get("trial_id", ""), "")
+    children = [callback.runs[t] for t in sorted(callback.runs)]  # in the trials' order, however they ran
     compare = tracking.compare_url(uri, children)
     parent.json(best_json, "best.json")
     parent.params({"best": {k: short(v) for k, v in best.config.items()}})

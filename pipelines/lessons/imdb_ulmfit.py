@@ -537,7 +537,7 @@ class Classifier(_UlmfitBase):
         n = sum(r["n"] for r in results)
         probs = np.concatenate([r["probs"] for r in results])
         y = np.concatenate([r["targets"] for r in results])
-        return {"loss": sum(r["loss"] for r in results) / max(n, 1), **self.score(probs, y, results[0]), "n": n}
+        return {"loss": sum(r["loss"] for r in results) / max(n, 1), **self.score(probs, y, results[0])}
 
 
 class ImdbClas(Classifier):

@@ -2,6 +2,7 @@
 best config out, and resume after a kill."""
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -180,6 +181,12 @@ def test_killed_search_resumes_without_rerunning_finished_trials(cifar_small, wo
     assert f"] {first_done} " not in second.stderr.split("trials, best first:")[0]  # finished: not rerun
     obj = _last_json(second.stdout)
     assert obj["trials"] == 3 and obj["errors"] == 0
+    # the same command once more, the search finished: its summary and records as they were
+    third = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=workdir, timeout=400)
+    assert third.returncode == 0, third.stderr[-3000:]
+    again = _last_json(third.stdout)
+    assert again["best_run_id"] == obj["best_run_id"] != "" and again["compare_url"] == obj["compare_url"] != ""
+    assert "compare the 3 trials: " in third.stderr and re.search(r"best trial: t\d\d ", third.stderr), third.stderr[-2000:]
 
 
 def test_text_search_varies_drop_mult(capsys, tmp_path, workdir, ray_session):

@@ -267,6 +267,7 @@ def test_jigsaw_sample_end_to_end_multi_label(capsys, tmp_path, workdir, ray_ses
     m = res["metrics"]
     assert 0 <= m["roc_auc"] <= 1 and m["epoch"] == 3
     assert all(f"valid_auc_{k}" in m and f"valid_threshold_{k}" in m for k in LABELS)
+    assert "valid_n" not in m  # a count of rows, not a metric: it flattened the curves' metric panel
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}")
     for k in LABELS:  # per label, per epoch
         assert len(client.get_metric_history(res["run_id"], f"valid_f1_{k}")) == 3
