@@ -6,13 +6,17 @@ set of CIFAR-10's size, Ray's start-up reported apart; a warm one starts no Ray.
 cold build (into another cache, same process) shows what the first paid for Ray Data's
 start in this job.
 
+The machine drifts: the plain loop runs before and after each round (bare, round, bare, ...),
+each round on a fresh Ray set against the two plain loops beside it, and the figure is the
+median round's (--repeats, default 3; every round's in the JSON).
+
 Wall-clock ratios need an idle machine. CPU time does not, so both sides are also counted
 in CPU seconds (this process, and Ray's processes under it: raylet, GCS, workers), by
 process role: the plain loop's CPU over the cold build's is the share of the build's CPU
 that is decoding and resizing; the rest is parquet writing, Ray Data and Ray's own
 processes, and the two builds' roles side by side say what the first paid to start Ray Data.
 
-    python benchmarks/preprocess_images.py [--images 60000]
+    python benchmarks/preprocess_images.py [--images 60000] [--repeats 3]
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -65,58 +70,85 @@ def cpu_delta(before: dict, after: dict) -> dict[str, float]:
     return {k: round(v, 2) for k, v in sorted(roles.items())}
 
 
+def plain_loop(files: list[Path], sizes: tuple[int, ...]) -> tuple[float, float]:
+    """(images/s, CPU seconds) of one process decoding and resizing every file."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    for p in files:
+        resize_all(decode_image(p), sizes)
+    return len(files) / (time.perf_counter() - t0), time.process_time() - c0
+
+
+def cold_round(source, sizes: tuple[int, ...], work: Path, n: int) -> dict:
+    """On a fresh local Ray (its start timed apart): a cold build, a warm hit, and a second
+    cold build into another cache in the same job; wall seconds and CPU seconds by role."""
+    import ray
+
+    t0 = time.perf_counter()
+    init_ray()
+    ray_start = time.perf_counter() - t0
+    cores = cluster_cpus()
+    time.sleep(2)  # Ray's processes settle after start-up
+    out: dict = {"cores": cores, "ray_start_seconds": round(ray_start, 2)}
+    for what in ("cold", "warm", "second_cold"):
+        cache = Cache(work / f"cache{n}" / ("second" if what == "second_cold" else "first"))
+        t0, c0 = time.perf_counter(), cpu_by_process()
+        _, hit = preprocess_images(find_cifar10(work / "cifar10") if what == "warm" else source, sizes, cache, "cifar10")
+        out[f"{what}_seconds"] = round(time.perf_counter() - t0, 3)
+        if what != "warm":
+            out[f"{what}_cpu_by_role"] = cpu_delta(c0, cpu_by_process())
+        assert hit == (what == "warm")
+    ray.shutdown()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=60000, help="CIFAR-10's size by default")
     ap.add_argument("--sizes", default="24,32")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds, each on a fresh Ray between two plain loops")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "preprocess_images.json")
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error("--repeats must be >= 1")
     sizes = tuple(int(s) for s in args.sizes.split(","))
     work = Path(tempfile.mkdtemp(prefix="fastray-prep-"))
     print(f"generating {args.images} sample PNGs in {work}", file=sys.stderr)
     cifar10_samples.cifar10(work / "cifar10", size=args.images)
     source = find_cifar10(work / "cifar10")
     files = [p for items in source.splits.values() for p, _ in items]
+    n = len(files)
 
-    t0, c0 = time.perf_counter(), time.process_time()  # (a) the plain loop: decode + resize every file, one process
-    for p in files:
-        resize_all(decode_image(p), sizes)
-    plain = len(files) / (time.perf_counter() - t0)
-    plain_cpu = time.process_time() - c0
-
-    t0 = time.perf_counter()
-    init_ray()
-    ray_start = time.perf_counter() - t0
-    cores = cluster_cpus()
-    cache = Cache(work / "cache")
-    time.sleep(2)  # Ray's processes settle after start-up
-    t0, c0 = time.perf_counter(), cpu_by_process()  # (b) cold: Ray already up
-    manifest, hit = preprocess_images(source, sizes, cache, "cifar10")
-    cold_s = time.perf_counter() - t0
-    cold_cpu = cpu_delta(c0, cpu_by_process())
-    assert not hit
-    t0 = time.perf_counter()  # (c) warm
-    _, hit = preprocess_images(find_cifar10(work / "cifar10"), sizes, cache, "cifar10")
-    warm_s = time.perf_counter() - t0
-    assert hit
-    t0, c0 = time.perf_counter(), cpu_by_process()  # (d) cold again, into another cache: this job's Ray Data has started
-    _, hit = preprocess_images(source, sizes, Cache(work / "cache2"), "cifar10")
-    again_s = time.perf_counter() - t0
-    again_cpu = cpu_delta(c0, cpu_by_process())
-    assert not hit
-    cold = len(files) / cold_s
+    # plain, round 1, plain, round 2, ..., plain: the machine drifts, so each round's cold
+    # build is set against the plain loops just before and after it taken together
+    plains = [plain_loop(files, sizes)]
+    rounds = []
+    for r in range(args.repeats):
+        print(f"round {r + 1} of {args.repeats} ...", file=sys.stderr, flush=True)
+        rounds.append(cold_round(source, sizes, work, r))
+        plains.append(plain_loop(files, sizes))
+    for r, (a, b) in zip(rounds, zip(plains, plains[1:])):
+        plain = 2 / (1 / a[0] + 1 / b[0])  # the two plain runs' images over their seconds
+        r["plain_img_per_s"] = round(plain, 1)
+        for what in ("cold", "second_cold"):
+            r[f"{what}_vs_plain_x_cores"] = round(n / r[f"{what}_seconds"] / (plain * r["cores"]), 3)
+    mid = sorted(rounds, key=lambda r: r["cold_vs_plain_x_cores"])[(len(rounds) - 1) // 2]  # the median round
+    cold_cpu, again_cpu = mid["cold_cpu_by_role"], mid["second_cold_cpu_by_role"]
+    plain_cpu = statistics.median(c for _, c in plains)
     out = {
-        "images": len(files), "sizes": list(sizes), "cores": cores,
-        "plain_loop_img_per_s": round(plain, 1),
-        "cold_img_per_s": round(cold, 1),
-        "cold_vs_plain_x_cores": round(cold / (plain * cores), 3),
-        "cold_seconds": round(cold_s, 2), "warm_seconds": round(warm_s, 3),
-        "warm_speedup": round(cold_s / warm_s, 1),
+        "images": n, "sizes": list(sizes), "cores": mid["cores"], "repeats": args.repeats,
+        # the median round's figures; every round's in "rounds"
+        "cold_vs_plain_x_cores": mid["cold_vs_plain_x_cores"],
+        "cold_vs_plain_x_cores_rounds": [r["cold_vs_plain_x_cores"] for r in rounds],
+        "plain_loop_img_per_s": mid["plain_img_per_s"],
+        "plain_loop_img_per_s_runs": [round(p, 1) for p, _ in plains],
+        "cold_img_per_s": round(n / mid["cold_seconds"], 1),
+        "cold_seconds": round(mid["cold_seconds"], 2), "warm_seconds": round(mid["warm_seconds"], 3),
+        "warm_speedup": round(mid["cold_seconds"] / mid["warm_seconds"], 1),
         # a second cold build in the same job: what the first paid for Ray Data's start in this
         # job (its workers' imports, its actors) is the difference
-        "second_cold_seconds": round(again_s, 2),
-        "second_cold_vs_plain_x_cores": round(len(files) / again_s / (plain * cores), 3),
-        "ray_start_seconds_apart": round(ray_start, 2),
+        "second_cold_seconds": round(mid["second_cold_seconds"], 2),
+        "second_cold_vs_plain_x_cores": mid["second_cold_vs_plain_x_cores"],
+        "ray_start_seconds_apart": mid["ray_start_seconds"],
         "cpu_seconds": {"plain_loop": round(plain_cpu, 2), "cold_build": round(sum(cold_cpu.values()), 2),
                         "second_cold_build": round(sum(again_cpu.values()), 2)},
         # each build's CPU seconds by process: the first's excess over the second is what
@@ -125,6 +157,7 @@ def main() -> None:
         "cold_cpu_by_role": cold_cpu, "second_cold_cpu_by_role": again_cpu,
         # the share of the cold build's CPU that is the plain loop's work (decode, resize)
         "cold_cpu_efficiency": round(plain_cpu / sum(cold_cpu.values()), 3),
+        "rounds": rounds,
         "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
     }
     text = json.dumps(out, indent=1)
