@@ -353,6 +353,10 @@ def tune(
     logger.info(_table(results, pipe.metric, pipe.mode, max_epochs, callback.names()))
     logger.info(f"[{name}] best trial: {best_name} ({pipe.metric}={best.metrics[pipe.metric]:.4g})")
     logger.info(f"[{name}] compare the {len(children)} trials: {tracking.shown(uri, compare)}")
+    if best_path is not None:  # its metric may differ a little: a run's torch uses all the worker's CPUs
+        here = str(best_path).startswith(os.getcwd() + os.sep)
+        logger.info(f"[{name}] train the best config: fastray run {pipeline} --config "
+                    f"{os.path.relpath(best_path) if here else best_path}")
     n_stopped = sum(int(r.metrics.get("epoch", 0)) < max_epochs for r in results if r.metrics)
     return {
         "parent_run_id": parent_id,

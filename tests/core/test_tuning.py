@@ -187,6 +187,8 @@ def test_killed_search_resumes_without_rerunning_finished_trials(cifar_small, wo
     again = _last_json(third.stdout)
     assert again["best_run_id"] == obj["best_run_id"] != "" and again["compare_url"] == obj["compare_url"] != ""
     assert "compare the 3 trials: " in third.stderr and re.search(r"best trial: t\d\d ", third.stderr), third.stderr[-2000:]
+    [rerun] = re.findall(r"train the best config: fastray run cifar10-darknet --config (\S+)", third.stderr)
+    assert json.loads((workdir / rerun).read_text())["p"] == again["best_config"]["p"]  # the command as printed
 
 
 def test_text_search_varies_drop_mult(capsys, tmp_path, workdir, ray_session):
