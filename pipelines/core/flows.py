@@ -505,7 +505,10 @@ def run(name: str, *, config: str | None, sets: list[str], data_for: Callable[[A
     for line in describe(flow, stages):
         say(line)
     todo = [p for p in stages if p.status in ("run", "resume")]
-    result = {"flow": flow.name, "name": parent_name, "stages": summary(stages)}
+    # a dry run before the data is preprocessed cannot know every stage's identity, so neither
+    # the name the flow's run will have
+    known = all(p.identity for p in stages)
+    result = {"flow": flow.name, "name": parent_name if known else None, "stages": summary(stages)}
     if dry_run:
         return {**result, "dry_run": True}
     experiment = f"flow-{flow.name}"

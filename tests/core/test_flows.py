@@ -141,6 +141,7 @@ def test_ulmfit_flow_resumes_a_killed_stage_then_reuses_every_finished_one(tmp_p
     assert again.returncode == 0, again.stderr[-3000:]
     assert "every stage was reused" in again.stderr
     assert json.loads(again.stdout.strip().splitlines()[-1])["reused"] is True
+    assert json.loads(again.stdout.strip().splitlines()[-1])["name"] == out["name"]  # the same flow, by name
     assert {k: len(v) for k, v in _runs(workdir).items()} == {k: len(v) for k, v in runs.items()}
 
     # 4. only the classifier's LR changed: the plan reuses the LM and runs the classifier
