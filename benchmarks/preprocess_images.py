@@ -29,7 +29,7 @@ sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse
 import json
-import statistics
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -98,6 +98,7 @@ def cold_round(source, sizes: tuple[int, ...], work: Path, n: int) -> dict:
             out[f"{what}_cpu_by_role"] = cpu_delta(c0, cpu_by_process())
         assert hit == (what == "warm")
     ray.shutdown()
+    shutil.rmtree(work / f"cache{n}", ignore_errors=True)  # two CIFAR-sized entries a round
     return out
 
 
@@ -112,6 +113,13 @@ def main() -> None:
         ap.error("--repeats must be >= 1")
     sizes = tuple(int(s) for s in args.sizes.split(","))
     work = Path(tempfile.mkdtemp(prefix="fastray-prep-"))
+    try:
+        measure(args, sizes, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, sizes: tuple[int, ...], work: Path) -> None:
     print(f"generating {args.images} sample PNGs in {work}", file=sys.stderr)
     cifar10_samples.cifar10(work / "cifar10", size=args.images)
     source = find_cifar10(work / "cifar10")
@@ -129,11 +137,12 @@ def main() -> None:
     for r, (a, b) in zip(rounds, zip(plains, plains[1:])):
         plain = 2 / (1 / a[0] + 1 / b[0])  # the two plain runs' images over their seconds
         r["plain_img_per_s"] = round(plain, 1)
+        r["plain_cpu_seconds"] = round((a[1] + b[1]) / 2, 2)
         for what in ("cold", "second_cold"):
             r[f"{what}_vs_plain_x_cores"] = round(n / r[f"{what}_seconds"] / (plain * r["cores"]), 3)
     mid = sorted(rounds, key=lambda r: r["cold_vs_plain_x_cores"])[(len(rounds) - 1) // 2]  # the median round
     cold_cpu, again_cpu = mid["cold_cpu_by_role"], mid["second_cold_cpu_by_role"]
-    plain_cpu = statistics.median(c for _, c in plains)
+    plain_cpu = mid["plain_cpu_seconds"]  # the round's own plain loops'
     out = {
         "images": n, "sizes": list(sizes), "cores": mid["cores"], "repeats": args.repeats,
         # the median round's figures; every round's in "rounds"

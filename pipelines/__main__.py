@@ -26,6 +26,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -248,7 +249,7 @@ def cmd_preprocess(args) -> dict:
             check_cluster(storage, cache, None, data=data)
             manifest, hit = pipe.prepare(cfg, data, cache, args.on_bad_input)
         cache.remember(request, _read_by_preprocess(pipe, args, data), manifest,
-                       said=[_sample_note(pipe, data)] if is_sample and args.data is None else [])
+                       said=[_sample_note(pipe, data)] if is_sample else [])
     seconds = time.perf_counter() - t0
     say(f"cache {'hit' if hit else 'miss'}: {manifest['key']} ({seconds:.2f}s)")
     return {
@@ -321,6 +322,9 @@ def cmd_tune(args) -> dict:
             gpus_per_worker=args.gpus_per_worker, search=args.search, time_budget_s=args.time_budget, seed=args.seed,
             tracking_uri=args.tracking_uri, storage=checkpoints, on_bad=args.on_bad_input,
             fixed=tuple(configs.parse_sets(args.set)),
+            run_flags=" ".join(f"{flag} {shlex.quote(str(v))}" for flag, v in (
+                ("--data", args.data), ("--cache-dir", args.cache_dir), ("--storage", args.storage),
+                ("--tracking-uri", args.tracking_uri)) if v is not None),
         )
 
 
@@ -378,20 +382,21 @@ def cmd_ui(args) -> dict:
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     # the server (and its uvicorn) in a process group of its own, stopped whole however this
     # command ends: Ctrl-C, or a kill (SIGTERM) that once left it holding the port
-    server = subprocess.Popen(cmd, env=env, start_new_session=True)
-
     def stop(signum, frame):
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, stop)
+    server = None
     try:
+        server = subprocess.Popen(cmd, env=env, start_new_session=True)
         code = server.wait()
     except KeyboardInterrupt:
         code = 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
+        if server is not None:  # its group: uvicorn too, even when the server itself has ended
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGTERM)
             try:
                 server.wait(timeout=15)
             except subprocess.TimeoutExpired:

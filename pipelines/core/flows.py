@@ -195,7 +195,7 @@ def plan(flow: Flow, *, config: str | None, sets: list[str], data_for: Callable[
     out: dict[str, Planned] = {}
     for p in planned:
         try:
-            manifest, _ = p.pipe.preprocess(p.cfg, p.data_dir, _ProbeCache(cache) if dry_run else cache, on_bad)
+            manifest, _ = p.pipe.prepare(p.cfg, p.data_dir, _ProbeCache(cache) if dry_run else cache, on_bad)
             p.key = manifest["key"]
         except _Unbuilt:
             p.key = None
@@ -521,7 +521,7 @@ def run(name: str, *, config: str | None, sets: list[str], data_for: Callable[[A
             return {**result, "parent_run_id": earlier, "reused": True, "metrics": _final(stages),
                     "seconds": round(time.perf_counter() - t0, 2)}
     parent_id, _ = tracking.start_run(uri, experiment, parent_name, params={"flow": flow.name, "config": config or "",
-                                                                            "set": " ".join(sets)},
+                                                                            "set": json.dumps(sets)},
                                       tags={"fastray.flow": flow.name, "fastray.flow_id": flow_id,
                                             **tracking.source_tags(f"fastray flow {flow.name}")})
     run_log = tracking.RunLogger(uri, parent_id)

@@ -77,8 +77,8 @@ def short(v: Any) -> str:
 def trial_name(trial_id: str, config: dict, stopped_at: int | None = None) -> str:
     """`t03 lr=0.175 p=0.32`: the trial's number first (names stay distinct where the UI cuts
     them), then its searched values; an ASHA-stopped trial ends with `[stopped@E]`."""
-    number = int(trial_id.rsplit("_", 1)[-1]) if trial_id.rsplit("_", 1)[-1].isdigit() else trial_id
-    name = f"t{number:02d} " + " ".join(f"{k}={short(v)}" for k, v in config.items())
+    tail = trial_id.rsplit("_", 1)[-1]  # a random search's ids end in a counter; a TPE search's are hex
+    name = (f"t{int(tail):02d} " if tail.isdigit() else f"t-{tail[:6]} ") + " ".join(f"{k}={short(v)}" for k, v in config.items())
     return name + (f" [stopped@{stopped_at}]" if stopped_at is not None else "")
 
 
@@ -209,8 +209,10 @@ def tune(
     storage: str | None = None,
     on_bad: str = "skip",
     fixed: tuple[str, ...] = (),
+    run_flags: str = "",
 ) -> dict:
-    """Search the pipeline's space with ASHA (less the keys in `fixed`, which --set gave); the summary dict (best config, best metrics)."""
+    """Search the pipeline's space with ASHA (less the keys in `fixed`, which --set gave); the summary dict (best config, best metrics).
+    `run_flags`: what a `fastray run` of the best config needs besides it (the search's --data, stores)."""
     from ray import tune as rt
     from ray.tune.schedulers import ASHAScheduler
 
@@ -336,7 +338,9 @@ def tune(
         callback.find((r.metrics or {}).get("trial_id", ""))
     best_run = callback.runs.get(best.metrics.get("trial_id", ""), "")
     best_name = callback.names().get(best.metrics.get("trial_id", ""), "")
-    children = [callback.runs[t] for t in sorted(callback.runs)]  # in the trials' order, however they ran
+    # by trial id: the same link each time (a restored search lists its results in another
+    # order); a random search's ids end in its trials' counter
+    children = [callback.runs[t] for t in sorted(callback.runs)]
     compare = tracking.compare_url(uri, children)
     parent.json(best_json, "best.json")
     parent.params({"best": {k: short(v) for k, v in best.config.items()}})
@@ -354,9 +358,10 @@ def tune(
     logger.info(f"[{name}] best trial: {best_name} ({pipe.metric}={best.metrics[pipe.metric]:.4g})")
     logger.info(f"[{name}] compare the {len(children)} trials: {tracking.shown(uri, compare)}")
     if best_path is not None:  # its metric may differ a little: a run's torch uses all the worker's CPUs
-        here = str(best_path).startswith(os.getcwd() + os.sep)
-        logger.info(f"[{name}] train the best config: fastray run {pipeline} --config "
-                    f"{os.path.relpath(best_path) if here else best_path}")
+        path = best_path.resolve()
+        shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+        logger.info(f"[{name}] train the best config: fastray run {pipeline} --config {shown}"
+                    + (f" {run_flags}" if run_flags else ""))
     n_stopped = sum(int(r.metrics.get("epoch", 0)) < max_epochs for r in results if r.metrics)
     return {
         "parent_run_id": parent_id,

@@ -94,7 +94,7 @@ class Ensemble(Pipeline):
         with tempfile.TemporaryDirectory() as tmp:
             for way, run_id in (("forward", cfg.forward), ("backward", cfg.backward)):
                 ccfg, weights, submissions[way] = self._load(clas, client, uri, way, run_id, tmp)
-                manifest, _ = clas.preprocess(ccfg, Path(data_dir), cache, on_bad)
+                manifest, _ = clas.prepare(ccfg, Path(data_dir), cache, on_bad)
                 if manifest["key"] not in shards:  # both directions read one token cache: read its valid rows once
                     shards[manifest["key"]] = clas._read(cache, manifest, "valid")
                 model = clas.build_model(ccfg)

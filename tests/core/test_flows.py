@@ -171,3 +171,15 @@ def test_stages_run_side_by_side_only_where_the_nodes_hold_their_workers():
     gpu = [(4.0, 1.0)] * 2                   # two workers of 4 CPUs and a GPU
     assert flows.fits([gpu, gpu], [(8.0, 2.0), (8.0, 2.0)])
     assert not flows.fits([gpu, gpu], [(16.0, 2.0), (16.0, 0.0)])
+
+
+def test_a_dry_run_before_preprocessing_names_no_flow_run(tmp_path, workdir, capsys):
+    """Before the data is preprocessed no stage's identity is known, so neither is the name
+    the flow's run will have: a dry run says null rather than a name the run would not take."""
+    from pipelines.__main__ import main
+
+    imdb_samples.imdb(tmp_path / "imdb", size=60, seed=1)
+    assert main(["flow", "ulmfit", "--data", str(tmp_path / "imdb"), "--config", "tiny", "--dry-run"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["dry_run"] is True and out["name"] is None
+    assert {s["status"] for s in out["stages"].values()} == {"run"} and not (workdir / "cache").exists()
