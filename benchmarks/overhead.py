@@ -297,7 +297,7 @@ def engine(name: str, cfg: Any, data_dir: Path, cache: Cache, cuda: bool, label:
     hist = RunLogger(resolve_uri(), res["run_id"])
     res["wall_seconds"] = time.perf_counter() - t0
     res["epoch_seconds"] = [v for _, v in sorted(hist.history("epoch_seconds"))]
-    return [v for _, v in sorted(hist.history("images_per_s"))], res
+    return [v for _, v in sorted(hist.history("examples_per_s"))], res
 
 
 def measure(name: str, args: argparse.Namespace, work: Path) -> dict:
@@ -387,7 +387,7 @@ def decompose(name: str, p: Prepared, work: Path) -> dict:
         run_loop(spec, session, p.pipe)
     finally:
         torch.set_num_threads(threads)
-    loop = [r["images_per_s"] for r in session.reports]
+    loop = [r["examples_per_s"] for r in session.reports]
 
     out = work / f"decompose-{name}.json"  # the worker's figures (same machine)
     args = dict(pipe=p.pipe, cfg=p.cfg, batches=p.batches, manifest=p.manifest, sched=p.sched, cpus=p.cpus)

@@ -132,7 +132,7 @@ def _mlflow(workdir):
     return MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}")
 
 
-def test_run_tiny_end_to_end_records_mlflow_and_prints_only_its_own_lines(cifar_small, workdir, ray_session):
+def test_run_tiny_end_to_end_records_mlflow_and_prints_only_its_own_lines(cifar_small, workdir, ray_session, capsys):
     """As a job log shows it (stderr not a terminal): a header, one line an epoch, the summary;
     Ray's, Ray Data's, Ray Train's and MLflow's own lines in the run folder's log; -v shows them."""
     env = {**os.environ, "RAY_ADDRESS": ray_session}
@@ -166,10 +166,31 @@ def test_run_tiny_end_to_end_records_mlflow_and_prints_only_its_own_lines(cifar_
     assert {"config.json", "plots/schedule.png", "plots/curves.png", "model/model.pt",
             "predictions/predictions.png"} <= files
 
-    # -v: the same command (the finished run: nothing left to train) with Ray's own lines back
-    verbose = subprocess.run(argv + ["-v"], env=env, capture_output=True, text=True, cwd=workdir, timeout=600)
+    # the same command again: the run finished every epoch, so nothing trains and its record
+    # stays as it was (it used to start Ray Train, train no epoch, and log that as its total_seconds)
+    before = client.get_run(obj["run_id"])
+    capsys.readouterr()
+    assert main(argv[3:]) == 0  # in this process: the same command line, without an interpreter's start
+    out, err = capsys.readouterr()
+    said = err.strip().splitlines()
+    assert said[0].startswith("[e2e] finished already, 2 epoch(s): accuracy ") and "nothing to train" in said[0], said
+    assert len(said) == 2 and "http://127.0.0.1:5000/#/" in said[1], said
+    same = json.loads(out.strip().splitlines()[-1])
+    assert same["finished_already"] is True and same["run_id"] == obj["run_id"]
+    assert same["metrics"]["accuracy"] == obj["metrics"]["accuracy"]
+    after = client.get_run(obj["run_id"])
+    assert (after.info.end_time, after.data.metrics, after.data.tags) == (before.info.end_time, before.data.metrics,
+                                                                         before.data.tags)
+
+    # -v and a larger --epochs: the run continues from its last checkpoint, Ray's own lines shown
+    verbose = subprocess.run(argv + ["--epochs", "3", "-v"], env=env, capture_output=True, text=True, cwd=workdir,
+                             timeout=600)
     assert verbose.returncode == 0, verbose.stderr[-3000:]
     assert any(not l.startswith("[e2e] ") for l in verbose.stderr.splitlines()), verbose.stderr[-3000:]
+    assert "resuming from the checkpoint of epoch 2" in verbose.stderr, verbose.stderr[-3000:]
+    longer = json.loads(verbose.stdout.strip().splitlines()[-1])
+    assert longer["run_id"] == obj["run_id"] and longer["metrics"]["epoch"] == 3
+    assert [m.step for m in client.get_metric_history(obj["run_id"], "accuracy")] == [1, 2, 3]
 
 
 def test_interrupted_run_is_killed_and_resumes_from_its_last_checkpoint(cifar_small, workdir, ray_session):

@@ -23,7 +23,7 @@ from . import logs, registry, tracking
 from .config import to_dict
 from .loop import RunSpec, train_loop_per_worker, worker_config
 from .phases import Schedule
-from .storage import Storage, check_resumable, join_storage, run_lock
+from .storage import Storage, check_resumable, checkpoint_epoch, is_uri, join_storage, run_lock
 
 logger = logging.getLogger("fastray")
 
@@ -93,6 +93,9 @@ def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_work
     check_local_room(num_workers, 1.0 if use_gpu else 0.0)
     torch.manual_seed(cfg.seed)
     check_resumable(pipeline, pipe.build_model(cfg), run_dir, name)
+    done = _finished(pipe, cfg, tracking.resolve_uri(tracking_uri), name, run_dir, t_start)
+    if done is not None:
+        return done
     manifest, hit = pipe.prepare(cfg, data_dir, cache, on_bad)
     init_ray()
     if use_gpu and cluster_gpus() < num_workers:  # a cluster (check_local_room refused it on a machine)
@@ -205,6 +208,38 @@ def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_work
         "checkpoint": checkpoint,
         "fit_seconds": round(fit_seconds, 2),
         "seconds": round(time.perf_counter() - t_start, 2),
+    }
+
+
+def _finished(pipe: Any, cfg: Any, uri: str, name: str, run_dir: str, t_start: float) -> dict | None:
+    """The summary of a run of this name that finished every epoch asked for (its MLflow run
+    FINISHED, its last checkpoint at cfg.epochs or later), or None. Nothing is left to train:
+    the rerun says so and touches nothing (resuming would start Ray Train to train no epoch,
+    then log its seconds as the run's total_seconds and rewrite its end time and description).
+    A larger --epochs resumes it as before."""
+    if is_uri(run_dir):  # Ray Train's own restore decides there
+        return None
+    newest = max(Path(run_dir).glob("checkpoint_*"), key=checkpoint_epoch, default=None)
+    epochs = checkpoint_epoch(newest) if newest else -1
+    if epochs < cfg.epochs:
+        return None
+    client = tracking._client(uri)
+    exp = client.get_experiment_by_name(pipe.name)
+    run_id = tracking.find_run(uri, exp.experiment_id, name) if exp else None
+    run = client.get_run(run_id) if run_id else None
+    if run is None or run.info.status != "FINISHED":
+        return None
+    metrics = {k: v for k, v in run.data.metrics.items() if not k.startswith("system/")} | {"epoch": epochs}
+    final = metrics.get(pipe.metric)
+    result = f": {pipe.metric} {final:.4g}" if final is not None else ""
+    logger.info(f"[{name}] finished already, {epochs} epoch(s){result}; nothing to train (another --name "
+                f"trains a new run, a larger --epochs continues this one)\n"
+                f"[{name}] see it in the MLflow UI: {tracking.shown(uri, tracking.run_url(uri, run_id))}")
+    return {
+        "run_id": run_id, "experiment": pipe.name, "name": name, "metrics": metrics,
+        "world_size": int(run.data.tags.get("fastray.world_size", 1)), "cache": None, "resumed": False,
+        "finished_already": True, "checkpoint": str(newest),
+        "fit_seconds": 0.0, "seconds": round(time.perf_counter() - t_start, 2),
     }
 
 

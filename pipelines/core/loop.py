@@ -137,6 +137,8 @@ def _run_loop(spec: RunSpec, session: Any, pipe: Any) -> None:
     opt, opt_phase, metrics = owned, -1, state["metrics"] if state else {}
     ctx.optimizers = owned or {}
     example: dict[str, Any] = {}
+    # the epoch line names the epoch's data set only where the phases change it (progressive resizing)
+    several_sets = len({p.data or "train" for p in sched.phases}) > 1
     for epoch in range(start_epoch, sched.total_epochs):
         data = sched.phase_for_epoch(epoch).data or "train"
         ctx.epoch = epoch
@@ -221,7 +223,7 @@ def _run_loop(spec: RunSpec, session: Any, pipe: Any) -> None:
             **{(k if k == pipe.metric or k.startswith("valid_") else f"valid_{k}"): v for k, v in results.items()},
             **_lr_metrics(ctx.optimizers),
             **({"frozen_groups": len(phases[opt_phase].frozen)} if len(groups) > 1 and not owned else {}),
-            "images_per_s": seen * session.world / train_seconds,
+            "examples_per_s": seen * session.world / train_seconds,
             "epoch_seconds": time.perf_counter() - t0,
         }
         ckpt = {
@@ -238,7 +240,7 @@ def _run_loop(spec: RunSpec, session: Any, pipe: Any) -> None:
             logger.info(
                 f"[{spec.name}] epoch {epoch + 1}/{sched.total_epochs} "
                 + " ".join(f"{k}={metrics[k]:.4g}" for k in dict.fromkeys(shown))
-                + f" {metrics['epoch_seconds']:.1f}s ({metrics['images_per_s']:.0f} ex/s, data {data})"
+                + f" {metrics['epoch_seconds']:.1f}s ({metrics['examples_per_s']:.0f} ex/s{f', data {data}' if several_sets else ''})"
             )
             with tempfile.TemporaryDirectory() as d:
                 ctx.out_dir = Path(d)

@@ -376,7 +376,7 @@ def plot_curves(logger: RunLogger, path: Path, title: str = "", phase_epochs: li
 
     from . import plots
 
-    keys = [k for k in logger.metric_keys() if not k.startswith(("system/", "best_", "sched_", "momentum", "images_per_s", "epoch_seconds"))]
+    keys = [k for k in logger.metric_keys() if not k.startswith(("system/", "best_", "sched_", "momentum", "examples_per_s", "epoch_seconds"))]
     if not keys:
         return None
     keys = [k for k in keys if k not in ("frozen_groups", "total_seconds")]  # states, not curves

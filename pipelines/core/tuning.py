@@ -152,7 +152,7 @@ class Trials(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         metrics = {k: v for k, v in result.items() if k == self.metric or
-                   k.startswith(("train_", "valid_", "sched_")) or k in ("images_per_s", "epoch_seconds")}
+                   k.startswith(("train_", "valid_", "sched_")) or k in ("examples_per_s", "epoch_seconds")}
         self._run(trial).metrics(metrics, step=int(result["epoch"]))
         shown = [k for k in metrics if k.startswith("train_")] + [k for k in ("valid_loss", self.metric) if k in metrics]
         self._say(trial, f"epoch {int(result['epoch'])}/{self.max_epochs} "
