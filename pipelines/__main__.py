@@ -359,27 +359,35 @@ def cmd_download(args) -> dict:
 
 
 def cmd_ui(args) -> dict:
-    """The MLflow UI on the store the runs went to, on 127.0.0.1, one worker; until Ctrl-C."""
+    """The MLflow UI on the store the runs went to, on 127.0.0.1, one worker; until Ctrl-C.
+    The server's own lines go to a log file; its links are printed once it answers."""
+    import socket
     import subprocess
+    import tempfile
 
     uri = tracking.resolve_uri(args.tracking_uri)
     if tracking.is_server(uri):  # the server is the UI already
         url = f"{uri.rstrip('/')}/#/experiments?{tracking.MODEL_TRAINING_VIEW}"
         say(f"the runs are on the tracking server {uri}: open {url}")
         return {"url": url}
+    with socket.socket() as s:  # taken: say so now, not after the server's start-up and traceback
+        try:
+            s.bind(("127.0.0.1", args.port))
+        except OSError:
+            raise ValueError(f"port {args.port} on 127.0.0.1 is taken (another `fastray ui` or MLflow server?); "
+                             "choose another with --port") from None
     base = f"http://127.0.0.1:{args.port}"
     url = f"{base}/#/experiments?{tracking.MODEL_TRAINING_VIEW}"
-    say(f"MLflow UI for {uri}: {url} (Ctrl-C stops it)")
     # each pipeline's runs table with its headline metric shown, best first (an older store gets the view now)
-    for exp in tracking._client(uri).search_experiments():  # each pipeline's, each flow's (flow-NAME)
-        if exp.name != "Default":
-            exp_id = tracking.experiment_id(uri, exp.name)
-            say(f"  {exp.name}: {base}/#/experiments/{exp_id}/runs?{tracking.MODEL_TRAINING_VIEW}"
-                f"&viewStateShareKey={tracking.VIEW_KEY}")
+    links = [f"  {exp.name}: {base}/#/experiments/{tracking.experiment_id(uri, exp.name)}/runs?"
+             f"{tracking.MODEL_TRAINING_VIEW}&viewStateShareKey={tracking.VIEW_KEY}"
+             for exp in tracking._client(uri).search_experiments() if exp.name != "Default"]  # each pipeline's, flow's
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
            "--port", str(args.port), "--workers", "1"]
     # MLflow's GenAI job runner (eight huey processes) serves nothing in the model-training view
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = Path(tempfile.gettempdir()) / f"fastray-ui-{args.port}-{os.getpid()}.log"
+
     # the server (and its uvicorn) in a process group of its own, stopped whole however this
     # command ends: Ctrl-C, or a kill (SIGTERM) that once left it holding the port
     def stop(signum, frame):
@@ -388,10 +396,20 @@ def cmd_ui(args) -> dict:
     previous = signal.signal(signal.SIGTERM, stop)
     server = None
     try:
-        server = subprocess.Popen(cmd, env=env, start_new_session=True)
-        code = server.wait()
+        with open(log, "w") as out:
+            server = subprocess.Popen(cmd, env=env, start_new_session=True, stdin=subprocess.DEVNULL, stdout=out,
+                                      stderr=subprocess.STDOUT)
+        while server.poll() is None:  # until it answers (a few seconds), or ends
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", args.port)) == 0:
+                    say(f"MLflow UI for {uri}: {url} (Ctrl-C stops it; the server's log: {log})")
+                    for line in links:
+                        say(line)
+                    break
+            time.sleep(0.2)
+        code = server.wait()  # it ended by itself: an error, whatever its exit code
     except KeyboardInterrupt:
-        code = 0
+        code = None
     finally:
         signal.signal(signal.SIGTERM, previous)
         if server is not None:  # its group: uvicorn too, even when the server itself has ended
@@ -402,8 +420,9 @@ def cmd_ui(args) -> dict:
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
-    if code:
-        raise ValueError(f"mlflow server ended with exit code {code} (is port {args.port} taken? try --port)")
+    if code is not None:
+        last = [l for l in log.read_text(errors="replace").splitlines() if l.strip()][-1:] or ["(no output)"]
+        raise ValueError(f"mlflow server ended with exit code {code}: {last[0].strip()} (its log: {log})")
     return {"url": url}
 
 

@@ -86,7 +86,7 @@ def test_a_ray_address_where_nothing_listens_is_one_line_within_seconds(cifar_sm
     assert f"RAY_ADDRESS=127.0.0.1:{port}: no Ray cluster answers there" in lines[0] and "Traceback" not in out.stderr
 
 
-def test_ui_serves_the_store_and_a_kill_stops_its_server(tmp_path):
+def test_ui_serves_the_store_and_a_kill_stops_its_server(tmp_path, capsys):
     """`fastray ui` runs MLflow's server until it is stopped; killed (SIGTERM) rather than
     Ctrl-C'd, it used to leave the server holding the port."""
     with socket.socket() as s:
@@ -105,12 +105,19 @@ def test_ui_serves_the_store_and_a_kill_stops_its_server(tmp_path):
         while not answers():
             assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:] if proc.poll() else ""
             time.sleep(0.5)
+        # a second UI on the same port: one line at once, not the server's start-up and traceback
+        assert main(["ui", "--port", str(port), "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}"]) == 1
+        assert f"fastray: error: port {port} on 127.0.0.1 is taken" in capsys.readouterr().err
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         deadline = time.time() + 15
         while answers() and time.time() < deadline:
             time.sleep(0.5)
         assert not answers()  # the server went with it
+        # what the user saw: the links once it answered; the server's own lines in its log
+        shown = proc.stdout.read()
+        assert f"MLflow UI for sqlite:///{tmp_path / 'mlruns.db'}: http://127.0.0.1:{port}/#/experiments" in shown, shown
+        assert "Uvicorn" not in shown and "Registry store" not in shown, shown
     finally:
         if proc.poll() is None:
             proc.kill()
