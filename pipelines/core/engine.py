@@ -23,7 +23,7 @@ from . import logs, registry, tracking
 from .config import to_dict
 from .loop import RunSpec, train_loop_per_worker, worker_config
 from .phases import Schedule
-from .storage import Storage, check_resumable, checkpoint_epoch, is_uri, join_storage, run_lock
+from .storage import Storage, check_resumable, join_storage, run_lock
 
 logger = logging.getLogger("fastray")
 
@@ -92,8 +92,9 @@ def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_work
     pipeline = pipe.name
     check_local_room(num_workers, 1.0 if use_gpu else 0.0)
     torch.manual_seed(cfg.seed)
-    check_resumable(pipeline, pipe.build_model(cfg), run_dir, name)
-    done = _finished(pipe, cfg, tracking.resolve_uri(tracking_uri), name, run_dir, t_start)
+    trained = check_resumable(pipeline, pipe.build_model(cfg), run_dir, name)
+    done = _finished(pipe, cfg, tracking.resolve_uri(tracking_uri), name, trained, t_start) \
+        if trained is not None and trained >= cfg.epochs else None
     if done is not None:
         return done
     manifest, hit = pipe.prepare(cfg, data_dir, cache, on_bad)
@@ -211,18 +212,12 @@ def _fit(pipe: Any, cfg: Any, *, data_dir: Path, cache: Any, name: str, num_work
     }
 
 
-def _finished(pipe: Any, cfg: Any, uri: str, name: str, run_dir: str, t_start: float) -> dict | None:
-    """The summary of a run of this name that finished every epoch asked for (its MLflow run
-    FINISHED, its last checkpoint at cfg.epochs or later), or None. Nothing is left to train:
-    the rerun says so and touches nothing (resuming would start Ray Train to train no epoch,
-    then log its seconds as the run's total_seconds and rewrite its end time and description).
-    A larger --epochs resumes it as before."""
-    if is_uri(run_dir):  # Ray Train's own restore decides there
-        return None
-    newest = max(Path(run_dir).glob("checkpoint_*"), key=checkpoint_epoch, default=None)
-    epochs = checkpoint_epoch(newest) if newest else -1
-    if epochs < cfg.epochs:
-        return None
+def _finished(pipe: Any, cfg: Any, uri: str, name: str, epochs: int, t_start: float) -> dict | None:
+    """The summary of the run of this name, if its MLflow run is FINISHED (its newest
+    checkpoint that loads holds `epochs`, cfg.epochs or more), else None. Nothing is left to
+    train: the rerun says so and touches nothing (resuming would start Ray Train to train no
+    epoch, then log its seconds as the run's total_seconds and rewrite its end time and
+    description). A larger --epochs resumes it as before."""
     client = tracking._client(uri)
     exp = client.get_experiment_by_name(pipe.name)
     run_id = tracking.find_run(uri, exp.experiment_id, name) if exp else None
@@ -238,7 +233,7 @@ def _finished(pipe: Any, cfg: Any, uri: str, name: str, run_dir: str, t_start: f
     return {
         "run_id": run_id, "experiment": pipe.name, "name": name, "metrics": metrics,
         "world_size": int(run.data.tags.get("fastray.world_size", 1)), "cache": None, "resumed": False,
-        "finished_already": True, "checkpoint": str(newest),
+        "finished_already": True,
         "fit_seconds": 0.0, "seconds": round(time.perf_counter() - t_start, 2),
     }
 

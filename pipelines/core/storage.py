@@ -227,12 +227,13 @@ def join_storage(root: str, name: str) -> str:
     return f"{root}/{name}" if is_uri(root) else str(Path(root) / name)
 
 
-def check_resumable(pipeline: str, model: torch.nn.Module, run_dir: str | Path, name: str) -> None:
+def check_resumable(pipeline: str, model: torch.nn.Module, run_dir: str | Path, name: str) -> int | None:
     """Refuse, before any training, a run folder whose checkpoint another pipeline or an
     incompatible config (other shapes) wrote: resuming from it would fail on every worker.
+    The epoch of the newest checkpoint that loads (the one a resume starts from), or None.
     (On object storage Ray Train's own restore is the only check.)"""
     if not run_dir or is_uri(str(run_dir)):
-        return
+        return None
     folders = sorted(Path(run_dir).glob("checkpoint_*"), key=checkpoint_epoch, reverse=True)
     for folder in folders:
         try:
@@ -250,7 +251,7 @@ def check_resumable(pipeline: str, model: torch.nn.Module, run_dir: str | Path, 
             what = diff[0] + (f" {have.get(diff[0])} in the checkpoint, {want.get(diff[0])} now" if diff[0] in want and diff[0] in have else "")
             raise ValueError(f"run {name!r}: its checkpoint {folder} does not fit this config ({len(diff)} "
                              f"tensor(s) differ, e.g. {what}); {hint}")
-        return
+        return int(state["epoch"])
     if folders:
         logger.warning(f"[{name}] warning: none of the {len(folders)} checkpoint(s) in {run_dir} loads (damaged?): "
             "this run starts from epoch 0")

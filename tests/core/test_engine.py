@@ -36,13 +36,17 @@ def test_checkpoint_of_another_pipeline_or_shape_is_refused(tmp_path):
     _save(run / "checkpoint_a", {"pipeline": "imdb-lm", "model": model.state_dict(), "epoch": 1}, 1)
     with pytest.raises(ValueError, match="from pipeline 'imdb-lm', not 'cifar10-darknet'"):
         check_resumable("cifar10-darknet", model, run, "r")
-    check_resumable("imdb-lm", model, run, "r")  # the same pipeline and shapes: fine
+    assert check_resumable("imdb-lm", model, run, "r") == 1  # the same pipeline and shapes: fine; its epoch
 
     # the newest epoch decides: a wider layer no longer fits
     _save(run / "checkpoint_b", {"pipeline": "imdb-lm", "model": nn.Linear(4, 3).state_dict(), "epoch": 2}, 2)
     with pytest.raises(ValueError, match=r"does not fit this config .*weight \(3, 4\) in the checkpoint, \(2, 4\) now"):
         check_resumable("imdb-lm", model, run, "r")
-    check_resumable("imdb-lm", model, tmp_path / "runs" / "none", "none")  # no run yet: nothing to check
+    assert check_resumable("imdb-lm", model, tmp_path / "runs" / "none", "none") is None  # no run yet
+    # a damaged newest checkpoint: the one before it is where a resume starts (and what a
+    # finished rerun's check reads), not the epoch its folder claims
+    (run / "checkpoint_b" / CHECKPOINT_FILE).write_bytes(b"truncated")
+    assert check_resumable("imdb-lm", model, run, "r") == 1
 
 
 class _Evil:
