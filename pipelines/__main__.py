@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 import os
 import shlex
@@ -91,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     download.add_parser(sub, weights=tuple(pretrained.WEIGHTS))
     ui = sub.add_parser("ui", help="the MLflow UI on the runs' store, at http://127.0.0.1:PORT")
     ui.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
-    ui.add_argument("--port", type=int, default=5000, help="default 5000 (the port the runs' printed links use)")
+    ui.add_argument("--port", type=_port, default=5000, help="default 5000 (the port the runs' printed links use)")
     tr = sub.add_parser("translate", help="translate lines (stdin or --file) with a trained translate run")
     tr.add_argument("run_id", help="the MLflow run id of a finished `fastray run translate`")
     tr.add_argument("--file", type=Path, default=None, help="one sentence a line (default: stdin)")
@@ -169,6 +170,17 @@ def _config(pipe, args, default_name: str):
     return cfg, label
 
 
+def _port(text: str) -> int:
+    """A TCP port to listen on: 1-65535 (0 would be a port the OS picks, unknown to the links)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return port
+
+
 def _data_dir(pipe, args) -> tuple[Path, bool]:
     """(folder, is_sample). With no --data: the default folder, else generated sample data."""
     if args.data is not None:
@@ -219,6 +231,8 @@ def cmd_sample_data(args) -> dict:
         raise ValueError(f"--size must be >= 1, got {args.size}")
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out}: not a folder")
+    if args.out.is_dir() and any(args.out.iterdir()):  # its files would mix with the sample's (and be read with them)
+        raise ValueError(f"--out {args.out}: not empty; sample data goes to a new or empty folder")
     t0 = time.perf_counter()
     info = pipe.sample_data(args.out, args.size)
     return {"dataset": pipe.dataset, **info, "seconds": round(time.perf_counter() - t0, 2)}
@@ -248,6 +262,8 @@ def cmd_preprocess(args) -> dict:
             # a cold build on a cluster reads and writes from many nodes: check that they see the folders
             check_cluster(storage, cache, None, data=data)
             manifest, hit = pipe.prepare(cfg, data, cache, args.on_bad_input)
+        if "nothing" in manifest:  # no cache entry of its own (the ensembles)
+            raise ValueError(f"{args.name} has nothing to preprocess: {manifest['nothing']}")
         cache.remember(request, _read_by_preprocess(pipe, args, data), manifest,
                        said=[_sample_note(pipe, data)] if is_sample else [])
     seconds = time.perf_counter() - t0
@@ -378,6 +394,9 @@ def cmd_ui(args) -> dict:
                              "choose another with --port") from None
     base = f"http://127.0.0.1:{args.port}"
     url = f"{base}/#/experiments?{tracking.MODEL_TRAINING_VIEW}"
+    import mlflow  # noqa: F401  (it sets its loggers' levels on import)
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # a new store's "Creating initial MLflow database tables"
     # each pipeline's runs table with its headline metric shown, best first (an older store gets the view now)
     links = [f"  {exp.name}: {base}/#/experiments/{tracking.experiment_id(uri, exp.name)}/runs?"
              f"{tracking.MODEL_TRAINING_VIEW}&viewStateShareKey={tracking.VIEW_KEY}"

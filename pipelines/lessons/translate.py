@@ -532,14 +532,17 @@ def cmd_translate(args) -> dict:
     """Each translation on a line of stdout, then the JSON summary (the CLI's last line)."""
     t0 = time.perf_counter()
     if args.file is not None:
+        if args.file.is_dir():
+            raise IsADirectoryError(f"{args.file}: a folder, not a file of sentences")
         if not args.file.is_file():
             raise FileNotFoundError(f"{args.file}: no such file")
-        try:
-            lines = args.file.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError:
-            raise ValueError(f"{args.file}: not UTF-8 text") from None
+        raw, where = args.file.read_bytes(), str(args.file)
     else:
-        lines = sys.stdin.read().splitlines()
+        raw, where = sys.stdin.buffer.read(), "stdin"
+    try:
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"{where}: not UTF-8 text") from None
     out = translate_lines(args.run_id, lines, args.tracking_uri, args.beam)
     for line in out:
         print(line)

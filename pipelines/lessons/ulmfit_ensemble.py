@@ -47,7 +47,7 @@ class Ensemble(Pipeline):
     def preprocess(self, cfg: EnsembleConfig, data_dir: Path, cache, on_bad: str = "skip"):
         """Nothing of its own: it reads what its two classifier runs read (a flow's identity of
         this stage holds theirs)."""
-        return {"key": "classifier-runs", "rows": {}}, True
+        return {"key": "classifier-runs", "rows": {}, "nothing": "it reads what its two classifier runs read"}, True
 
     def datasets(self, cfg, cache, manifest):
         raise ValueError(f"{self.name} trains nothing: engine.fit hands it the whole run (Ensemble.run)")

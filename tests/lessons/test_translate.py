@@ -517,9 +517,15 @@ def test_tiny_run_end_to_end_then_translate(capsys, fren_small, tiny_cache, work
     assert out["lines"] == 3 and len(out["translations"]) == 3 and out["translations"][1] == ""
     assert printed == out["translations"]
     assert translate_lines(rid, ["Où sont les trente chats ?"], beam=1) == out["translations"][:1]
-    monkeypatch.setattr("sys.stdin", io.StringIO("Qui a acheté deux billets ?\n"))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("Qui a acheté deux billets ?\n".encode())))
     out2 = cmd_translate(argparse.Namespace(run_id=rid, file=None, beam=2, tracking_uri=None))
     assert out2["lines"] == 1 and isinstance(out2["translations"][0], str)
+    # stdin that is not UTF-8: the line --file gives, not a traceback from SentencePiece
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\xff\xfe bad\n")))
+    with pytest.raises(ValueError, match="stdin: not UTF-8 text"):
+        cmd_translate(argparse.Namespace(run_id=rid, file=None, beam=1, tracking_uri=None))
+    with pytest.raises(IsADirectoryError, match="a folder, not a file of sentences"):
+        cmd_translate(argparse.Namespace(run_id=rid, file=workdir, beam=1, tracking_uri=None))
     with pytest.raises(ValueError, match="no MLflow run"):
         translate_lines("0" * 32, ["x"])
     with pytest.raises(FileNotFoundError, match="no such file"):
