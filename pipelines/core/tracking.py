@@ -113,6 +113,16 @@ def require_reachable(uri: str, timeout: float = 5.0) -> None:
                      "or give another --tracking-uri")
 
 
+def require_runs(uri: str) -> None:
+    """For a command that reads runs recorded earlier (translate, the ensembles): a SQLite
+    store that does not exist is a one-line error; MLflow would create an empty one, say so
+    in its log lines, and then find no run in it."""
+    require_reachable(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise FileNotFoundError(f"{uri}: no MLflow store there; give the --tracking-uri (or run from the folder) "
+                                "where the runs were recorded")
+
+
 def _artifact_root(uri: str) -> str | None:
     """Where a new experiment's artifacts go: a server decides itself (its
     --artifacts-destination, proxied to every client); otherwise the --storage's

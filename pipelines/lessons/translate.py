@@ -473,6 +473,7 @@ def load_run(run_id: str, tracking_uri: str | None = None) -> tuple[Seq2Seq, Con
     from ..core import tracking
 
     uri = tracking.resolve_uri(tracking_uri)
+    tracking.require_runs(uri)
     client = MlflowClient(tracking_uri=uri)
     try:
         run = client.get_run(run_id)

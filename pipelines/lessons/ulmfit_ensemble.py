@@ -86,6 +86,7 @@ class Ensemble(Pipeline):
         if not cfg.forward or not cfg.backward:
             raise ValueError(f"{self.name}: give both classifier runs: --set forward=RUN_ID --set backward=RUN_ID")
         uri = tracking.resolve_uri(tracking_uri)
+        tracking.require_runs(uri)
         client = MlflowClient(tracking_uri=uri)
         clas = registry.get(self.classifier)
         headline = clas.metric

@@ -528,6 +528,10 @@ def test_tiny_run_end_to_end_then_translate(capsys, fren_small, tiny_cache, work
         cmd_translate(argparse.Namespace(run_id=rid, file=workdir, beam=1, tracking_uri=None))
     with pytest.raises(ValueError, match="no MLflow run"):
         translate_lines("0" * 32, ["x"])
+    # a store that is not there: said, and not made (MLflow would create an empty one)
+    with pytest.raises(FileNotFoundError, match="none.db: no MLflow store there"):
+        translate_lines(rid, ["x"], f"sqlite:///{workdir / 'none.db'}")
+    assert not (workdir / "none.db").exists()
     with pytest.raises(FileNotFoundError, match="no such file"):
         cmd_translate(argparse.Namespace(run_id=rid, file=workdir / "none.fr", beam=1, tracking_uri=None))
 
