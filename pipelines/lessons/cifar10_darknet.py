@@ -53,7 +53,7 @@ class Config(TrainConfig):
         if len(self.moms) != 2:
             raise ValueError(f"moms needs two values (max, min), got {self.moms}")
         if not 0 <= self.small_frac < 1 or (self.small_size and not 4 <= self.small_size <= self.size):
-            raise ValueError(f"need 0 <= small_frac < 1 and 4 <= small_size <= size (got {self.small_frac}, {self.small_size})")
+            raise ValueError(f"need 0 <= small_frac < 1 and 4 <= small_size <= size (got small_frac={self.small_frac}, small_size={self.small_size}, size={self.size})")
 
     @property
     def sizes(self) -> tuple[int, ...]:

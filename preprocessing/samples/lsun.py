@@ -53,7 +53,7 @@ def rooms(out: str | Path, size: int = 2000, seed: int = 0, px: int = 64) -> dic
     """`size` room images of px x px as LSUN's export lays them out under out/bedroom/."""
     out = Path(out)
     if size < 2:
-        raise ValueError(f"rooms needs size >= 2 (a training and a validation image), got {size}")
+        raise ValueError(f"size must be >= 2 (a training and a validation image), got {size}")
     rng = np.random.default_rng(seed)
     counts = {c: 0 for c in BED_COLOURS}
     windows = 0
