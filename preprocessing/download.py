@@ -271,9 +271,14 @@ def _download(ds: Dataset, src_name: str, src: Source, remotes: list[Remote], ch
     downloads = out / ".downloads"
     downloads.mkdir(exist_ok=True)
     files = []
-    for remote, check in zip(remotes, checks):
-        path, info = fetch(remote.url, downloads / remote.name, check, retries=args.retries)
-        files.append({"name": remote.name, "url": remote.url, **info})
+    try:
+        for remote, check in zip(remotes, checks):
+            path, info = fetch(remote.url, downloads / remote.name, check, retries=args.retries)
+            files.append({"name": remote.name, "url": remote.url, **info})
+    except BaseException:
+        if not any(downloads.iterdir()):  # nothing to resume from: leave no empty folder behind
+            downloads.rmdir()
+        raise
     extracted: list[str] = []
     staging = out / f".extract-{ds.name}-{uuid.uuid4().hex[:8]}"
     try:
@@ -394,13 +399,18 @@ def fetch(url: str, dest: Path, check: dict, retries: int = 3, timeout: float = 
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as e:
             if isinstance(e, urllib.error.HTTPError) and e.code not in (408, 429, 500, 502, 503, 504):
                 raise DataError(f"{url}: HTTP {e.code} {e.reason}") from None
+            reason = getattr(e, "reason", None)
+            if isinstance(reason, socket.gaierror):  # no such host, or no network: retrying will not help
+                raise DataError(f"{url}: cannot resolve {urllib.parse.urlsplit(url).hostname} ({reason.strerror}); "
+                                "without network, give a local copy of the file with --url PATH") from None
             attempt += 1
             have = part.stat().st_size if part.exists() else 0
             if attempt > retries:
                 kept = f"; {have} bytes kept in {part}: run the command again to resume" if have else ""
                 raise DataError(f"{url}: download failed after {retries} retr{'y' if retries == 1 else 'ies'} "
                                 f"({type(e).__name__}: {e}){kept}") from None
-            _say(f"\n{dest.name}: {type(e).__name__}: {e}; resuming at byte {have} ({attempt}/{retries})")
+            _say(f"{chr(10) if have else ''}{dest.name}: {type(e).__name__}: {e}; "
+                 f"{f'resuming at byte {have}' if have else 'retrying'} ({attempt}/{retries})")
             time.sleep(min(2.0 ** (attempt - 1), 10.0))
     try:
         info = _verify(part, check, dest.name)

@@ -575,6 +575,17 @@ def test_every_pipeline_data_set_has_an_address():
                 assert r.md5 is None or len(r.md5) == 32
 
 
+def test_a_host_that_does_not_resolve_is_one_line_at_once_and_leaves_nothing(tmp_path, capsys):
+    """No network (or a mistyped host): no retries with a backoff, no empty .downloads/ left;
+    the line says how to go on without network."""
+    code, _, err = run_cli(capsys, "download", "cifar10", "--out", str(tmp_path / "d"),
+                           "--url", "http://fastray-no-such-host.invalid/cifar10.tgz", "--checksum", "none")
+    [line] = [l for l in err.splitlines() if l.startswith("fastray: error:")]
+    assert code == 1 and "cannot resolve fastray-no-such-host.invalid" in line and "--url PATH" in line, err
+    assert "retrying" not in err and "resuming" not in err  # it retried three times, with 1 + 2 + 4 s of backoff
+    assert not (tmp_path / "d" / ".downloads").exists()
+
+
 def test_download_through_the_cli(server, tmp_path, capsys):
     body = _cifar_tgz()
     server.files["/cifar10.tgz"] = body
