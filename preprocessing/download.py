@@ -229,7 +229,7 @@ def add_parser(subparsers, weights: tuple[str, ...] = ()) -> argparse.ArgumentPa
                    help="a mirror or local copy of each file, in order, or one folder / base URL ending in /")
     d.add_argument("--checksum", action="append", default=[], metavar="md5:HEX|sha256:HEX|none",
                    help="expected checksum of each file, in order (default: the published one)")
-    d.add_argument("--retries", type=int, default=3, help="resumes after a dropped connection, per file")
+    d.add_argument("--retries", type=int, default=3, help="resumes after a dropped connection, per file (default 3)")
     d.add_argument("--keep-archive", action="store_true", help="keep the archives in DIR/.downloads/ after extracting")
     return d
 
