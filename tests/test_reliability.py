@@ -510,7 +510,7 @@ def test_a_wrong_checksum_is_refused_and_nothing_kept(server, tmp_path):
     out = tmp_path / "data"
     with pytest.raises(DataError, match=r"cifar10.tgz: md5 [0-9a-f]{32}, expected 0{32} \(published by --checksum\)"):
         _download("cifar10", "--out", str(out), "--url", f"{server.url}/cifar10.tgz", "--checksum", "md5:" + "0" * 32)
-    assert _files_under(out) == {".downloads"}  # no archive, no part, nothing extracted
+    assert _files_under(out) == set()  # no archive, no part, nothing extracted, no empty .downloads/
 
 
 def test_the_published_checksum_applies_to_a_mirror(server, tmp_path):
