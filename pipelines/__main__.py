@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import math
 import os
 import shlex
@@ -394,18 +393,17 @@ def cmd_ui(args) -> dict:
                              "choose another with --port") from None
     base = f"http://127.0.0.1:{args.port}"
     url = f"{base}/#/experiments?{tracking.MODEL_TRAINING_VIEW}"
-    import mlflow  # noqa: F401  (it sets its loggers' levels on import)
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # a new store's "Creating initial MLflow database tables"
-    # each pipeline's runs table with its headline metric shown, best first (an older store gets the view now)
-    links = [f"  {exp.name}: {base}/#/experiments/{tracking.experiment_id(uri, exp.name)}/runs?"
-             f"{tracking.MODEL_TRAINING_VIEW}&viewStateShareKey={tracking.VIEW_KEY}"
-             for exp in tracking._client(uri).search_experiments() if exp.name != "Default"]  # each pipeline's, flow's
+    log = Path(tempfile.gettempdir()) / f"fastray-ui-{args.port}-{os.getpid()}.log"
+    # each pipeline's runs table with its headline metric shown, best first (an older store gets the
+    # view now); MLflow's own lines (a new store's "Creating initial MLflow database tables") to the log
+    with logs.internals_to(log):
+        links = [f"  {exp.name}: {base}/#/experiments/{tracking.experiment_id(uri, exp.name)}/runs?"
+                 f"{tracking.MODEL_TRAINING_VIEW}&viewStateShareKey={tracking.VIEW_KEY}"
+                 for exp in tracking._client(uri).search_experiments() if exp.name != "Default"]
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
            "--port", str(args.port), "--workers", "1"]
     # MLflow's GenAI job runner (eight huey processes) serves nothing in the model-training view
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = Path(tempfile.gettempdir()) / f"fastray-ui-{args.port}-{os.getpid()}.log"
 
     # the server (and its uvicorn) in a process group of its own, stopped whole however this
     # command ends: Ctrl-C, or a kill (SIGTERM) that once left it holding the port
@@ -415,7 +413,7 @@ def cmd_ui(args) -> dict:
     previous = signal.signal(signal.SIGTERM, stop)
     server = None
     try:
-        with open(log, "w") as out:
+        with open(log, "a") as out:
             server = subprocess.Popen(cmd, env=env, start_new_session=True, stdin=subprocess.DEVNULL, stdout=out,
                                       stderr=subprocess.STDOUT)
         while server.poll() is None:  # until it answers (a few seconds), or ends

@@ -409,8 +409,9 @@ def fetch(url: str, dest: Path, check: dict, retries: int = 3, timeout: float = 
                 kept = f"; {have} bytes kept in {part}: run the command again to resume" if have else ""
                 raise DataError(f"{url}: download failed after {retries} retr{'y' if retries == 1 else 'ies'} "
                                 f"({type(e).__name__}: {e}){kept}") from None
-            _say(f"{chr(10) if have else ''}{dest.name}: {type(e).__name__}: {e}; "
-                 f"{f'resuming at byte {have}' if have else 'retrying'} ({attempt}/{retries})")
+            after_bar = "\n" if have else ""  # a progress bar was drawn: end its line first
+            how = f"resuming at byte {have}" if have else "retrying"
+            _say(f"{after_bar}{dest.name}: {type(e).__name__}: {e}; {how} ({attempt}/{retries})")
             time.sleep(min(2.0 ** (attempt - 1), 10.0))
     try:
         info = _verify(part, check, dest.name)

@@ -99,9 +99,10 @@ def _draw_car(img: ImageDraw.ImageDraw, mask: ImageDraw.ImageDraw, p: dict, angl
 
 def carvana(out: str | Path, size: int = 1200, views: int = 8, seed: int = 0, width: int = 96, height: int = 64) -> dict:
     """`size` images: size // views cars, `views` views each, turning the car around."""
-    if views < 1 or size < 2 * views:
-        raise ValueError(f"size must be >= {2 * max(views, 1)} (two cars of {views} views each), got {size}" if views >= 1
-                         else f"views must be >= 1, got {views}")
+    if views < 1:
+        raise ValueError(f"views must be >= 1, got {views}")
+    if size < 2 * views:
+        raise ValueError(f"size must be >= {2 * views} (two cars of {views} views each), got {size}")
     out = Path(out)
     (out / "train").mkdir(parents=True, exist_ok=True)
     (out / "train_masks").mkdir(parents=True, exist_ok=True)
