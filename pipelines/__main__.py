@@ -93,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
     ui.add_argument("--port", type=_port, default=5000, help="default 5000 (the port the runs' printed links use)")
     tr = sub.add_parser("translate", help="translate lines (stdin or --file) with a trained translate run")
-    tr.add_argument("run_id", help="the MLflow run id of a finished `fastray run translate`")
+    tr.add_argument("run_id", help="a finished `fastray run translate`: its MLflow run id, or its --name")
     tr.add_argument("--file", type=Path, default=None, help="one sentence a line (default: stdin)")
     tr.add_argument("--beam", type=int, default=None, help="beam size (default: the run's; 1: greedy)")
     tr.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
@@ -220,7 +220,10 @@ def cmd_list(args) -> dict:
 
 def cmd_sample_data(args) -> dict:
     name = args.name
-    if name not in registry.names():  # a data set's name: the first pipeline that reads it
+    if name not in registry.names():  # a data set's name (or `fastray download`'s): the first pipeline that reads it
+        with contextlib.suppress(KeyError):
+            ds = download.resolve(name)
+            name = next((a for a in (ds.name, *ds.aliases) if any(registry.entry(n).dataset == a for n in registry.names())), name)
         name = next((n for n in registry.names() if registry.entry(n).dataset == name), None)
         if name is None:
             datasets = sorted({registry.entry(n).dataset for n in registry.names()})
@@ -232,8 +235,23 @@ def cmd_sample_data(args) -> dict:
         raise ValueError(f"--out {args.out}: not a folder")
     if args.out.is_dir() and any(args.out.iterdir()):  # its files would mix with the sample's (and be read with them)
         raise ValueError(f"--out {args.out}: not empty; sample data goes to a new or empty folder")
+    made = next((p for p in reversed([args.out, *args.out.parents]) if not p.exists()), None)  # the top folder made here
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {args.out}: cannot make this folder ({(e.strerror or str(e)).lower()})") from None
     t0 = time.perf_counter()
-    info = pipe.sample_data(args.out, args.size)
+    try:
+        info = pipe.sample_data(args.out, args.size)
+    except BaseException:  # a part of a sample is no sample: the folder goes back to what it was
+        import shutil
+
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        else:
+            for child in args.out.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        raise
     return {"dataset": pipe.dataset, **info, "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -291,6 +309,10 @@ def cmd_run(args) -> dict:
     from .core.engine import fit
 
     pipe = registry.get(args.name)
+    given = [o for o, v in (("--num-workers", args.num_workers != 1), ("--use-gpu", args.use_gpu)) if v]
+    if hasattr(pipe, "run") and given:  # a pipeline that trains no model runs its own way, on no training workers
+        raise ValueError(f"{' and '.join(given)}: {args.name} has no training workers to give them to; leave "
+                         f"{'it' if len(given) == 1 else 'them'} out")
     storage = Storage.resolve(args.storage)
     checkpoints = storage.checkpoints()
     cache = Cache(storage.cache_dir(args.cache_dir))

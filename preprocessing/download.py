@@ -248,6 +248,8 @@ def cmd_download(args, pipelines: dict[str, str] | None = None) -> dict:
     if args.retries < 0:
         raise ValueError(f"--retries must be >= 0, got {args.retries}")
     out = Path(args.out).absolute()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {args.out}: not a folder")
     try:
         return _download(ds, src_name, src, remotes, checks, out, args, t0)
     except OSError as e:  # a full disk, a folder that cannot be written: one line, not a traceback
@@ -264,7 +266,8 @@ def _download(ds: Dataset, src_name: str, src: Source, remotes: list[Remote], ch
             done = json.loads(marker.read_text())
         except ValueError:
             done = {}
-        if done.get("source") == src_name and done.get("extracted") and all((out / e).exists() for e in done["extracted"]):
+        same = done.get("source") == src_name and [f.get("url") for f in done.get("files", [])] == [r.url for r in remotes]
+        if same and done.get("extracted") and all((out / e).exists() for e in done["extracted"]):
             _say(f"{ds.name}: already in {out} (remove {marker.name} to download it again)")
             return {**done, "status": "present", "seconds": round(time.perf_counter() - t0, 3)}
 
@@ -274,6 +277,12 @@ def _download(ds: Dataset, src_name: str, src: Source, remotes: list[Remote], ch
     try:
         for remote, check in zip(remotes, checks):
             path, info = fetch(remote.url, downloads / remote.name, check, retries=args.retries)
+            if not (zipfile.is_zipfile(path) or _is_tar(path)):  # an error page served as the file, say
+                with open(path, "rb") as f:
+                    head = f.read(24)
+                path.unlink()
+                raise DataError(f"{remote.url}: not a tar or zip archive (it begins {head!r}), so not {ds.name}'s "
+                                f"{remote.name}; removed it")
             files.append({"name": remote.name, "url": remote.url, **info})
     except BaseException:
         if not any(downloads.iterdir()):  # nothing to resume from: leave no empty folder behind
@@ -554,15 +563,15 @@ class UnsafeArchive(DataError):
 
 def extract(archive: Path, dest: Path) -> list[str]:
     """Extract a tar (any compression) or zip archive into `dest`, refusing the whole
-    archive if any member is unsafe (checked before anything is written); a file that
-    is not an archive is copied. Returns the member names."""
-    dest.mkdir(parents=True, exist_ok=True)
+    archive if any member is unsafe (checked before anything is written), and a file
+    that is not an archive. Returns the member names."""
     if zipfile.is_zipfile(archive):
+        dest.mkdir(parents=True, exist_ok=True)
         return _extract_zip(archive, dest)
     if _is_tar(archive):
+        dest.mkdir(parents=True, exist_ok=True)
         return _extract_tar(archive, dest)
-    shutil.copyfile(archive, dest / archive.name)
-    return [archive.name]
+    raise DataError(f"{archive}: not a tar or zip archive")
 
 
 def _is_tar(path: Path) -> bool:

@@ -33,6 +33,17 @@ def test_sample_data_by_dataset_or_pipeline_name(capsys, tmp_path):
     assert (tmp_path / "a" / "train" / "cat").is_dir()
     code, obj, _ = run_cli(capsys, "sample-data", "cifar10-darknet", "--out", str(tmp_path / "b"), "--size", "50")
     assert code == 0 and obj["dataset"] == "cifar10"
+    # `fastray download`'s names for the same data (bedroom is lsun's, imagenette the images')
+    code, obj, _ = run_cli(capsys, "sample-data", "bedroom", "--out", str(tmp_path / "c"), "--size", "4")
+    assert code == 0 and obj["dataset"] == "lsun"
+
+
+def test_sample_data_into_an_unmakeable_folder_is_one_line(capsys, tmp_path):
+    (tmp_path / "a.txt").write_text("a file")
+    code, _, err = run_cli(capsys, "sample-data", "imdb", "--out", str(tmp_path / "a.txt" / "x"), "--size", "10")
+    assert code == 1 and f"fastray: error: --out {tmp_path / 'a.txt' / 'x'}: cannot make this folder (not a directory)" in err
+    code, _, err = run_cli(capsys, "download", "cifar10", "--out", str(tmp_path / "a.txt"), "--url", str(tmp_path / "a.txt"))
+    assert code == 1 and f"fastray: error: --out {tmp_path / 'a.txt'}: not a folder" in err
 
 
 @pytest.mark.parametrize("argv, msg", [
@@ -45,7 +56,14 @@ def test_sample_data_by_dataset_or_pipeline_name(capsys, tmp_path):
     (["sample-data", "imagenet22k", "--out", "x"], "unknown data set or pipeline 'imagenet22k'"),
     (["sample-data", "cifar10", "--out", "{afile}"], "a.txt: not a folder"),
     (["sample-data", "cifar10", "--out", "{data}"], "not empty; sample data goes to a new or empty folder"),
+    # a split left empty is data no pipeline reads: refused, as the other data sets' were
+    (["sample-data", "cifar10", "--out", "{empty}/s", "--size", "3"], "size must be >= 4 (a training and a test image), got 3"),
+    (["sample-data", "imdb", "--out", "{empty}/s", "--size", "1"], "size must be >= 2 (a training and a test review), got 1"),
+    (["sample-data", "jigsaw-toxic", "--out", "{empty}/s", "--size", "2"],
+     "size must be >= 3 (a comment in train.csv and one in test.csv), got 2"),
     (["preprocess", "imdb-ensemble", "--data", "{empty}", "--config", "tiny"], "imdb-ensemble has nothing to preprocess: it reads what"),
+    (["run", "style-transfer", "--data", "{empty}", "--num-workers", "2"],
+     "--num-workers: style-transfer has no training workers to give them to; leave it out"),
     # the option that said it is named
     (["run", "cifar10-darknet", "--data", "{data}", "--config", "{lrjson}"], "lr.json: lr=x: expected float"),
     (["run", "cifar10-darknet", "--data", "{data}", "--epochs", "0"], "--epochs: need bs >= 1, epochs >= 1"),
@@ -74,6 +92,7 @@ def test_bad_input_is_one_line_and_exit_1(argv, msg, capsys, tmp_path, cifar_sma
     lines = [l for l in err.splitlines() if l.startswith("fastray: error:")]
     assert code == 1 and len(lines) == 1 and msg in lines[0], err
     assert "Traceback" not in err
+    assert not any((tmp_path / "empty").iterdir())  # a refused command wrote nothing there
 
 
 def test_a_ray_address_where_nothing_listens_is_one_line_within_seconds(cifar_small, workdir):

@@ -503,6 +503,20 @@ def test_download_checks_extracts_and_the_reader_reads_it(server, tmp_path, caps
     assert "cifar10.tgz: " in capsys.readouterr().err  # progress on stderr
     again = _download("cifar10", "--out", str(out), "--url", f"{server.url}/cifar10.tgz")
     assert again["status"] == "present" and len(server.requests) == 1
+    # another address is another download: it was answered "present" from the first one's record
+    server.files["/mirror/cifar10.tgz"] = body
+    other = _download("cifar10", "--out", str(out), "--url", f"{server.url}/mirror/cifar10.tgz", "--checksum", f"md5:{md5}")
+    assert other["status"] == "downloaded" and server.requests[-1][0] == "/mirror/cifar10.tgz"
+
+
+def test_a_page_served_for_the_archive_is_refused_and_nothing_kept(server, tmp_path):
+    """With no checksum to catch it, an error page was "extracted" as a copied file and
+    recorded as the data set, so every later command answered "already in"."""
+    server.files["/cifar10.tgz"] = b"<!DOCTYPE html><html><body>Access denied</body></html>"
+    out = tmp_path / "data"
+    with pytest.raises(DataError, match=r"cifar10.tgz: not a tar or zip archive \(it begins b'<!DOCTYPE html>"):
+        _download("cifar10", "--out", str(out), "--url", f"{server.url}/cifar10.tgz", "--checksum", "none")
+    assert _files_under(out) == set()
 
 
 def test_a_wrong_checksum_is_refused_and_nothing_kept(server, tmp_path):

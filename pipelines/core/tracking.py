@@ -249,6 +249,23 @@ def find_run(uri: str, exp_id: str, name: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def run_by_id_or_name(uri: str, ref: str, pipeline: str) -> str:
+    """The run id `ref` as given, or the id of the newest `pipeline` run whose --name is
+    `ref`; ValueError when neither is in the store."""
+    client = _client(uri)
+    with contextlib.suppress(Exception):
+        return client.get_run(ref).info.run_id
+    runs = []
+    if "'" not in ref:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        runs = experiments and client.search_runs(
+            experiments, filter_string=f"tags.`fastray.name` = '{ref}' and tags.`fastray.pipeline` = '{pipeline}'",
+            max_results=1, order_by=["attributes.start_time DESC"])
+    if not runs:
+        raise ValueError(f"no MLflow run {ref!r} in {uri} (neither a run id nor the --name of a {pipeline} run)")
+    return runs[0].info.run_id
+
+
 def start_run(uri: str, experiment: str, name: str, params: dict, tags: dict) -> tuple[str, bool]:
     """(run_id, resumed): reopen the run of an earlier attempt with this name, or create one."""
     client = _client(uri)

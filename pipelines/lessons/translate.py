@@ -397,11 +397,12 @@ class Translate(Pipeline):
 
 
 def _detok(tokens: torch.Tensor, spm_path: str, sp=None) -> list[str]:
-    """Decoder output -> detokenized sentences (SentencePiece decode, specials dropped)."""
+    """Decoder output -> detokenized sentences (SentencePiece decode, specials dropped; a
+    lone word-start piece at the end left no trailing space)."""
     ids = strip_tokens(tokens, text.EOS_ID, text.PAD_ID)
     if sp is not None:
-        return [sp.decode(subwords.piece_ids(row, sp)) for row in ids]
-    return [subwords.decode(row, spm_path) for row in ids]
+        return [sp.decode(subwords.piece_ids(row, sp)).strip() for row in ids]
+    return [subwords.decode(row, spm_path).strip() for row in ids]
 
 
 @lru_cache(maxsize=4)
@@ -464,9 +465,10 @@ def _download(client, run_id: str, artifact: str, dst: str) -> Path:
                                 f"was the run trained to its end?") from None
 
 
-def load_run(run_id: str, tracking_uri: str | None = None) -> tuple[Seq2Seq, Config, str, str, str]:
-    """A finished translate run's model (eval mode, CPU), config and SentencePiece models
-    (kept in a temporary folder, the last item, that the caller removes)."""
+def load_run(run_id: str, tracking_uri: str | None = None) -> tuple[Seq2Seq, Config, str, str, str, str]:
+    """A finished translate run's model (eval mode, CPU), config, SentencePiece models (kept
+    in a temporary folder, the fifth item, that the caller removes) and run id. `run_id`:
+    its id, or its --name (the newest translate run of that name)."""
     from mlflow.tracking import MlflowClient
 
     from ..core import config as configs
@@ -475,10 +477,8 @@ def load_run(run_id: str, tracking_uri: str | None = None) -> tuple[Seq2Seq, Con
     uri = tracking.resolve_uri(tracking_uri)
     tracking.require_runs(uri)
     client = MlflowClient(tracking_uri=uri)
-    try:
-        run = client.get_run(run_id)
-    except Exception:
-        raise ValueError(f"no MLflow run {run_id!r} in {uri}") from None
+    run_id = tracking.run_by_id_or_name(uri, run_id, "translate")
+    run = client.get_run(run_id)
     pipeline = run.data.tags.get("fastray.pipeline", "")
     if pipeline != "translate":
         raise ValueError(f"run {run_id} is a {pipeline or 'non-fastray'} run, not a translate run")
@@ -494,14 +494,19 @@ def load_run(run_id: str, tracking_uri: str | None = None) -> tuple[Seq2Seq, Con
     except BaseException:
         shutil.rmtree(d, ignore_errors=True)
         raise
-    return model.eval(), cfg, spm_src, spm_tgt, d
+    return model.eval(), cfg, spm_src, spm_tgt, d, run_id
 
 
 def translate_lines(run_id: str, lines: list[str], tracking_uri: str | None = None, beam: int | None = None,
                     bs: int = 64) -> list[str]:
     """Translate sentences with the model and tokenizers of a translate run (by MLflow run
     id). beam: the beam size (None: the run's config; 1: greedy). An empty line gives ''."""
-    model, cfg, spm_src, spm_tgt, d = load_run(run_id, tracking_uri)
+    return _translate(run_id, lines, tracking_uri, beam, bs)["translations"]
+
+
+def _translate(run_id: str, lines: list[str], tracking_uri: str | None, beam: int | None, bs: int = 64) -> dict:
+    """translate_lines' translations, the run's id and the beam size used."""
+    model, cfg, spm_src, spm_tgt, d, run_id = load_run(run_id, tracking_uri)
     try:
         beam = cfg.beam if beam is None else int(beam)
         if beam < 1:
@@ -524,7 +529,7 @@ def translate_lines(run_id: str, lines: list[str], tracking_uri: str | None = No
                 toks = model.greedy(src, src_len, n)[0] if beam == 1 else model.beam_search(src, src_len, beam, n, cfg.len_alpha)
                 for (i, _), hyp in zip(chunk, _detok(toks, spm_tgt, sp_tgt)):
                     out[i] = hyp
-        return out
+        return {"run_id": run_id, "beam": beam, "translations": out}
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -544,8 +549,8 @@ def cmd_translate(args) -> dict:
         lines = raw.decode("utf-8").splitlines()
     except UnicodeDecodeError:
         raise ValueError(f"{where}: not UTF-8 text") from None
-    out = translate_lines(args.run_id, lines, args.tracking_uri, args.beam)
-    for line in out:
+    done = _translate(args.run_id, lines, args.tracking_uri, args.beam)
+    for line in done["translations"]:
         print(line)
-    return {"run_id": args.run_id, "lines": len(lines), "beam": args.beam, "translations": out,
+    return {"run_id": done["run_id"], "lines": len(lines), "beam": done["beam"], "translations": done["translations"],
             "seconds": round(time.perf_counter() - t0, 2)}

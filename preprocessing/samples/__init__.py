@@ -34,6 +34,25 @@ GENERATORS: dict[str, tuple[str, str, int, dict]] = {
 }
 
 
+def smallest_split(test_frac: float) -> int:
+    """The smallest size whose ``round(size * test_frac)`` held-out items leave both splits
+    non-empty (1 when test_frac is 0 or 1: the caller asked for one split only)."""
+    if not 0.0 < test_frac < 1.0:
+        return 1
+    n = 2
+    while not 1 <= round(n * test_frac) < n:
+        n += 1
+    return n
+
+
+def check_split_size(size: int, test_frac: float, what: str) -> None:
+    """ValueError, the one-line kind a user of `fastray sample-data --size` reads, when
+    `size` items leave one of the two splits empty (a pipeline could not read it)."""
+    least = smallest_split(test_frac)
+    if size < least:
+        raise ValueError(f"size must be >= {least} ({what}), got {size}")
+
+
 def generate(dataset: str, out: str | Path, size: int | None = None, **overrides) -> dict:
     """Write the sample of `dataset` to `out` (size: its items; default the table's)."""
     module, fn, default, kw = GENERATORS[dataset]

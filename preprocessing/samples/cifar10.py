@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import check_split_size
+
 __all__ = ["CIFAR10_CLASSES", "cifar10"]
 
 CIFAR10_CLASSES = (
@@ -238,10 +240,9 @@ def cifar10(out: str | Path, size: int = 6000, test_frac: float = 1 / 6,
 
     Returns ``{"train": n_train, "test": n_test, "classes": 10, "path": str(out)}``.
     """
-    if size < 0:
-        raise ValueError("size must be >= 0")
     if not 0.0 <= test_frac <= 1.0:
         raise ValueError("test_frac must be in [0, 1]")
+    check_split_size(size, test_frac, "a training and a test image")
     if image_size < 8:
         raise ValueError("image_size must be >= 8")
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import check_split_size
+
 __all__ = ["imdb", "imdb_vocab"]
 
 _POS_ADJ = (
@@ -238,10 +240,11 @@ def imdb(out: str | Path, size: int = 5000, seed: int = 0, unsup: int | None = N
     """
     import random
 
-    if size < 0 or (unsup is not None and unsup < 0):
-        raise ValueError("size and unsup must be >= 0")
+    if unsup is not None and unsup < 0:
+        raise ValueError("unsup must be >= 0")
     if not 0.0 <= test_frac <= 1.0:
         raise ValueError("test_frac must be in [0, 1]")
+    check_split_size(size, test_frac, "a training and a test review")
     if not 1 <= min_words <= max_words:
         raise ValueError("need 1 <= min_words <= max_words")
     if not 0.5 < agree <= 1.0:

@@ -481,6 +481,11 @@ def test_mismatched_files_through_the_cli_are_one_line(capsys, tmp_path, workdir
     code, _, err = run_cli(capsys, "run", "translate", "--data", str(d), "--config", "tiny",
                            "--set", "src_vectors=/no/wiki.fr.vec")
     assert code == 1 and "src_vectors /no/wiki.fr.vec: no such file" in err
+    # a .tsv whose columns are fr<TAB>en: the filter finds no English question, and says which columns it read
+    (tmp_path / "rev").mkdir()
+    (tmp_path / "rev" / "pairs.tsv").write_text("Où est-il ?\tWhere is it?\tCC-BY\n" * 10, encoding="utf-8")
+    code, _, err = run_cli(capsys, "preprocess", "translate", "--data", str(tmp_path / "rev"), "--config", "tiny")
+    assert code == 1 and "starts with 'Wh'" in err and "first two columns are read as en<TAB>fr (tsv_langs)" in err, err
 
 
 def test_tiny_run_end_to_end_then_translate(capsys, fren_small, tiny_cache, workdir, monkeypatch):
@@ -514,19 +519,22 @@ def test_tiny_run_end_to_end_then_translate(capsys, fren_small, tiny_cache, work
     args = argparse.Namespace(run_id=rid, file=src, beam=1, tracking_uri=None)
     out = cmd_translate(args)
     printed = capsys.readouterr().out.splitlines()
-    assert out["lines"] == 3 and len(out["translations"]) == 3 and out["translations"][1] == ""
+    assert out["lines"] == 3 and len(out["translations"]) == 3 and out["translations"][1] == "" and out["beam"] == 1
     assert printed == out["translations"]
     assert translate_lines(rid, ["Où sont les trente chats ?"], beam=1) == out["translations"][:1]
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("Qui a acheté deux billets ?\n".encode())))
-    out2 = cmd_translate(argparse.Namespace(run_id=rid, file=None, beam=2, tracking_uri=None))
+    out2 = cmd_translate(argparse.Namespace(run_id=rid, file=None, beam=None, tracking_uri=None))
     assert out2["lines"] == 1 and isinstance(out2["translations"][0], str)
+    assert out2["beam"] == 2  # the run's own beam size, said (it was null)
+    out3 = cmd_translate(argparse.Namespace(run_id="t", file=src, beam=1, tracking_uri=None))  # the run by its --name
+    assert out3["run_id"] == rid and out3["translations"] == out["translations"]
     # stdin that is not UTF-8: the line --file gives, not a traceback from SentencePiece
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\xff\xfe bad\n")))
     with pytest.raises(ValueError, match="stdin: not UTF-8 text"):
         cmd_translate(argparse.Namespace(run_id=rid, file=None, beam=1, tracking_uri=None))
     with pytest.raises(IsADirectoryError, match="a folder, not a file of sentences"):
         cmd_translate(argparse.Namespace(run_id=rid, file=workdir, beam=1, tracking_uri=None))
-    with pytest.raises(ValueError, match="no MLflow run"):
+    with pytest.raises(ValueError, match="no MLflow run '0{32}' in .* \\(neither a run id nor the --name of a translate run\\)"):
         translate_lines("0" * 32, ["x"])
     # a store that is not there: said, and not made (MLflow would create an empty one)
     with pytest.raises(FileNotFoundError, match="none.db: no MLflow store there"):
