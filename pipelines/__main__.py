@@ -220,11 +220,12 @@ def cmd_list(args) -> dict:
 
 def cmd_sample_data(args) -> dict:
     name = args.name
-    if name not in registry.names():  # a data set's name (or `fastray download`'s): the first pipeline that reads it
-        with contextlib.suppress(KeyError):
+    if name not in registry.names():  # a data set's name: the first pipeline that reads it
+        wanted = {name}
+        with contextlib.suppress(KeyError):  # or `fastray download`'s name for it (bedroom: lsun's)
             ds = download.resolve(name)
-            name = next((a for a in (ds.name, *ds.aliases) if any(registry.entry(n).dataset == a for n in registry.names())), name)
-        name = next((n for n in registry.names() if registry.entry(n).dataset == name), None)
+            wanted |= {ds.name, *ds.aliases}
+        name = next((n for n in registry.names() if registry.entry(n).dataset in wanted), None)
         if name is None:
             datasets = sorted({registry.entry(n).dataset for n in registry.names()})
             raise KeyError(f"unknown data set or pipeline {args.name!r}; data sets: {', '.join(datasets)}")
@@ -248,9 +249,12 @@ def cmd_sample_data(args) -> dict:
 
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
-        else:
+        else:  # it was empty
             for child in args.out.iterdir():
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
         raise
     return {"dataset": pipe.dataset, **info, "seconds": round(time.perf_counter() - t0, 2)}
 

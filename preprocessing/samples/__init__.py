@@ -17,6 +17,7 @@ Production code takes class names from the preprocess manifest, never from here.
 from __future__ import annotations
 
 import importlib
+import itertools
 from pathlib import Path
 
 # data set -> (module, generator, default size, its other defaults): what `fastray
@@ -34,21 +35,13 @@ GENERATORS: dict[str, tuple[str, str, int, dict]] = {
 }
 
 
-def smallest_split(test_frac: float) -> int:
-    """The smallest size whose ``round(size * test_frac)`` held-out items leave both splits
-    non-empty (1 when test_frac is 0 or 1: the caller asked for one split only)."""
-    if not 0.0 < test_frac < 1.0:
-        return 1
-    n = 2
-    while not 1 <= round(n * test_frac) < n:
-        n += 1
-    return n
-
-
 def check_split_size(size: int, test_frac: float, what: str) -> None:
-    """ValueError, the one-line kind a user of `fastray sample-data --size` reads, when
-    `size` items leave one of the two splits empty (a pipeline could not read it)."""
-    least = smallest_split(test_frac)
+    """ValueError, the one-line kind a user of `fastray sample-data --size` reads, when the
+    ``round(size * test_frac)`` held-out items leave either split empty (no pipeline reads
+    that). A test_frac of 0 or 1 asks for one split only."""
+    least = 1
+    if 0.0 < test_frac < 1.0:
+        least = next(n for n in itertools.count(2) if 1 <= round(n * test_frac) < n)
     if size < least:
         raise ValueError(f"size must be >= {least} ({what}), got {size}")
 
