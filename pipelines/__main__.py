@@ -221,14 +221,16 @@ def cmd_list(args) -> dict:
 def cmd_sample_data(args) -> dict:
     name = args.name
     if name not in registry.names():  # a data set's name: the first pipeline that reads it
-        wanted = {name}
+        wanted, known = {name}, None
         with contextlib.suppress(KeyError):  # or `fastray download`'s name for it (bedroom: lsun's)
-            ds = download.resolve(name)
-            wanted |= {ds.name, *ds.aliases}
+            known = download.resolve(name)
+            wanted |= {known.name, *known.aliases}
         name = next((n for n in registry.names() if registry.entry(n).dataset in wanted), None)
         if name is None:
-            datasets = sorted({registry.entry(n).dataset for n in registry.names()})
-            raise KeyError(f"unknown data set or pipeline {args.name!r}; data sets: {', '.join(datasets)}")
+            datasets = ", ".join(sorted({registry.entry(n).dataset for n in registry.names()}))
+            if known:  # wikitext-103: downloaded for pretraining, read by no pipeline's sample
+                raise KeyError(f"{known.name} has no sample data (fastray download fetches it); data sets with samples: {datasets}")
+            raise KeyError(f"unknown data set or pipeline {args.name!r}; data sets: {datasets}")
     pipe = registry.get(name)
     if args.size is not None and args.size < 1:
         raise ValueError(f"--size must be >= 1, got {args.size}")
@@ -236,21 +238,22 @@ def cmd_sample_data(args) -> dict:
         raise ValueError(f"--out {args.out}: not a folder")
     if args.out.is_dir() and any(args.out.iterdir()):  # its files would mix with the sample's (and be read with them)
         raise ValueError(f"--out {args.out}: not empty; sample data goes to a new or empty folder")
-    made = next((p for p in reversed([args.out, *args.out.parents]) if not p.exists()), None)  # the top folder made here
+    out = Path(os.path.abspath(args.out))  # "a/../b" makes b, not a
+    made = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)  # the top folder made here
     try:
-        args.out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ValueError(f"--out {args.out}: cannot make this folder ({(e.strerror or str(e)).lower()})") from None
     t0 = time.perf_counter()
     try:
-        info = pipe.sample_data(args.out, args.size)
+        info = pipe.sample_data(out, args.size)
     except BaseException:  # a part of a sample is no sample: the folder goes back to what it was
         import shutil
 
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
         else:  # it was empty
-            for child in args.out.iterdir():
+            for child in out.iterdir():
                 if child.is_dir() and not child.is_symlink():
                     shutil.rmtree(child)
                 else:

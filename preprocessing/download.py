@@ -266,8 +266,9 @@ def _download(ds: Dataset, src_name: str, src: Source, remotes: list[Remote], ch
             done = json.loads(marker.read_text())
         except ValueError:
             done = {}
-        same = done.get("source") == src_name and [f.get("url") for f in done.get("files", [])] == [r.url for r in remotes]
-        if same and done.get("extracted") and all((out / e).exists() for e in done["extracted"]):
+        # another --url is another download; none given: the data set's, wherever it came from
+        same_urls = not args.url or [_place(f.get("url", "")) for f in done.get("files", [])] == [_place(r.url) for r in remotes]
+        if done.get("source") == src_name and same_urls and done.get("extracted") and all((out / e).exists() for e in done["extracted"]):
             _say(f"{ds.name}: already in {out} (remove {marker.name} to download it again)")
             return {**done, "status": "present", "seconds": round(time.perf_counter() - t0, 3)}
 
@@ -282,8 +283,8 @@ def _download(ds: Dataset, src_name: str, src: Source, remotes: list[Remote], ch
                     head = f.read(24)
                 path.unlink()
                 raise DataError(f"{remote.url}: not a tar or zip archive (it begins {head!r}), so not {ds.name}'s "
-                                f"{remote.name}; removed it")
-            files.append({"name": remote.name, "url": remote.url, **info})
+                                f"{remote.name}; removed its copy from {downloads}")
+            files.append({"name": remote.name, "url": _place(remote.url), **info})
     except BaseException:
         if not any(downloads.iterdir()):  # nothing to resume from: leave no empty folder behind
             downloads.rmdir()
@@ -348,6 +349,11 @@ def _with_urls(ds: Dataset, src: Source, urls: list[str]) -> list[Remote]:
         raise ValueError(f"{ds.name}: {len(urls)} --url given for {len(src.files)} file(s) "
                          f"({', '.join(r.name for r in src.files)}); or give one folder ending in /")
     return [Remote(r.name, u, r.size, r.md5, r.sha256, r.checksum_by) for r, u in zip(src.files, urls)]
+
+
+def _place(url: str) -> str:
+    """A URL, or a local path made absolute (the same file however it was typed)."""
+    return url if "://" in url else os.path.abspath(url)
 
 
 def _join(base: str, name: str) -> str:

@@ -291,8 +291,8 @@ def _write_pairs(source: PairSource, tmp: Path, questions: bool, valid_pct: floa
         if counts[split] == 0:
             cols = (f"; a .tsv's first two columns are read as {source.tsv_langs[0]}<TAB>{source.tsv_langs[1]} (tsv_langs)"
                     if source.kind == "tsv" else "")
-            what = (f"after lesson 11's question filter, which keeps an English side that starts with 'Wh' and asks "
-                    f"a '?' (questions=false keeps every pair{cols})") if questions else ""
+            what = (f"after lesson 11's question filter, which keeps a pair whose English side starts with 'Wh' and "
+                    f"both sides have a '?' before any '.' or '!' (questions=false keeps every pair{cols})") if questions else ""
             raise DataError(f"{source.root}: no {split} pairs {what}".rstrip()
                             + ("" if held_out or split == "train" else f" (valid_pct={valid_pct})"))
     return {"rows": counts, "read": read, "held_out_valid": held_out, "tables": names}

@@ -44,6 +44,9 @@ def test_sample_data_into_an_unmakeable_folder_is_one_line(capsys, tmp_path):
     assert code == 1 and f"fastray: error: --out {tmp_path / 'a.txt' / 'x'}: cannot make this folder (not a directory)" in err
     code, _, err = run_cli(capsys, "download", "cifar10", "--out", str(tmp_path / "a.txt"), "--url", str(tmp_path / "a.txt"))
     assert code == 1 and f"fastray: error: --out {tmp_path / 'a.txt'}: not a folder" in err
+    # refused after the folder was made: the folder goes again, "a/../b" being b
+    code, _, err = run_cli(capsys, "sample-data", "cifar10", "--out", str(tmp_path / "a" / ".." / "b"), "--size", "3")
+    assert code == 1 and "size must be >= 4" in err and not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize("argv, msg", [
@@ -54,6 +57,7 @@ def test_sample_data_into_an_unmakeable_folder_is_one_line(capsys, tmp_path):
     (["run", "cifar10-darknet", "--data", "{data}", "--set", "nope=1"], "unknown key(s) nope; valid keys: groups"),
     (["run", "cifar10-darknet", "--data", "{data}", "--config", "{badjson}"], "not valid JSON"),
     (["sample-data", "imagenet22k", "--out", "x"], "unknown data set or pipeline 'imagenet22k'"),
+    (["sample-data", "wt103", "--out", "x"], "wikitext-103 has no sample data (fastray download fetches it)"),
     (["sample-data", "cifar10", "--out", "{afile}"], "a.txt: not a folder"),
     (["sample-data", "cifar10", "--out", "{data}"], "not empty; sample data goes to a new or empty folder"),
     # a split left empty is data no pipeline reads: refused, as the other data sets' were

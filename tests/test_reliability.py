@@ -507,6 +507,8 @@ def test_download_checks_extracts_and_the_reader_reads_it(server, tmp_path, caps
     server.files["/mirror/cifar10.tgz"] = body
     other = _download("cifar10", "--out", str(out), "--url", f"{server.url}/mirror/cifar10.tgz", "--checksum", f"md5:{md5}")
     assert other["status"] == "downloaded" and server.requests[-1][0] == "/mirror/cifar10.tgz"
+    # no --url: the data set is there, wherever it came from (offline too: nothing is fetched)
+    assert _download("cifar10", "--out", str(out))["status"] == "present" and len(server.requests) == 2
 
 
 def test_a_page_served_for_the_archive_is_refused_and_nothing_kept(server, tmp_path):

@@ -11,6 +11,7 @@ keeps them where its --artifacts-destination says.
 from __future__ import annotations
 
 import contextlib
+import math
 import json
 import logging
 import os
@@ -252,14 +253,17 @@ def find_run(uri: str, exp_id: str, name: str) -> str | None:
 def run_by_id_or_name(uri: str, ref: str, pipeline: str) -> str:
     """The run id `ref` as given, or the id of the newest `pipeline` run whose --name is
     `ref`; ValueError when neither is in the store."""
+    from mlflow.exceptions import MlflowException
+
     client = _client(uri)
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(MlflowException):  # no such run id (or no run id at all)
         return client.get_run(ref).info.run_id
     runs = []
-    if "'" not in ref:
+    quote = next((q for q in "'\"" if q not in ref), None)  # MLflow's filter strings have no escapes
+    if quote:
         experiments = [e.experiment_id for e in client.search_experiments()]
         runs = experiments and client.search_runs(
-            experiments, filter_string=f"tags.`fastray.name` = '{ref}' and tags.`fastray.pipeline` = '{pipeline}'",
+            experiments, filter_string=f"tags.`fastray.name` = {quote}{ref}{quote} and tags.`fastray.pipeline` = '{pipeline}'",
             max_results=1, order_by=["attributes.start_time DESC"])
     if not runs:
         raise ValueError(f"no MLflow run {ref!r} in {uri} (neither a run id nor the --name of a {pipeline} run)")
@@ -394,6 +398,23 @@ def log_model(run_log: RunLogger, model: Any, example: dict, name: str) -> None:
         mlflow.set_tracking_uri(before)
 
 
+def scale_groups(curves: dict[str, list[float]], spread: float = 30.0) -> list[list[str]]:
+    """The curves in groups to share a y axis: each group's largest magnitudes (max |value|
+    of a curve) within `spread` of each other, so that a curve in the hundredths is not drawn
+    flat beside one in the tens (super-res's MSE beside its PSNR in dB); the order kept
+    within a group, the groups from the largest magnitudes down."""
+    size = {k: max((abs(v) for v in vs if math.isfinite(v)), default=0.0) for k, vs in curves.items()}
+    groups: list[list[str]] = []
+    top = None
+    for k in sorted(curves, key=lambda k: -size[k]):
+        if top is None or size[k] * spread < top:
+            groups.append([])
+            top = size[k]
+        groups[-1].append(k)
+    order = list(curves)
+    return [sorted(g, key=order.index) for g in groups]
+
+
 def plot_curves(logger: RunLogger, path: Path, title: str = "", phase_epochs: list[float] = (),
                 stage: str = "new stage") -> Path | None:
     """Every per-epoch metric against epoch: losses in one panel, the rest in another; the
@@ -407,22 +428,22 @@ def plot_curves(logger: RunLogger, path: Path, title: str = "", phase_epochs: li
     if not keys:
         return None
     keys = [k for k in keys if k not in ("frozen_groups", "total_seconds")]  # states, not curves
+    history = {k: sorted(logger.history(k)) for k in keys}
     losses = [k for k in keys if "loss" in k or k.startswith("train_")]
-    others = [k for k in keys if k not in losses]
-    panels = [p for p in (losses, others) if p]
+    panels = [("loss", g) for g in scale_groups({k: [v for _, v in history[k]] for k in losses})]
+    panels += [("metric", g) for g in scale_groups({k: [v for _, v in history[k]] for k in keys if k not in losses})]
     # each panel's legend beside it (a multi-label classifier has twenty curves), as tall as it needs
-    heights = [max(3.2, 0.2 * (len(p) + 1) + 0.6) for p in panels]
+    heights = [max(3.2, 0.2 * (len(g) + 1) + 0.6) for _, g in panels]
     fig = plots.figure((9.5, sum(heights)))
     axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})
-    for ax, group in zip(axes[:, 0], panels):
+    for ax, (kind, group) in zip(axes[:, 0], panels):
         for k in group:
-            h = sorted(logger.history(k))
-            ax.plot([s for s, _ in h], [v for _, v in h], marker="o", ms=3, label=k)
+            ax.plot([s for s, _ in history[k]], [v for _, v in history[k]], marker="o", ms=3, label=k)
         for i, e in enumerate(phase_epochs):
             ax.axvline(e, color="gray", ls=":", lw=1, label=stage if i == 0 else None)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
-        ax.set_ylabel("loss" if group is losses else "metric")
+        ax.set_ylabel(kind)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return plots.save(fig, path, title=title)

@@ -346,7 +346,8 @@ class StyleTransfer(Pipeline):
             on_bad: str = "skip", config_label: str = "", **fit_options: Any) -> dict:
         """The whole run: cached content images, one Ray task per image, MLflow; the summary.
         Takes engine.fit's keyword arguments; those about training workers and checkpoints
-        (num_workers, use_gpu, storage ...) mean nothing to Ray tasks and are ignored. The
+        (num_workers, use_gpu, storage ...) mean nothing to Ray tasks and are ignored (`fastray
+        run` refuses --num-workers and --use-gpu for it, a flow passes them to every stage). The
         MLflow run is made as engine.fit makes its own (tracking.start_run: a rerun of a
         name reopens its run); the metrics are logged per epoch, 0 being the start."""
         import ray

@@ -499,8 +499,9 @@ def load_run(run_id: str, tracking_uri: str | None = None) -> tuple[Seq2Seq, Con
 
 def translate_lines(run_id: str, lines: list[str], tracking_uri: str | None = None, beam: int | None = None,
                     bs: int = 64) -> list[str]:
-    """Translate sentences with the model and tokenizers of a translate run (by MLflow run
-    id). beam: the beam size (None: the run's config; 1: greedy). An empty line gives ''."""
+    """Translate sentences with the model and tokenizers of a translate run (its MLflow run
+    id or its --name). beam: the beam size (None: the run's config; 1: greedy). An empty
+    line gives ''."""
     return _translate(run_id, lines, tracking_uri, beam, bs)["translations"]
 
 

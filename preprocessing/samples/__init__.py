@@ -17,7 +17,6 @@ Production code takes class names from the preprocess manifest, never from here.
 from __future__ import annotations
 
 import importlib
-import itertools
 from pathlib import Path
 
 # data set -> (module, generator, default size, its other defaults): what `fastray
@@ -35,15 +34,21 @@ GENERATORS: dict[str, tuple[str, str, int, dict]] = {
 }
 
 
-def check_split_size(size: int, test_frac: float, what: str) -> None:
-    """ValueError, the one-line kind a user of `fastray sample-data --size` reads, when the
-    ``round(size * test_frac)`` held-out items leave either split empty (no pipeline reads
-    that). A test_frac of 0 or 1 asks for one split only."""
-    least = 1
-    if 0.0 < test_frac < 1.0:
-        least = next(n for n in itertools.count(2) if 1 <= round(n * test_frac) < n)
-    if size < least:
-        raise ValueError(f"size must be >= {least} ({what}), got {size}")
+def check_split_size(size: int, test_frac: float, what: str, test_of_size: bool = True) -> None:
+    """ValueError, the one-line kind a user of `fastray sample-data --size` reads, when
+    `size` leaves a split empty (no pipeline reads that): ``round(size * test_frac)`` test
+    items, and the rest for training (``test_of_size``) or `size` training items and those
+    test items besides. A test_frac of 0 (or 1 of the size) asks for one split only."""
+    def ok(n: int) -> bool:
+        test = round(n * test_frac)
+        return n >= 1 and (test >= 1 or test_frac == 0) and (not test_of_size or n - test >= 1 or test_frac == 1)
+
+    if ok(size):
+        return
+    least = max(1, int(0.5 / test_frac) if test_frac else 1, int(0.5 / (1 - test_frac)) if test_of_size and test_frac < 1 else 1)
+    while not ok(least):  # a step or two past the estimate: round() is to even at .5
+        least += 1
+    raise ValueError(f"size must be >= {least} ({what}), got {size}")
 
 
 def generate(dataset: str, out: str | Path, size: int | None = None, **overrides) -> dict:

@@ -25,9 +25,10 @@ can learn the second.
 from __future__ import annotations
 
 import csv
-import itertools
 import random
 from pathlib import Path
+
+from . import check_split_size
 
 __all__ = ["LABELS", "jigsaw"]
 
@@ -124,11 +125,9 @@ def jigsaw(out: str | Path, size: int = 10000, seed: int = 0, test_frac: float =
     """Write ``out/train.csv`` (``size`` comments with their labels) and ``out/test.csv``
     (``round(size * test_frac)`` comments, ids and text only). Deterministic for a seed.
     Returns ``{"train": n, "test": n, "positives": {label: n in train}, "path": str(out)}``."""
-    least = next(n for n in itertools.count(1) if test_frac <= 0 or round(n * test_frac) >= 1)
-    if size < least:
-        raise ValueError(f"size must be >= {least} (a comment in train.csv and one in test.csv), got {size}")
     if not 0 <= test_frac <= 1:
         raise ValueError(f"test_frac must be in [0, 1], got {test_frac}")
+    check_split_size(size, test_frac, "a comment in train.csv and one in test.csv", test_of_size=False)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     positives = dict.fromkeys(LABELS, 0)

@@ -43,3 +43,23 @@ def test_a_run_stopped_inside_ends_if_stopped_is_killed_or_failed_never_running(
     with tracking.RunLogger(uri, run_id).ends_if_stopped():
         pass
     assert client.get_run(run_id).info.status == "RUNNING"  # the caller finishes a run that went through
+
+
+def test_curves_on_different_scales_get_panels_of_their_own(tmp_path, monkeypatch):
+    """super-res logs its MSE (hundredths) beside its PSNR (tens of dB): on one axis the MSE
+    curves were flat lines at 0. Each panel now holds curves within 30x of each other."""
+    from pipelines.core import plots
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    run_id, _ = tracking.start_run(uri, "super-res", "r", params={}, tags={})
+    log = tracking.RunLogger(uri, run_id)
+    for step, (mse, psnr, gain, loss) in enumerate([(0.03, 11.6, -11.2, 0.031), (0.02, 17.1, -5.9, 0.066)], 1):
+        log.metrics({"valid_mse_x2": mse, "valid_mse_x4": mse * 2, "psnr": psnr, "valid_psnr_gain": gain,
+                     "train_loss": loss, "sched_lr": 1e-4}, step=step)
+    drawn = {}
+    monkeypatch.setattr(plots, "save", lambda fig, path, title="": drawn.setdefault("fig", fig) and path)
+    assert tracking.plot_curves(log, tmp_path / "curves.png") is not None
+    panels = [sorted(t for t in ax.get_legend_handles_labels()[1]) for ax in drawn["fig"].axes]
+    assert panels == [["train_loss"], ["psnr", "valid_psnr_gain"], ["valid_mse_x2", "valid_mse_x4"]]
+    assert [ax.get_ylabel() for ax in drawn["fig"].axes] == ["loss", "metric", "metric"]
+    assert tracking.scale_groups({"a": [0.0], "b": [float("nan"), 0.5], "c": [-2.0]}) == [["b", "c"], ["a"]]
