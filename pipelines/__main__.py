@@ -125,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--num-workers", type=int, default=1, help="data-parallel training workers (default 1)")
     r.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     r.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
-    r.add_argument("--name", dest="run_name", default=None, help="run name; rerunning a name resumes it from its last checkpoint")
+    r.add_argument("--name", dest="run_name", type=_run_name, default=None, help="run name; rerunning a name resumes it from its last checkpoint")
     r.add_argument("--placement", choices=PLACEMENTS, default=None,
                    help="pack the workers on few nodes (default) or spread them one a node where they fit; "
                         "default $FASTRAY_PLACEMENT or pack")
@@ -154,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
     t.add_argument("--placement", choices=PLACEMENTS, default=None,
                    help="with --workers-per-trial > 1: pack each trial's workers (default) or spread them")
-    t.add_argument("--name", dest="run_name", default=None,
+    t.add_argument("--name", dest="run_name", type=_run_name, default=None,
                    help="search name (default: derived from the command, so rerunning it resumes)")
     return p
 
@@ -167,6 +167,16 @@ def _config(pipe, args, default_name: str):
     if getattr(args, "epochs", None) is not None:  # after --set, as it always won
         cfg = configs.apply(cfg, {"epochs": str(args.epochs)}, source="--epochs")
     return cfg, label
+
+
+def _run_name(text: str) -> str:
+    """A run's or a search's --name: it names its folder under the storage and is looked up
+    in MLflow by tag, so one folder name (no '/', not '.' or '..') without quotes or
+    control characters."""
+    if text in ("", ".", "..") or any(c in "/\\'\"" or ord(c) < 32 for c in text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a run name: one folder name, without '/', '\\', quotes "
+                                         "or control characters")
+    return text
 
 
 def _port(text: str) -> int:

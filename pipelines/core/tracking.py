@@ -259,11 +259,10 @@ def run_by_id_or_name(uri: str, ref: str, pipeline: str) -> str:
     with contextlib.suppress(MlflowException):  # no such run id (or no run id at all)
         return client.get_run(ref).info.run_id
     runs = []
-    quote = next((q for q in "'\"" if q not in ref), None)  # MLflow's filter strings have no escapes
-    if quote:
+    if "'" not in ref:  # a run name has no quotes (the command line refuses them): MLflow's filters have no escapes
         experiments = [e.experiment_id for e in client.search_experiments()]
         runs = experiments and client.search_runs(
-            experiments, filter_string=f"tags.`fastray.name` = {quote}{ref}{quote} and tags.`fastray.pipeline` = '{pipeline}'",
+            experiments, filter_string=f"tags.`fastray.name` = '{ref}' and tags.`fastray.pipeline` = '{pipeline}'",
             max_results=1, order_by=["attributes.start_time DESC"])
     if not runs:
         raise ValueError(f"no MLflow run {ref!r} in {uri} (neither a run id nor the --name of a {pipeline} run)")

@@ -63,3 +63,32 @@ def test_curves_on_different_scales_get_panels_of_their_own(tmp_path, monkeypatc
     assert panels == [["train_loss"], ["psnr", "valid_psnr_gain"], ["valid_mse_x2", "valid_mse_x4"]]
     assert [ax.get_ylabel() for ax in drawn["fig"].axes] == ["loss", "metric", "metric"]
     assert tracking.scale_groups({"a": [0.0], "b": [float("nan"), 0.5], "c": [-2.0]}) == [["b", "c"], ["a"]]
+
+
+def test_a_run_is_found_by_its_id_or_its_name(tmp_path):
+    """What `fastray translate RUN` takes: the run id, or the --name (its pipeline's newest
+    run of that name)."""
+    import pytest
+
+    from pipelines.__main__ import main
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    ids = {}
+    for name in ("plain", "dé jà vu", "x%_y"):
+        ids[name], _ = tracking.start_run(uri, "translate", name, params={},
+                                          tags={"fastray.pipeline": "translate", "fastray.name": name})
+    other, _ = tracking.start_run(uri, "cifar10-darknet", "plain", params={},
+                                  tags={"fastray.pipeline": "cifar10-darknet", "fastray.name": "plain"})
+    for name, run_id in ids.items():
+        assert tracking.run_by_id_or_name(uri, name, "translate") == run_id
+        assert tracking.run_by_id_or_name(uri, run_id, "translate") == run_id
+    assert tracking.run_by_id_or_name(uri, "plain", "cifar10-darknet") == other
+    for ref in ("nope", "it's"):
+        with pytest.raises(ValueError, match="neither a run id nor the --name of a translate run"):
+            tracking.run_by_id_or_name(uri, ref, "translate")
+    # such a name is refused where runs get their names: a quote broke MLflow's filter with a
+    # traceback, '/' or '..' put the run folder elsewhere
+    for bad in ("it's", 'say "hi"', "a/b", "..", ""):
+        with pytest.raises(SystemExit) as usage:
+            main(["run", "cifar10-darknet", "--name", bad])
+        assert usage.value.code == 2
