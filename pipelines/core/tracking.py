@@ -398,14 +398,17 @@ def log_model(run_log: RunLogger, model: Any, example: dict, name: str) -> None:
 
 
 def scale_groups(curves: dict[str, list[float]], spread: float = 30.0) -> list[list[str]]:
-    """The curves in groups to share a y axis: each group's largest magnitudes (max |value|
-    of a curve) within `spread` of each other, so that a curve in the hundredths is not drawn
-    flat beside one in the tens (super-res's MSE beside its PSNR in dB); the order kept
-    within a group, the groups from the largest magnitudes down."""
-    size = {k: max((abs(v) for v in vs if math.isfinite(v)), default=0.0) for k, vs in curves.items()}
-    groups: list[list[str]] = []
+    """The curves in groups to share a y axis, so that a curve in the hundredths is not drawn
+    flat beside one in the tens (super-res's MSE beside its PSNR in dB): first every curve
+    within [0, 1] (accuracies, AUCs, F1s, thresholds, MSEs of pixels in [0, 1]), then the
+    others by magnitude (max |value|), each group's within `spread` of each other, largest
+    first; the given order kept within a group."""
+    finite = {k: [v for v in vs if math.isfinite(v)] for k, vs in curves.items()}
+    unit = [k for k in curves if all(0.0 <= v <= 1.0 for v in finite[k])]
+    size = {k: max(map(abs, finite[k])) for k in curves if k not in unit}
+    groups: list[list[str]] = [unit] if unit else []
     top = None
-    for k in sorted(curves, key=lambda k: -size[k]):
+    for k in sorted(size, key=lambda k: -size[k]):
         if top is None or size[k] * spread < top:
             groups.append([])
             top = size[k]

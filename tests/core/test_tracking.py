@@ -60,9 +60,14 @@ def test_curves_on_different_scales_get_panels_of_their_own(tmp_path, monkeypatc
     monkeypatch.setattr(plots, "save", lambda fig, path, title="": drawn.setdefault("fig", fig) and path)
     assert tracking.plot_curves(log, tmp_path / "curves.png") is not None
     panels = [sorted(t for t in ax.get_legend_handles_labels()[1]) for ax in drawn["fig"].axes]
-    assert panels == [["train_loss"], ["psnr", "valid_psnr_gain"], ["valid_mse_x2", "valid_mse_x4"]]
+    assert panels == [["train_loss"], ["valid_mse_x2", "valid_mse_x4"], ["psnr", "valid_psnr_gain"]]
     assert [ax.get_ylabel() for ax in drawn["fig"].axes] == ["loss", "metric", "metric"]
-    assert tracking.scale_groups({"a": [0.0], "b": [float("nan"), 0.5], "c": [-2.0]}) == [["b", "c"], ["a"]]
+    # within [0, 1] is one axis however small (text-clas's per-label thresholds, 0.002 to 0.5),
+    # the rest by magnitude (perplexity 900 apart from a loss of 4)
+    assert tracking.scale_groups({"auc": [0.4, 0.97], "thr": [0.002, 0.02], "f1": [float("nan"), 0.5]}) == [
+        ["auc", "thr", "f1"]]
+    assert tracking.scale_groups({"ppl": [900.0, 40.0], "acc": [0.3], "gain": [-2.0, -6.0], "big": [5e4]}) == [
+        ["acc"], ["big"], ["ppl"], ["gain"]]
 
 
 def test_a_run_is_found_by_its_id_or_its_name(tmp_path):
