@@ -265,7 +265,7 @@ def run_by_id_or_name(uri: str, ref: str, pipeline: str) -> str:
             experiments, filter_string=f"tags.`fastray.name` = '{ref}' and tags.`fastray.pipeline` = '{pipeline}'",
             max_results=1, order_by=["attributes.start_time DESC"])
     if not runs:
-        raise ValueError(f"no MLflow run {ref!r} in {uri} (neither a run id nor the --name of a {pipeline} run)")
+        raise ValueError(f"no MLflow run {ref!r} in {uri} (neither a run id nor the --name of any {pipeline} run)")
     return runs[0].info.run_id
 
 

@@ -95,7 +95,7 @@ class ClasConfig(_Common):
     lr_factor: float = 2.6      # discriminative LRs: each group lr / lr_factor below the next
     max_len: int = 1400         # encoder outputs pooled from the end of a review
     lin_ftrs: tuple[int, ...] = (50,)  # hidden sizes of the classifier head
-    encoder: str = ""           # an imdb-lm MLflow run id or an encoder.pt path ("" = random init)
+    encoder: str = ""           # an imdb-lm run (its MLflow run id or --name) or an encoder.pt path ("" = random init)
     clip: float = 25.0          # max global gradient norm per optimizer step (lesson 10's classifier: 25)
     cut_div: float = 0.0        # > 0: each stage a slanted triangular LR (lesson 10's use_clr=(div, cut_div)): lr / div
                                 # up to lr over 1 / cut_div of the stage, down to lr / div, Adam beta1 moms[0]; 0: 1cycle
@@ -168,13 +168,28 @@ def _read_shard(shard, backwards: bool = False) -> tuple[np.ndarray, np.ndarray,
             np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64))
 
 
+def _a_path(spec: str) -> bool:
+    """Whether an encoder/state source can only be a file: a run's --name has no '/' and a
+    run id is 32 hex digits."""
+    return not _RUN_ID.fullmatch(spec) and ("/" in spec or spec.endswith((".pt", ".pth")))
+
+
+def _run_of(spec: str, tracking_uri: str, lm_name: str) -> str:
+    """The run id of an encoder source that is a run: its id, or the newest lm_name run of that --name."""
+    from ..core import tracking
+
+    return spec if _RUN_ID.fullmatch(spec) else tracking.run_by_id_or_name(tracking_uri, spec, lm_name)
+
+
 def _resolve(spec: str, what: str, tracking_uri: str | None, dst: Path, lm_name: str = "imdb-lm") -> Path:
-    """An encoder/state source (a file, or an MLflow run id) -> a local file."""
+    """An encoder/state source (a file, an MLflow run id, or an lm_name run's --name) -> a local file."""
     p = Path(spec)
     if p.is_file():
         return p
-    if _RUN_ID.fullmatch(spec) and tracking_uri:
+    if not _a_path(spec) and tracking_uri:
         from mlflow.tracking import MlflowClient
+
+        spec = _run_of(spec, tracking_uri, lm_name)
 
         client = MlflowClient(tracking_uri=tracking_uri)
         try:
@@ -190,7 +205,7 @@ def _resolve(spec: str, what: str, tracking_uri: str | None, dst: Path, lm_name:
             raise FileNotFoundError(f"{what} {spec}: cannot get {ENCODER_ARTIFACT} of MLflow run {spec} in "
                                     f"{tracking_uri} ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     raise FileNotFoundError(f"{what} {spec}: no such file" + (
-        f" (expected an encoder.pt or the MLflow run id of an {lm_name} run)" if what == "encoder" else ""))
+        f" (expected an encoder.pt, or the MLflow run id or --name of an {lm_name} run)" if what == "encoder" else ""))
 
 
 def _load(path: Path, what: str) -> dict:
@@ -239,7 +254,7 @@ class _UlmfitBase(Pipeline):
 
     def preprocess(self, cfg, data_dir: Path, cache, on_bad: str = "skip"):
         src = getattr(cfg, self._init_field)
-        if src and not _RUN_ID.fullmatch(src) and not Path(src).is_file():
+        if src and not Path(src).is_file() and (_a_path(src) or self._init_field == "pretrained"):
             _resolve(src, self._init_what, None, Path("."), self.lm_name)  # raises: fail before tokenizing
         if src and Path(src).is_file():  # a file's vocabulary is known now: a mismatch fails before tokenizing too
             self._check_init(cfg, Path(src))
@@ -432,26 +447,28 @@ class Classifier(_UlmfitBase):
 
     def init_source(self, cfg: ClasConfig, manifest: dict, tracking_uri: str) -> dict[str, str]:
         if not cfg.encoder:
-            logger.info(f"{self.name}: no encoder given (--set encoder=RUN_ID|FILE): random init")
+            logger.info(f"{self.name}: no encoder given (--set encoder=RUN_ID|NAME|FILE): random init")
             return {"fastray.init": "random"}
+        run_id = None if Path(cfg.encoder).is_file() or _a_path(cfg.encoder) else _run_of(cfg.encoder, tracking_uri, self.lm_name)
         with tempfile.TemporaryDirectory() as d:
-            path = _resolve(cfg.encoder, "encoder", tracking_uri, Path(d), self.lm_name)
+            path = _resolve(run_id or cfg.encoder, "encoder", tracking_uri, Path(d), self.lm_name)
             state = self._check_init(cfg, path)
             load_encoder(self.build_model(cfg), state)  # ValueError when the architecture differs
-        if _RUN_ID.fullmatch(cfg.encoder) and not Path(cfg.encoder).is_file():
+        if run_id:
             from mlflow.tracking import MlflowClient
 
-            data = MlflowClient(tracking_uri=tracking_uri).get_run(cfg.encoder).data
+            data = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).data
             key = data.tags.get("fastray.cache_key")
             if key and key != manifest["key"]:
                 # the tokenizer's settings that differ (none: other data)
                 lm = {f: data.params.get(f"config.{f}") for f in ("vocab_size", "sample_docs", "case", "seed")}
                 differ = [f"{f}={v}" for f, v in lm.items() if v is not None and v != str(getattr(cfg, f))]
-                logger.warning(f"{self.name}: warning: the LM run {cfg.encoder} tokenized "
+                logger.warning(f"{self.name}: warning: the LM run {run_id} tokenized "
                                + (f"with {', '.join(differ)} (--set them here too)" if differ else "other data")
                                + f" (cache key {key}, here {manifest['key']}): its token ids may mean other pieces")
-            logger.info(f"{self.name}: encoder loaded from the {self.lm_name} run {cfg.encoder}")
-            return {"fastray.init": f"encoder:run:{cfg.encoder}"}
+            named = f" ({cfg.encoder})" if run_id != cfg.encoder else ""
+            logger.info(f"{self.name}: encoder loaded from the {self.lm_name} run {run_id}{named}")
+            return {"fastray.init": f"encoder:run:{run_id}"}
         logger.info(f"{self.name}: encoder loaded from {cfg.encoder}")
         return {"fastray.init": f"encoder:file:{cfg.encoder}"}
 

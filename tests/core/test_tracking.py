@@ -89,7 +89,7 @@ def test_a_run_is_found_by_its_id_or_its_name(tmp_path):
         assert tracking.run_by_id_or_name(uri, run_id, "translate") == run_id
     assert tracking.run_by_id_or_name(uri, "plain", "cifar10-darknet") == other
     for ref in ("nope", "it's"):
-        with pytest.raises(ValueError, match="neither a run id nor the --name of a translate run"):
+        with pytest.raises(ValueError, match="neither a run id nor the --name of any translate run"):
             tracking.run_by_id_or_name(uri, ref, "translate")
     # such a name is refused where runs get their names: a quote broke MLflow's filter with a
     # traceback, '/' or '..' put the run folder elsewhere

@@ -133,7 +133,8 @@ def test_an_lm_run_of_other_tokenizer_settings_is_named_in_the_warning(tmp_path,
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     client = MlflowClient(tracking_uri=uri)
-    run = client.create_run(client.create_experiment("imdb-lm"), tags={"fastray.cache_key": "lm-key"})
+    run = client.create_run(client.create_experiment("imdb-lm"), tags={
+        "fastray.cache_key": "lm-key", "fastray.pipeline": "imdb-lm", "fastray.name": "mylm"})
     lm, clas = registry.get("imdb-lm"), registry.get("imdb-clas")
     (tmp_path / "encoder").mkdir()
     torch.save(encoder_state(lm.build_model(lm.configs["tiny"])), tmp_path / "encoder" / "encoder.pt")
@@ -145,6 +146,12 @@ def test_an_lm_run_of_other_tokenizer_settings_is_named_in_the_warning(tmp_path,
         clas.init_source(cfg, {"key": "clas-key"}, uri)
     warned = [r.getMessage() for r in caplog.records if "tokenized" in r.getMessage()]
     assert len(warned) == 1 and "tokenized with case=markers (--set them here too)" in warned[0], warned
+    # the LM run by its --name (`fastray run imdb-lm --name mylm`, then `--set encoder=mylm`): the same
+    # run, recorded by its id
+    by_name = clas.init_source(dataclasses.replace(cfg, encoder="mylm"), {"key": "clas-key"}, uri)
+    assert by_name == {"fastray.init": f"encoder:run:{run.info.run_id}"}
+    with pytest.raises(ValueError, match="no MLflow run 'nolm' .*neither a run id nor the --name of any imdb-lm run"):
+        clas.init_source(dataclasses.replace(cfg, encoder="nolm"), {"key": "clas-key"}, uri)
 
 
 def _train_here(name: str, cfg, cache: Cache, manifest: dict) -> LocalSession:

@@ -534,7 +534,7 @@ def test_tiny_run_end_to_end_then_translate(capsys, fren_small, tiny_cache, work
         cmd_translate(argparse.Namespace(run_id=rid, file=None, beam=1, tracking_uri=None))
     with pytest.raises(IsADirectoryError, match="a folder, not a file of sentences"):
         cmd_translate(argparse.Namespace(run_id=rid, file=workdir, beam=1, tracking_uri=None))
-    with pytest.raises(ValueError, match="no MLflow run '0{32}' in .* \\(neither a run id nor the --name of a translate run\\)"):
+    with pytest.raises(ValueError, match="no MLflow run '0{32}' in .* \\(neither a run id nor the --name of any translate run\\)"):
         translate_lines("0" * 32, ["x"])
     # a store that is not there: said, and not made (MLflow would create an empty one)
     with pytest.raises(FileNotFoundError, match="none.db: no MLflow store there"):
