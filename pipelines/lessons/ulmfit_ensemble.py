@@ -4,8 +4,8 @@ on IMDb). imdb-ensemble averages two imdb-clas runs, text-ensemble two text-clas
 user's table, one label or many: it scores the mean as text-clas does, per-label AUC, F1
 and thresholds, and averages the two runs' test predictions into its own submission.csv).
 
-It trains nothing: `fastray run imdb-ensemble --set forward=RUN_ID --set backward=RUN_ID`
-loads both runs' configs and weights from MLflow, reads the validation rows from the cache
+It trains nothing: `fastray run imdb-ensemble --set forward=RUN --set backward=RUN` (a run's
+id or --name) loads both runs' configs and weights from MLflow, reads the validation rows from the cache
 their runs made (each in its direction), and logs one MLflow run with the metrics of each
 and of the ensemble. The `ulmfit` and `text-ulmfit` flows with `--set backwards=true` feed it.
 """
@@ -32,8 +32,8 @@ logger = logging.getLogger("fastray")
 
 @dataclass(frozen=True)
 class EnsembleConfig(TrainConfig):
-    forward: str = ""   # the MLflow run id of a classifier run with backwards=false
-    backward: str = ""  # ... and of one with backwards=true
+    forward: str = ""   # a classifier run with backwards=false: its MLflow run id or --name
+    backward: str = ""  # ... and one with backwards=true
 
 
 CONFIGS = {"tiny": EnsembleConfig(), "sample": EnsembleConfig(), "default": EnsembleConfig()}
@@ -52,12 +52,17 @@ class Ensemble(Pipeline):
     def datasets(self, cfg, cache, manifest):
         raise ValueError(f"{self.name} trains nothing: engine.fit hands it the whole run (Ensemble.run)")
 
-    def _load(self, clas: Any, client, uri: str, way: str, run_id: str, tmp: str) -> tuple[Any, dict, Path | None]:
-        """(the run's classifier config, its weights, its submission.csv or None)."""
+    def _load(self, clas: Any, client, uri: str, way: str, ref: str, tmp: str) -> tuple[Any, dict, Path | None, str]:
+        """(the run's classifier config, its weights, its submission.csv or None, its run id):
+        `ref` is the run's id or its --name."""
+        from ..core import tracking
+
         try:
-            run = client.get_run(run_id)
-        except Exception:
-            raise ValueError(f"{self.name}: {way}={run_id}: no such MLflow run in {uri}") from None
+            run_id = tracking.run_by_id_or_name(uri, ref, self.classifier)
+        except ValueError:
+            raise ValueError(f"{self.name}: {way}={ref}: no such MLflow run in {uri} (neither a run id nor the "
+                             f"--name of any {self.classifier} run)") from None
+        run = client.get_run(run_id)
         if run.data.tags.get("fastray.pipeline") != self.classifier:
             raise ValueError(f"{self.name}: {way}={run_id} is a {run.data.tags.get('fastray.pipeline')} run, "
                              f"not {self.classifier}")
@@ -71,7 +76,7 @@ class Ensemble(Pipeline):
         ccfg = configs.apply(clas.configs["default"], saved, source=f"run {run_id}'s config.json")
         if ccfg.backwards != (way == "backward"):
             raise ValueError(f"{self.name}: {way}={run_id} read its rows {'backwards' if ccfg.backwards else 'forwards'}")
-        return ccfg, weights, submission
+        return ccfg, weights, submission, run_id
 
     def run(self, cfg: EnsembleConfig, *, data_dir: Path, cache, name: str, tracking_uri: str | None = None,
             on_bad: str = "skip", config_label: str = "", **fit_options: Any) -> dict:
@@ -84,7 +89,7 @@ class Ensemble(Pipeline):
 
         t0 = time.perf_counter()
         if not cfg.forward or not cfg.backward:
-            raise ValueError(f"{self.name}: give both classifier runs: --set forward=RUN_ID --set backward=RUN_ID")
+            raise ValueError(f"{self.name}: give both classifier runs: --set forward=RUN --set backward=RUN (id or --name)")
         uri = tracking.resolve_uri(tracking_uri)
         tracking.require_runs(uri)
         client = MlflowClient(tracking_uri=uri)
@@ -93,8 +98,9 @@ class Ensemble(Pipeline):
         init_ray()
         results, submissions, shards = {}, {}, {}
         with tempfile.TemporaryDirectory() as tmp:
-            for way, run_id in (("forward", cfg.forward), ("backward", cfg.backward)):
-                ccfg, weights, submissions[way] = self._load(clas, client, uri, way, run_id, tmp)
+            ids = {}
+            for way, ref in (("forward", cfg.forward), ("backward", cfg.backward)):
+                ccfg, weights, submissions[way], ids[way] = self._load(clas, client, uri, way, ref, tmp)
                 manifest, _ = clas.prepare(ccfg, Path(data_dir), cache, on_bad)
                 if manifest["key"] not in shards:  # both directions read one token cache: read its valid rows once
                     shards[manifest["key"]] = clas._read(cache, manifest, "valid")
@@ -102,7 +108,7 @@ class Ensemble(Pipeline):
                 model.load_state_dict(weights)
                 model.eval()
                 ctx = RunContext(cfg=ccfg, manifest=manifest)  # its batches: the run's own validation's
-                logger.info(f"[{name}] {way}: {self.classifier} run {run_id} on {manifest['rows']['valid']} "
+                logger.info(f"[{name}] {way}: {self.classifier} run {ids[way]} on {manifest['rows']['valid']} "
                             "validation rows ...")
                 with torch.no_grad():
                     results[way] = clas.evaluate(model, clas.batches(shards[manifest["key"]], ctx, train=False), ctx)
@@ -126,7 +132,7 @@ class Ensemble(Pipeline):
         both = f"{headline} forward {metrics[f'forward_{headline}']:.4f}, backward " \
                f"{metrics[f'backward_{headline}']:.4f}, ensemble {metrics[headline]:.4f}"
         run_log.tags({"mlflow.note.content": f"**{self.name}**: the mean probabilities of {self.classifier} runs "
-                      f"{cfg.forward} (forward) and {cfg.backward} (backward) on {fwd['n']} validation rows: {both}"})
+                      f"{ids['forward']} (forward) and {ids['backward']} (backward) on {fwd['n']} validation rows: {both}"})
         run_log.finish()
         kept = " and ".join(f"{f}/{path.name}" for f, path in files.items())
         logger.info(f"[{name}] {fwd['n']} validation rows: {both}" + (f"; {kept} in its artifacts" if kept else "")

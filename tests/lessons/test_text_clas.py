@@ -291,9 +291,11 @@ def test_jigsaw_sample_end_to_end_multi_label(capsys, tmp_path, workdir, ray_ses
                            "--set", f"forward={bwd['run_id']}", "--set", f"backward={res['run_id']}")
     lines = [l for l in err.splitlines() if l.strip()]
     assert code == 1 and len(lines) == 1 and "read its rows backwards" in lines[0], err
+    # the two runs by their --names: the ensemble finds (and names) their ids
     code, ens, err = run_cli(capsys, "run", "text-ensemble", "--data", str(data), "--config", "tiny", "--name", "both",
-                             "--set", f"forward={res['run_id']}", "--set", f"backward={bwd['run_id']}")
+                             "--set", "forward=jig", "--set", "backward=jigb")
     assert code == 0, err
+    assert f"forward: text-clas run {res['run_id']} on" in err and f"backward: text-clas run {bwd['run_id']} on" in err
     e = ens["metrics"]
     # each run re-read from MLflow scores what it logged: the same weights on the same rows
     assert e["forward_roc_auc"] == pytest.approx(m["roc_auc"], abs=1e-6)
