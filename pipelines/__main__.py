@@ -244,11 +244,11 @@ def cmd_sample_data(args) -> dict:
     pipe = registry.get(name)
     if args.size is not None and args.size < 1:
         raise ValueError(f"--size must be >= 1, got {args.size}")
-    if args.out.exists() and not args.out.is_dir():
+    out = args.out.resolve()  # the folder checked is the one written (and cleaned): "a/../b" is b
+    if out.exists() and not out.is_dir():
         raise ValueError(f"--out {args.out}: not a folder")
-    if args.out.is_dir() and any(args.out.iterdir()):  # its files would mix with the sample's (and be read with them)
+    if out.is_dir() and any(out.iterdir()):  # its files would mix with the sample's (and be read with them)
         raise ValueError(f"--out {args.out}: not empty; sample data goes to a new or empty folder")
-    out = Path(os.path.abspath(args.out))  # "a/../b" makes b, not a
     made = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)  # the top folder made here
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -262,7 +262,7 @@ def cmd_sample_data(args) -> dict:
 
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
-        else:  # it was empty
+        else:  # it was empty (checked above)
             for child in out.iterdir():
                 if child.is_dir() and not child.is_symlink():
                     shutil.rmtree(child)

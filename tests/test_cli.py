@@ -47,6 +47,11 @@ def test_sample_data_into_an_unmakeable_folder_is_one_line(capsys, tmp_path):
     # refused after the folder was made: the folder goes again, "a/../b" being b
     code, _, err = run_cli(capsys, "sample-data", "cifar10", "--out", str(tmp_path / "a" / ".." / "b"), "--size", "3")
     assert code == 1 and "size must be >= 4" in err and not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # ... and "nothere/../keep" is keep, whose files are refused as a non-empty folder, not cleaned away
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "mine.txt").write_text("mine")
+    code, _, err = run_cli(capsys, "sample-data", "imdb", "--out", str(tmp_path / "nothere" / ".." / "keep"), "--size", "1")
+    assert code == 1 and "not empty" in err and (tmp_path / "keep" / "mine.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("argv, msg", [

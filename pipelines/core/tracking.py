@@ -259,7 +259,7 @@ def run_by_id_or_name(uri: str, ref: str, pipeline: str) -> str:
     with contextlib.suppress(MlflowException):  # no such run id (or no run id at all)
         return client.get_run(ref).info.run_id
     runs = []
-    if "'" not in ref:  # a run name has no quotes (the command line refuses them): MLflow's filters have no escapes
+    if "'" not in ref and "\\" not in ref:  # no run name has them (--name refuses them); MLflow's filter would choke
         experiments = [e.experiment_id for e in client.search_experiments()]
         runs = experiments and client.search_runs(
             experiments, filter_string=f"tags.`fastray.name` = '{ref}' and tags.`fastray.pipeline` = '{pipeline}'",
@@ -397,42 +397,48 @@ def log_model(run_log: RunLogger, model: Any, example: dict, name: str) -> None:
         mlflow.set_tracking_uri(before)
 
 
-def scale_groups(curves: dict[str, list[float]], spread: float = 30.0) -> list[list[str]]:
+def scale_groups(curves: dict[str, list[float]], spread: float = 30.0, unit: bool = True) -> list[list[str]]:
     """The curves in groups to share a y axis, so that a curve in the hundredths is not drawn
-    flat beside one in the tens (super-res's MSE beside its PSNR in dB): first every curve
-    within [0, 1] (accuracies, AUCs, F1s, thresholds, MSEs of pixels in [0, 1]), then the
-    others by magnitude (max |value|), each group's within `spread` of each other, largest
-    first; the given order kept within a group."""
+    flat beside one in the tens (super-res's MSE beside its PSNR in dB): with `unit`, first
+    every curve within [0, 1] (accuracies, AUCs, F1s, thresholds, MSEs of pixels in [0, 1]);
+    then the others by magnitude (max |value|), each group's within `spread` of each other,
+    largest first. A curve with no finite value goes with the first group; the given order
+    is kept within a group."""
     finite = {k: [v for v in vs if math.isfinite(v)] for k, vs in curves.items()}
-    unit = [k for k in curves if all(0.0 <= v <= 1.0 for v in finite[k])]
-    size = {k: max(map(abs, finite[k])) for k in curves if k not in unit}
-    groups: list[list[str]] = [unit] if unit else []
+    empty = [k for k in curves if not finite[k]]
+    units = [k for k in curves if unit and finite[k] and all(0.0 <= v <= 1.0 for v in finite[k])]
+    size = {k: max(map(abs, finite[k])) for k in curves if finite[k] and k not in units}
+    groups: list[list[str]] = [units] if units else []
     top = None
     for k in sorted(size, key=lambda k: -size[k]):
         if top is None or size[k] * spread < top:
             groups.append([])
             top = size[k]
         groups[-1].append(k)
+    if empty:
+        groups = [groups[0] + empty, *groups[1:]] if groups else [empty]
     order = list(curves)
     return [sorted(g, key=order.index) for g in groups]
 
 
 def plot_curves(logger: RunLogger, path: Path, title: str = "", phase_epochs: list[float] = (),
                 stage: str = "new stage") -> Path | None:
-    """Every per-epoch metric against epoch: losses in one panel, the rest in another; the
-    phases' boundaries (a resize, an unfreeze) as dotted lines at `phase_epochs`, `stage`
-    in the legend."""
+    """Every per-epoch metric against epoch: the losses, then the rest, each in panels of
+    curves on the same scale (scale_groups; losses by magnitude only, so that a train loss
+    above 1 and a validation loss below it share their panel); the phases' boundaries (a
+    resize, an unfreeze) as dotted lines at `phase_epochs`, `stage` in the legend."""
     from matplotlib.ticker import MaxNLocator
 
     from . import plots
 
-    keys = [k for k in logger.metric_keys() if not k.startswith(("system/", "best_", "sched_", "momentum", "examples_per_s", "epoch_seconds"))]
+    keys = [k for k in logger.metric_keys() if not k.startswith(("system/", "best_", "sched_", "momentum", "examples_per_s", "epoch_seconds"))
+            and k not in ("frozen_groups", "total_seconds")]  # (states, not curves)
     if not keys:
         return None
-    keys = [k for k in keys if k not in ("frozen_groups", "total_seconds")]  # states, not curves
     history = {k: sorted(logger.history(k)) for k in keys}
+    steps = sorted({s for h in history.values() for s, _ in h})
     losses = [k for k in keys if "loss" in k or k.startswith("train_")]
-    panels = [("loss", g) for g in scale_groups({k: [v for _, v in history[k]] for k in losses})]
+    panels = [("loss", g) for g in scale_groups({k: [v for _, v in history[k]] for k in losses}, unit=False)]
     panels += [("metric", g) for g in scale_groups({k: [v for _, v in history[k]] for k in keys if k not in losses})]
     # each panel's legend beside it (a multi-label classifier has twenty curves), as tall as it needs
     heights = [max(3.2, 0.2 * (len(g) + 1) + 0.6) for _, g in panels]
@@ -443,7 +449,10 @@ def plot_curves(logger: RunLogger, path: Path, title: str = "", phase_epochs: li
             ax.plot([s for s, _ in history[k]], [v for _, v in history[k]], marker="o", ms=3, label=k)
         for i, e in enumerate(phase_epochs):
             ax.axvline(e, color="gray", ls=":", lw=1, label=stage if i == 0 else None)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(steps) == 1:  # one epoch: its tick alone, not fractions around it
+            ax.set_xticks(steps)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(kind)
         ax.grid(alpha=0.3)

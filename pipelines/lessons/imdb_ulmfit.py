@@ -95,7 +95,7 @@ class ClasConfig(_Common):
     lr_factor: float = 2.6      # discriminative LRs: each group lr / lr_factor below the next
     max_len: int = 1400         # encoder outputs pooled from the end of a review
     lin_ftrs: tuple[int, ...] = (50,)  # hidden sizes of the classifier head
-    encoder: str = ""           # an imdb-lm run (its MLflow run id or --name) or an encoder.pt path ("" = random init)
+    encoder: str = ""           # an imdb-lm run (its MLflow run id or --name) or an encoder file (a '/' or '.' in it; "" = random init)
     clip: float = 25.0          # max global gradient norm per optimizer step (lesson 10's classifier: 25)
     cut_div: float = 0.0        # > 0: each stage a slanted triangular LR (lesson 10's use_clr=(div, cut_div)): lr / div
                                 # up to lr over 1 / cut_div of the stage, down to lr / div, Adam beta1 moms[0]; 0: 1cycle
@@ -169,16 +169,23 @@ def _read_shard(shard, backwards: bool = False) -> tuple[np.ndarray, np.ndarray,
 
 
 def _a_path(spec: str) -> bool:
-    """Whether an encoder/state source can only be a file: a run's --name has no '/' and a
-    run id is 32 hex digits."""
-    return not _RUN_ID.fullmatch(spec) and ("/" in spec or spec.endswith((".pt", ".pth")))
+    """Whether an encoder/state source can only be a file: one with a '/' or a '.' (enc.pt,
+    ./enc) is taken for a file; a run id is 32 hex digits, a --name anything else."""
+    return not _RUN_ID.fullmatch(spec) and ("/" in spec or "." in spec)
 
 
-def _run_of(spec: str, tracking_uri: str, lm_name: str) -> str:
-    """The run id of an encoder source that is a run: its id, or the newest lm_name run of that --name."""
+def _run_of(spec: str, tracking_uri: str, lm_name: str, what: str = "encoder") -> str:
+    """The run id of an encoder source that is a run: its id, or the newest lm_name run of
+    that --name; FileNotFoundError naming both readings when neither is there."""
     from ..core import tracking
 
-    return spec if _RUN_ID.fullmatch(spec) else tracking.run_by_id_or_name(tracking_uri, spec, lm_name)
+    if _RUN_ID.fullmatch(spec):
+        return spec
+    try:
+        return tracking.run_by_id_or_name(tracking_uri, spec, lm_name)
+    except ValueError:
+        raise FileNotFoundError(f"{what} {spec}: no such file, and no {lm_name} run of that --name in "
+                                f"{tracking_uri}") from None
 
 
 def _resolve(spec: str, what: str, tracking_uri: str | None, dst: Path, lm_name: str = "imdb-lm") -> Path:
@@ -189,7 +196,7 @@ def _resolve(spec: str, what: str, tracking_uri: str | None, dst: Path, lm_name:
     if not _a_path(spec) and tracking_uri:
         from mlflow.tracking import MlflowClient
 
-        spec = _run_of(spec, tracking_uri, lm_name)
+        spec = _run_of(spec, tracking_uri, lm_name, what)
 
         client = MlflowClient(tracking_uri=tracking_uri)
         try:

@@ -68,6 +68,15 @@ def test_curves_on_different_scales_get_panels_of_their_own(tmp_path, monkeypatc
         ["auc", "thr", "f1"]]
     assert tracking.scale_groups({"ppl": [900.0, 40.0], "acc": [0.3], "gain": [-2.0, -6.0], "big": [5e4]}) == [
         ["acc"], ["big"], ["ppl"], ["gain"]]
+    # losses by magnitude only: a train loss above 1 keeps its validation loss below 1 beside it;
+    # a diverged (all-NaN) curve joins the first panel, not one of its own
+    nan = float("nan")
+    assert tracking.scale_groups({"train_loss": [1.5, 0.6], "valid_loss": [0.9, nan], "x_loss": [nan]}, unit=False) == [
+        ["train_loss", "valid_loss", "x_loss"]]
+    # only states logged (frozen_groups, total_seconds): no plot, no error
+    run2, _ = tracking.start_run(uri, "super-res", "r2", params={}, tags={})
+    tracking.RunLogger(uri, run2).metrics({"frozen_groups": 3, "total_seconds": 9.0}, step=1)
+    assert tracking.plot_curves(tracking.RunLogger(uri, run2), tmp_path / "none.png") is None
 
 
 def test_a_run_is_found_by_its_id_or_its_name(tmp_path):

@@ -150,8 +150,11 @@ def test_an_lm_run_of_other_tokenizer_settings_is_named_in_the_warning(tmp_path,
     # run, recorded by its id
     by_name = clas.init_source(dataclasses.replace(cfg, encoder="mylm"), {"key": "clas-key"}, uri)
     assert by_name == {"fastray.init": f"encoder:run:{run.info.run_id}"}
-    with pytest.raises(ValueError, match="no MLflow run 'nolm' .*neither a run id nor the --name of any imdb-lm run"):
+    with pytest.raises(FileNotFoundError, match="encoder nolm: no such file, and no imdb-lm run of that --name in"):
         clas.init_source(dataclasses.replace(cfg, encoder="nolm"), {"key": "clas-key"}, uri)
+    # a source with a '.' or a '/' is a file: a missing one fails before tokenizing, as it did
+    with pytest.raises(FileNotFoundError, match="encoder myenc.bin: no such file"):
+        clas.preprocess(dataclasses.replace(cfg, encoder="myenc.bin"), tmp_path, None)
 
 
 def _train_here(name: str, cfg, cache: Cache, manifest: dict) -> LocalSession:
