@@ -278,7 +278,7 @@ def _download(ds: Dataset, src_name: str, src: Source, remotes: list[Remote], ch
     try:
         for remote, check in zip(remotes, checks):
             path, info = fetch(remote.url, downloads / remote.name, check, retries=args.retries)
-            if not (zipfile.is_zipfile(path) or _is_tar(path)):  # an error page served as the file, say
+            if not _is_archive(path):  # an error page served as the file, say
                 with open(path, "rb") as f:
                     head = f.read(24)
                 path.unlink()
@@ -578,6 +578,10 @@ def extract(archive: Path, dest: Path) -> list[str]:
         dest.mkdir(parents=True, exist_ok=True)
         return _extract_tar(archive, dest)
     raise DataError(f"{archive}: not a tar or zip archive")
+
+
+def _is_archive(path: Path) -> bool:
+    return zipfile.is_zipfile(path) or _is_tar(path)
 
 
 def _is_tar(path: Path) -> bool:

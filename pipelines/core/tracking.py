@@ -250,23 +250,23 @@ def find_run(uri: str, exp_id: str, name: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def run_by_id_or_name(uri: str, ref: str, pipeline: str) -> str:
-    """The run id `ref` as given, or the id of the newest `pipeline` run whose --name is
-    `ref`; ValueError when neither is in the store."""
+def run_by_id_or_name(uri: str, ref: str, pipeline: str) -> Any:
+    """The MLflow run whose id is `ref`, or the newest `pipeline` run whose --name is `ref`;
+    ValueError when neither is in the store."""
     from mlflow.exceptions import MlflowException
 
     client = _client(uri)
     with contextlib.suppress(MlflowException):  # no such run id (or no run id at all)
-        return client.get_run(ref).info.run_id
-    runs = []
-    if "'" not in ref and "\\" not in ref:  # no run name has them (--name refuses them); MLflow's filter would choke
-        experiments = [e.experiment_id for e in client.search_experiments()]
-        runs = experiments and client.search_runs(
+        return client.get_run(ref)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    # no run name has a quote or a backslash (--name refuses them), and MLflow's filter would choke on them
+    if experiments and "'" not in ref and "\\" not in ref:
+        runs = client.search_runs(
             experiments, filter_string=f"tags.`fastray.name` = '{ref}' and tags.`fastray.pipeline` = '{pipeline}'",
             max_results=1, order_by=["attributes.start_time DESC"])
-    if not runs:
-        raise ValueError(f"no MLflow run {ref!r} in {uri} (neither a run id nor the --name of any {pipeline} run)")
-    return runs[0].info.run_id
+        if runs:
+            return runs[0]
+    raise ValueError(f"no MLflow run {ref!r} in {uri} (neither a run id nor the --name of any {pipeline} run)")
 
 
 def start_run(uri: str, experiment: str, name: str, params: dict, tags: dict) -> tuple[str, bool]:

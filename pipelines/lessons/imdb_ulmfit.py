@@ -182,7 +182,7 @@ def _run_of(spec: str, tracking_uri: str, lm_name: str, what: str = "encoder") -
     if _RUN_ID.fullmatch(spec):
         return spec
     try:
-        return tracking.run_by_id_or_name(tracking_uri, spec, lm_name)
+        return tracking.run_by_id_or_name(tracking_uri, spec, lm_name).info.run_id
     except ValueError:
         raise FileNotFoundError(f"{what} {spec}: no such file, and no {lm_name} run of that --name in "
                                 f"{tracking_uri}") from None

@@ -477,8 +477,8 @@ def load_run(run_id: str, tracking_uri: str | None = None) -> tuple[Seq2Seq, Con
     uri = tracking.resolve_uri(tracking_uri)
     tracking.require_runs(uri)
     client = MlflowClient(tracking_uri=uri)
-    run_id = tracking.run_by_id_or_name(uri, run_id, "translate")
-    run = client.get_run(run_id)
+    run = tracking.run_by_id_or_name(uri, run_id, "translate")
+    run_id = run.info.run_id
     pipeline = run.data.tags.get("fastray.pipeline", "")
     if pipeline != "translate":
         raise ValueError(f"run {run_id} is a {pipeline or 'non-fastray'} run, not a translate run")

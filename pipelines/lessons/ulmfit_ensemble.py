@@ -58,11 +58,11 @@ class Ensemble(Pipeline):
         from ..core import tracking
 
         try:
-            run_id = tracking.run_by_id_or_name(uri, ref, self.classifier)
+            run = tracking.run_by_id_or_name(uri, ref, self.classifier)
         except ValueError:
             raise ValueError(f"{self.name}: {way}={ref}: no such MLflow run in {uri} (neither a run id nor the "
                              f"--name of any {self.classifier} run)") from None
-        run = client.get_run(run_id)
+        run_id = run.info.run_id
         if run.data.tags.get("fastray.pipeline") != self.classifier:
             raise ValueError(f"{self.name}: {way}={run_id} is a {run.data.tags.get('fastray.pipeline')} run, "
                              f"not {self.classifier}")

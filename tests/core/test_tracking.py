@@ -94,9 +94,9 @@ def test_a_run_is_found_by_its_id_or_its_name(tmp_path):
     other, _ = tracking.start_run(uri, "cifar10-darknet", "plain", params={},
                                   tags={"fastray.pipeline": "cifar10-darknet", "fastray.name": "plain"})
     for name, run_id in ids.items():
-        assert tracking.run_by_id_or_name(uri, name, "translate") == run_id
-        assert tracking.run_by_id_or_name(uri, run_id, "translate") == run_id
-    assert tracking.run_by_id_or_name(uri, "plain", "cifar10-darknet") == other
+        assert tracking.run_by_id_or_name(uri, name, "translate").info.run_id == run_id
+        assert tracking.run_by_id_or_name(uri, run_id, "translate").info.run_id == run_id
+    assert tracking.run_by_id_or_name(uri, "plain", "cifar10-darknet").info.run_id == other
     for ref in ("nope", "it's"):
         with pytest.raises(ValueError, match="neither a run id nor the --name of any translate run"):
             tracking.run_by_id_or_name(uri, ref, "translate")
