@@ -250,11 +250,15 @@ def cmd_download(args, pipelines: dict[str, str] | None = None) -> dict:
     out = Path(args.out).absolute()
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {args.out}: not a folder")
+    new = not out.exists()
     try:
         return _download(ds, src_name, src, remotes, checks, out, args, t0)
     except OSError as e:  # a full disk, a folder that cannot be written: one line, not a traceback
         where = e.filename or out
         raise DataError(f"{where}: {e.strerror or e}") from None
+    finally:
+        if new and out.is_dir() and not any(out.iterdir()):  # a failed first download leaves no empty --out
+            out.rmdir()
 
 
 def _download(ds: Dataset, src_name: str, src: Source, remotes: list[Remote], checks: list[dict], out: Path,
